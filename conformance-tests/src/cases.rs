@@ -1,0 +1,519 @@
+//! The TCK cases. Each takes the loaded target and panics on a violation.
+
+use arny_engine_api::{
+    ChatMessage, Completion, EngineError, FinishReason, GenerateRequest, LoadOptions, LogitsRequest,
+    Model, ModelSource, Prompt, SamplingParams, Session, SessionOptions, TokenEvent,
+    next_token_logits, prompt_tokens, sampler::argmax, teacher_forced_logits,
+};
+
+use crate::Tck;
+
+async fn session(m: &dyn Model) -> Box<dyn Session> {
+    session_ctx(m, None).await
+}
+
+async fn session_ctx(m: &dyn Model, ctx: Option<u32>) -> Box<dyn Session> {
+    m.new_session(SessionOptions {
+        context_length: ctx,
+    })
+    .await
+    .expect("new session")
+}
+
+/// Runs `req` on `s`, collecting the events.
+async fn run_on(
+    m: &dyn Model,
+    s: &mut dyn Session,
+    req: GenerateRequest,
+) -> (Vec<TokenEvent>, Completion) {
+    let mut events = Vec::new();
+    let done = arny_engine_api::generate(m, s, req, |e| events.push(e.clone()))
+        .await
+        .expect("generation");
+    (events, done)
+}
+
+async fn run(m: &dyn Model, req: GenerateRequest) -> (Vec<TokenEvent>, Completion) {
+    let mut s = session(m).await;
+    run_on(m, s.as_mut(), req).await
+}
+
+fn greedy(user: &str, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        sampling: SamplingParams::greedy(),
+        max_tokens,
+        ..GenerateRequest::chat(user)
+    }
+}
+
+fn joined(events: &[TokenEvent], done: &Completion) -> String {
+    events.iter().map(|e| e.text.as_str()).collect::<String>() + &done.tail
+}
+
+pub async fn info_is_consistent(t: &Tck) {
+    let m = t.model.as_ref();
+    let info = m.info();
+    assert_eq!(info.engine, t.target.engine.id());
+    assert_eq!(info.architecture, "llama");
+    // SmolLM2-135M: 134.5 M parameters, 49152-token vocabulary, 8k context.
+    assert!(
+        (130_000_000..140_000_000).contains(&info.parameters),
+        "{}",
+        info.parameters
+    );
+    assert_eq!(info.vocab_size, 49_152);
+    assert_eq!(info.trained_context_length, 8192);
+    assert!(info.context_length > 0 && info.context_length <= info.trained_context_length);
+    assert!(info.resident_bytes > 10_000_000, "{}", info.resident_bytes);
+    assert!(!info.device.is_empty());
+    assert!(info.capabilities.logits);
+    let s = session(m).await;
+    assert_eq!(s.context_length(), info.context_length as usize);
+    assert!(s.tokens().is_empty());
+    assert!(s.resident_bytes() > 0);
+}
+
+pub async fn tokenizer_round_trips(t: &Tck) {
+    let m = t.model.as_ref();
+    let samples = [
+        "Hello, world!",
+        "  leading and   inner   spaces\t\ttabs\n\nnewlines  ",
+        "café naïve façade — “quotes”",
+        "日本語のテキスト と 中文",
+        "emoji 🎉🚀 and ZWJ 👩‍💻",
+        "numbers 12345 3.14159 -42",
+        "code: fn main() { println!(\"{}\", 1 + 1); }",
+    ];
+    for s in samples {
+        let toks = m.tokenize(s, false, false).expect("tokenize");
+        assert!(!toks.is_empty(), "{s:?}");
+        assert_eq!(m.detokenize(&toks).expect("detokenize"), s);
+    }
+    assert!(m.tokenize("", false, false).expect("empty").is_empty());
+    let vocab = m.info().vocab_size;
+    assert!(matches!(
+        m.token_bytes(vocab),
+        Err(EngineError::InvalidInput(_))
+    ));
+}
+
+pub async fn special_tokens_parse(t: &Tck) {
+    let m = t.model.as_ref();
+    let sp = m.special_tokens();
+    let eos = sp.eos.expect("eos");
+    assert!(sp.is_end_of_generation(eos));
+    // `<|im_end|>` is one token when special texts are parsed, several
+    // ordinary ones when they are not.
+    let parsed = m.tokenize("<|im_end|>", false, true).expect("tokenize");
+    assert_eq!(parsed, vec![eos]);
+    let plain = m.tokenize("<|im_end|>", false, false).expect("tokenize");
+    assert!(plain.len() > 1, "{plain:?}");
+}
+
+pub async fn chat_template_matches_reference(t: &Tck) {
+    let m = t.model.as_ref();
+    let conv = [
+        ChatMessage::system("You are terse."),
+        ChatMessage::user("Hi!"),
+        ChatMessage::assistant("Hello."),
+        ChatMessage::user("What is 2+2?"),
+    ];
+    // SmolLM2-Instruct's own template, rendered by Python's jinja2.
+    let expected = "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(m.render_chat(&conv, true).expect("render"), expected);
+    let no_system = m
+        .render_chat(&conv[1..2], false)
+        .expect("render without system");
+    assert_eq!(
+        no_system,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n"
+    );
+}
+
+pub async fn greedy_answers_two_plus_two(t: &Tck) {
+    let m = t.model.as_ref();
+    let (events, done) = run(m, greedy("What is 2+2?", 64)).await;
+    assert!(done.text.contains('4'), "{:?}", done.text);
+    assert_eq!(done.finish_reason, FinishReason::Eos);
+    assert_eq!(events.len(), done.tokens.len());
+    assert!(
+        done.tokens
+            .iter()
+            .all(|&t| !m.special_tokens().is_end_of_generation(t))
+    );
+    assert_eq!(joined(&events, &done), done.text);
+    let u = &done.usage;
+    assert_eq!(u.generated_tokens, done.tokens.len());
+    assert_eq!(u.prefill_tokens, u.prompt_tokens);
+    assert!(u.ttft_ms > 0.0 && u.prefill_tok_s > 0.0 && u.decode_tok_s > 0.0);
+}
+
+pub async fn greedy_is_deterministic_across_sessions(t: &Tck) {
+    let m = t.model.as_ref();
+    let req = || greedy("Name three colors.", 32);
+    let (_, a) = run(m, req()).await;
+    let (_, b) = run(m, req()).await;
+    assert_eq!(a.tokens, b.tokens);
+    // Same prompt again on a used session: the cache is reused, the answer
+    // must not change.
+    let mut s = session(m).await;
+    let (_, c) = run_on(m, s.as_mut(), req()).await;
+    let (_, d) = run_on(m, s.as_mut(), req()).await;
+    assert_eq!(a.tokens, c.tokens);
+    assert_eq!(a.tokens, d.tokens);
+    assert!(d.usage.cached_tokens > 0);
+}
+
+pub async fn max_tokens_is_exact(t: &Tck) {
+    let m = t.model.as_ref();
+    for n in [1u32, 7] {
+        let req = GenerateRequest {
+            ignore_eos: true,
+            ..greedy("Tell me a long story about a dragon.", n)
+        };
+        let (events, done) = run(m, req).await;
+        assert_eq!(events.len(), n as usize);
+        assert_eq!(done.tokens.len(), n as usize);
+        assert_eq!(done.finish_reason, FinishReason::MaxTokens);
+        assert_eq!(joined(&events, &done), done.text);
+    }
+}
+
+pub async fn stop_string_truncates_output(t: &Tck) {
+    let m = t.model.as_ref();
+    let prompt = "Tell me a long story about a dragon.";
+    let (_, full) = run(m, greedy(prompt, 48)).await;
+    // A stop string taken from the middle of the real answer.
+    let words: Vec<&str> = full.text.split_whitespace().collect();
+    assert!(words.len() >= 8, "answer too short: {:?}", full.text);
+    let stop = format!(" {}", words[words.len() / 2]);
+    let at = full.text.find(&stop).expect("stop string is in the text");
+    let req = GenerateRequest {
+        stop: vec![stop.clone()],
+        ..greedy(prompt, 48)
+    };
+    let (events, done) = run(m, req).await;
+    assert_eq!(done.finish_reason, FinishReason::StopString);
+    assert_eq!(done.stop.as_deref(), Some(stop.as_str()));
+    assert_eq!(done.text, full.text[..at]);
+    assert_eq!(joined(&events, &done), done.text);
+    assert!(done.tokens.len() < full.tokens.len());
+}
+
+pub async fn cancel_after_k_tokens(t: &Tck) {
+    let m = t.model.as_ref();
+    for k in [1usize, 5] {
+        let req = GenerateRequest {
+            ignore_eos: true,
+            ..greedy("Tell me a long story about a dragon.", 100)
+        };
+        let cancel = req.cancel.clone();
+        let mut s = session(m).await;
+        let mut events = Vec::new();
+        let done = arny_engine_api::generate(m, s.as_mut(), req, |e| {
+            events.push(e.clone());
+            if events.len() == k {
+                cancel.cancel();
+            }
+        })
+        .await
+        .expect("generation");
+        assert_eq!(events.len(), k);
+        assert_eq!(done.tokens.len(), k);
+        assert_eq!(done.finish_reason, FinishReason::Cancelled);
+        // The session stays usable after a cancel.
+        let (_, again) = run_on(m, s.as_mut(), greedy("What is 2+2?", 64)).await;
+        assert!(again.text.contains('4'), "{:?}", again.text);
+    }
+}
+
+pub async fn streamed_pieces_are_utf8_safe(t: &Tck) {
+    let m = t.model.as_ref();
+    let (events, done) = run(
+        m,
+        greedy("Write the word café and the emoji 🎉 three times.", 24),
+    )
+    .await;
+    assert!(!done.text.is_ascii(), "expected non-ASCII: {:?}", done.text);
+    // Streamed pieces never hold a broken character. Only the final flush
+    // may, when max_tokens cut a character in half.
+    for e in &events[..events.len() - 1] {
+        assert!(!e.text.contains('\u{fffd}'), "{:?} in {:?}", e.text, done.text);
+    }
+    assert_eq!(joined(&events, &done), done.text);
+    // The pieces are the exact bytes of the tokens, regrouped.
+    let mut bytes = Vec::new();
+    for &tok in &done.tokens {
+        bytes.extend_from_slice(m.token_bytes(tok).expect("token bytes"));
+    }
+    assert_eq!(String::from_utf8_lossy(&bytes), done.text);
+    // At least one character arrived split over tokens: some event carried
+    // no text while its bytes were incomplete.
+    assert!(
+        events.iter().any(|e| e.text.is_empty()),
+        "no split character in {:?}",
+        done.text
+    );
+}
+
+pub async fn second_turn_reuses_kv_cache(t: &Tck) {
+    let m = t.model.as_ref();
+    let mut conv = vec![ChatMessage::user("What is the capital of France?")];
+    let mut s = session(m).await;
+    let req = |conv: &Vec<ChatMessage>| GenerateRequest {
+        sampling: SamplingParams::greedy(),
+        max_tokens: 32,
+        ..GenerateRequest::new(Prompt::Chat(conv.clone()))
+    };
+    let (_, first) = run_on(m, s.as_mut(), req(&conv)).await;
+    assert_eq!(first.usage.cached_tokens, 0);
+    conv.push(ChatMessage::assistant(first.text.clone()));
+    conv.push(ChatMessage::user("And of Germany?"));
+    let (_, second) = run_on(m, s.as_mut(), req(&conv)).await;
+    let u = &second.usage;
+    assert!(
+        u.cached_tokens >= first.usage.prompt_tokens,
+        "turn 2 reused {} tokens, turn 1's prompt had {}",
+        u.cached_tokens,
+        first.usage.prompt_tokens
+    );
+    assert_eq!(u.prefill_tokens, u.prompt_tokens - u.cached_tokens);
+    let new_tokens = prompt_tokens(m, &Prompt::Chat(conv.clone())).expect("tokens").len()
+        - first.usage.prompt_tokens;
+    assert!(
+        u.prefill_tokens <= new_tokens,
+        "prefilled {} tokens, only {new_tokens} are new",
+        u.prefill_tokens
+    );
+    // Reusing the cache must not change the answer.
+    let (_, fresh) = run(m, req(&conv)).await;
+    assert_eq!(second.tokens, fresh.tokens);
+}
+
+pub async fn seeded_sampling_is_reproducible(t: &Tck) {
+    let m = t.model.as_ref();
+    let req = |seed| GenerateRequest {
+        sampling: SamplingParams {
+            temperature: 0.9,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        },
+        max_tokens: 24,
+        ignore_eos: true,
+        ..GenerateRequest::chat("Write a poem about the sea.")
+    };
+    let (_, a) = run(m, req(1234)).await;
+    let (_, b) = run(m, req(1234)).await;
+    assert_eq!(a.tokens, b.tokens);
+    let (_, c) = run(m, req(99)).await;
+    assert_ne!(a.tokens, c.tokens, "different seeds gave identical text");
+}
+
+pub async fn temperature_differs_from_greedy(t: &Tck) {
+    let m = t.model.as_ref();
+    let base = GenerateRequest {
+        ignore_eos: true,
+        ..greedy("Write a poem about the sea.", 24)
+    };
+    let (_, g) = run(m, base.clone()).await;
+    let mut differs = 0;
+    for seed in [1u64, 2, 3] {
+        let req = GenerateRequest {
+            sampling: SamplingParams {
+                temperature: 1.0,
+                seed: Some(seed),
+                ..SamplingParams::default()
+            },
+            ..base.clone()
+        };
+        let (_, s) = run(m, req).await;
+        differs += usize::from(s.tokens != g.tokens);
+    }
+    assert!(differs >= 2, "temperature 1.0 matched greedy {}/3 times", 3 - differs);
+}
+
+pub async fn logits_agree_across_paths(t: &Tck) {
+    let m = t.model.as_ref();
+    let vocab = m.info().vocab_size as usize;
+    let prompt = prompt_tokens(m, &Prompt::Chat(vec![ChatMessage::user("What is 2+2?")]))
+        .expect("tokens");
+    let mut s = session(m).await;
+    let all = teacher_forced_logits(s.as_mut(), &prompt).await.expect("all");
+    assert_eq!(all.vocab, vocab);
+    assert_eq!(all.rows(), prompt.len());
+    let last = next_token_logits(s.as_mut(), &prompt).await.expect("last");
+    assert_eq!(last.len(), vocab);
+    let diff = max_abs_diff(all.last(), &last);
+    assert!(diff < 1e-3, "last-row logits differ by {diff}");
+    // The greedy answer starts with the argmax of the last logits.
+    let (_, done) = run(m, greedy("What is 2+2?", 4)).await;
+    assert_eq!(Some(done.tokens[0]), argmax(&last));
+    // A row in the middle equals the logits of that prefix alone, up to
+    // batch-size-dependent rounding.
+    let i = prompt.len() / 2;
+    let prefix = next_token_logits(s.as_mut(), &prompt[..=i]).await.expect("prefix");
+    assert_eq!(argmax(all.row(i)), argmax(&prefix));
+    let diff = max_abs_diff(all.row(i), &prefix);
+    assert!(diff < 0.05, "row {i} differs from its prefix by {diff}");
+    assert!(all.data.iter().all(|x| x.is_finite()));
+}
+
+pub async fn truncate_then_continue_matches_fresh(t: &Tck) {
+    let m = t.model.as_ref();
+    let a = m.tokenize("The quick brown fox", false, false).expect("a");
+    let b = m.tokenize(" jumps over the lazy dog", false, false).expect("b");
+    let c = m.tokenize(" sleeps in the warm sun", false, false).expect("c");
+    let mut s = session(m).await;
+    s.eval(&a, LogitsRequest::None).await.expect("a");
+    s.eval(&b, LogitsRequest::None).await.expect("b");
+    assert_eq!(s.tokens().len(), a.len() + b.len());
+    s.truncate(a.len()).expect("truncate");
+    assert_eq!(s.tokens(), a.as_slice());
+    let cont = s.eval(&c, LogitsRequest::Last).await.expect("c");
+    let mut fresh = session(m).await;
+    let whole: Vec<u32> = a.iter().chain(&c).copied().collect();
+    let reference = fresh.eval(&whole, LogitsRequest::Last).await.expect("fresh");
+    assert_eq!(argmax(cont.last()), argmax(reference.last()));
+    let diff = max_abs_diff(cont.last(), reference.last());
+    assert!(diff < 0.05, "continued logits differ from fresh by {diff}");
+}
+
+pub async fn context_overflow_is_typed_and_recoverable(t: &Tck) {
+    let m = t.model.as_ref();
+    let mut s = session_ctx(m, Some(64)).await;
+    assert_eq!(s.context_length(), 64);
+    let long = "Please summarise the following text. ".repeat(20);
+    let err = arny_engine_api::Generation::new(m, s.as_mut(), GenerateRequest::chat(long))
+        .err()
+        .expect("overflow");
+    assert!(
+        matches!(err, EngineError::ContextOverflow { capacity: 64, .. }),
+        "{err}"
+    );
+    // A direct eval past the end fails and leaves the cache untouched.
+    let mut toks = m.tokenize(" word", false, false).expect("tokens").repeat(40);
+    toks.truncate(40);
+    s.eval(&toks, LogitsRequest::None).await.expect("fits");
+    let before = s.tokens().to_vec();
+    let err = s.eval(&toks, LogitsRequest::Last).await.unwrap_err();
+    assert!(matches!(err, EngineError::ContextOverflow { .. }), "{err}");
+    assert_eq!(s.tokens(), before.as_slice());
+    // Generation that reaches the end of the context stops cleanly.
+    let (_, done) = run_on(
+        m,
+        s.as_mut(),
+        GenerateRequest {
+            ignore_eos: true,
+            ..greedy("Count to one hundred.", 200)
+        },
+    )
+    .await;
+    assert_eq!(done.finish_reason, FinishReason::ContextFull);
+    assert!(s.tokens().len() <= 64);
+}
+
+pub async fn empty_prompt_is_invalid(t: &Tck) {
+    let m = t.model.as_ref();
+    let mut s = session(m).await;
+    for p in [
+        Prompt::Text(String::new()),
+        Prompt::Chat(vec![ChatMessage::user("   ")]),
+        Prompt::Tokens(Vec::new()),
+    ] {
+        let err = arny_engine_api::Generation::new(m, s.as_mut(), GenerateRequest::new(p))
+            .err()
+            .expect("error");
+        assert!(matches!(err, EngineError::InvalidInput(_)), "{err}");
+    }
+    let vocab = m.info().vocab_size;
+    let err = s.eval(&[vocab + 5], LogitsRequest::Last).await.unwrap_err();
+    assert!(matches!(err, EngineError::InvalidInput(_)), "{err}");
+    assert!(s.tokens().is_empty());
+}
+
+pub async fn bad_files_give_typed_errors(t: &Tck) {
+    let engine = t.target.engine.as_ref();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let load = |src: ModelSource| async move {
+        engine
+            .load(src, LoadOptions::default())
+            .await
+            .err()
+            .expect("load must fail")
+    };
+    let missing = dir.path().join("missing.model");
+    let err = load(ModelSource::Path(missing)).await;
+    assert!(matches!(err, EngineError::NotFound(_)), "{err}");
+
+    let err = load(ModelSource::Path(dir.path().to_path_buf())).await;
+    assert!(matches!(err, EngineError::NotAFile(_)), "{err}");
+
+    let foreign = dir.path().join("foreign.model");
+    std::fs::write(&foreign, b"PK\x03\x04 this is a zip file, not a model").expect("write");
+    let err = load(ModelSource::Path(foreign)).await;
+    assert!(matches!(err, EngineError::WrongFormat { .. }), "{err}");
+
+    let empty = dir.path().join("empty.model");
+    std::fs::write(&empty, b"").expect("write");
+    let err = load(ModelSource::Path(empty)).await;
+    assert!(
+        matches!(err, EngineError::WrongFormat { .. } | EngineError::Corrupt { .. }),
+        "{err}"
+    );
+
+    let bytes = std::fs::read(&t.target.model_path).expect("read model");
+    for cut in [bytes.len() / 2, 4096, 100] {
+        let truncated = dir.path().join(format!("truncated-{cut}.model"));
+        std::fs::write(&truncated, &bytes[..cut]).expect("write");
+        let err = load(ModelSource::Path(truncated)).await;
+        assert!(matches!(err, EngineError::Corrupt { .. }), "cut at {cut}: {err}");
+        let err = load(ModelSource::Bytes {
+            name: format!("truncated-{cut}"),
+            bytes: bytes[..cut].to_vec().into(),
+        })
+        .await;
+        assert!(matches!(err, EngineError::Corrupt { .. }), "bytes cut at {cut}: {err}");
+    }
+
+    // The same model from memory works like the file.
+    let model = engine
+        .load(
+            ModelSource::Bytes {
+                name: "in-memory".into(),
+                bytes: bytes.into(),
+            },
+            LoadOptions::default(),
+        )
+        .await
+        .expect("load from bytes");
+    let (_, done) = run(model.as_ref(), greedy("What is 2+2?", 64)).await;
+    assert!(done.text.contains('4'), "{:?}", done.text);
+}
+
+pub async fn sessions_run_concurrently(t: &Tck) {
+    let m = t.model.as_ref();
+    let prompts = ["What is 2+2?", "Name three colors.", "What is the capital of France?"];
+    let mut sequential = Vec::new();
+    for p in prompts {
+        sequential.push(run(m, greedy(p, 24)).await.1.tokens);
+    }
+    let parallel: Vec<Vec<u32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| scope.spawn(move || crate::block_on(run(m, greedy(p, 24))).1.tokens))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(sequential, parallel);
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

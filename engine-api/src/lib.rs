@@ -1,0 +1,39 @@
+//! # arny-engine-api
+//!
+//! The contract between Arny's SDK and its inference engines, and the parts
+//! of inference that must behave identically on every engine.
+//!
+//! * [`InferenceEngine`] loads a [`Model`]; a model opens [`Session`]s, each
+//!   with its own KV cache. Engines implement only these three traits.
+//! * [`Generation`] turns a session into a stream of [`TokenEvent`]s with
+//!   the shared [`Sampler`], stop strings, UTF-8-safe pieces, cancellation
+//!   and timings.
+//! * [`ChatTemplate`] renders conversations with the model's own Jinja
+//!   template in a sandbox.
+//!
+//! This crate depends on no engine and builds for `wasm32-unknown-unknown`.
+
+mod chat_template;
+mod engine;
+mod error;
+mod generate;
+pub mod sampler;
+mod text;
+mod types;
+
+pub use chat_template::{BuiltinTemplate, ChatTemplate, TemplateOrigin};
+pub use engine::{InferenceEngine, Model, Session, SessionOptions, check_fits};
+pub use error::{EngineError, Result};
+pub use generate::{
+    Completion, FinishReason, GenerateRequest, Generation, GenerationEvent, Prompt, TokenEvent,
+    Usage, generate, next_token_logits, prompt_tokens, teacher_forced_logits,
+};
+pub use sampler::{Sampler, SamplingParams};
+pub use text::{StopMatcher, StopScan, Utf8Stream};
+pub use types::{
+    CancelToken, Capabilities, ChatMessage, DeviceRequest, LoadOptions, Logits, LogitsRequest,
+    ModelInfo, ModelSource, ProgressFn, Role, SpecialTokens, TokenId,
+};
+
+#[cfg(test)]
+mod mock;

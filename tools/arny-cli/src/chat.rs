@@ -1,0 +1,110 @@
+//! `arny chat`: a terminal conversation that reuses the KV cache.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::Result;
+use arny_engine_api::{ChatMessage, GenerateRequest, Generation, Prompt, SessionOptions};
+
+use crate::runtime::{ModelArgs, SamplingArgs, load};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print token counts and speed after each answer (on stderr).
+    #[arg(long)]
+    stats: bool,
+}
+
+const HELP: &str = "Commands: /reset starts over, /exit (or Ctrl-D) quits.";
+
+pub fn run(args: Args) -> Result<()> {
+    let (model, _) = load(&args.model)?;
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!(
+            "Chatting with {} on {} ({}). {HELP}",
+            model.info().name.as_deref().unwrap_or("the model"),
+            model.info().engine,
+            model.info().device
+        );
+    }
+    let fresh = || {
+        args.sampling
+            .system
+            .iter()
+            .map(|s| ChatMessage::system(s.clone()))
+            .collect::<Vec<_>>()
+    };
+    futures::executor::block_on(async {
+        let mut session = model.new_session(SessionOptions::default()).await?;
+        let mut conversation = fresh();
+        let mut lines = std::io::stdin().lock().lines();
+        loop {
+            if interactive {
+                eprint!("> ");
+                std::io::stderr().flush()?;
+            }
+            let Some(line) = lines.next() else { break };
+            let line = line?;
+            match line.trim() {
+                "" => continue,
+                "/exit" | "/quit" => break,
+                "/reset" => {
+                    conversation = fresh();
+                    eprintln!("(conversation cleared)");
+                    continue;
+                }
+                "/help" => {
+                    eprintln!("{HELP}");
+                    continue;
+                }
+                _ => {}
+            }
+            conversation.push(ChatMessage::user(line.clone()));
+            let request = GenerateRequest {
+                sampling: args.sampling.params(),
+                max_tokens: args.sampling.max_tokens,
+                stop: args.sampling.stop.clone(),
+                ..GenerateRequest::new(Prompt::Chat(conversation.clone()))
+            };
+            let mut generation = Generation::new(model.as_ref(), session.as_mut(), request);
+            if let Err(arny_engine_api::EngineError::ContextOverflow { .. }) = &generation {
+                eprintln!("(context full: starting a new conversation)");
+                conversation = fresh();
+                conversation.push(ChatMessage::user(line));
+                let request = GenerateRequest {
+                    sampling: args.sampling.params(),
+                    max_tokens: args.sampling.max_tokens,
+                    stop: args.sampling.stop.clone(),
+                    ..GenerateRequest::new(Prompt::Chat(conversation.clone()))
+                };
+                generation = Generation::new(model.as_ref(), session.as_mut(), request);
+            }
+            let mut generation = generation?;
+            let mut out = std::io::stdout().lock();
+            while let Some(event) = generation.next_token().await? {
+                out.write_all(event.text.as_bytes())?;
+                out.flush()?;
+            }
+            let done = generation.finish();
+            out.write_all(done.tail.as_bytes())?;
+            writeln!(out)?;
+            if args.stats {
+                eprintln!(
+                    "[{} prompt tokens: {} from cache, {} new | {} generated at {:.1} tok/s | {}]",
+                    done.usage.prompt_tokens,
+                    done.usage.cached_tokens,
+                    done.usage.prefill_tokens,
+                    done.usage.generated_tokens,
+                    done.usage.decode_tok_s,
+                    done.finish_reason.as_str()
+                );
+            }
+            conversation.push(ChatMessage::assistant(done.text));
+        }
+        Ok(())
+    })
+}

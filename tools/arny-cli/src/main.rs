@@ -1,0 +1,91 @@
+//! `arny`: run on-device language models from the terminal.
+
+mod bench;
+mod bench_raw;
+mod chat;
+mod generate;
+mod info;
+mod models;
+mod runtime;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "arny", version, about = "Run small language models on this device")]
+struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one prompt, streaming the answer to stdout.
+    Generate(generate::Args),
+    /// Interactive multi-turn chat that keeps the KV cache between turns.
+    Chat(chat::Args),
+    /// Describe a model: architecture, size, quantization, chat template.
+    Info(info::Args),
+    /// Prompt-processing and generation throughput, against raw llama.cpp.
+    Bench(bench::Args),
+    /// List and fetch the models Arny knows.
+    #[command(subcommand)]
+    Models(models::Command),
+}
+
+fn main() -> ExitCode {
+    // A panic is a bug; report it on one line rather than a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: internal error: {msg}{at}");
+    }));
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Models(c) => models::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined with ": ".
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    // llama.cpp's own error lines are carried in Arny's typed errors, so at
+    // the default level they would only repeat the one-line message.
+    let default = match verbose {
+        0 => "warn,llama.cpp=off",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .try_init();
+}
