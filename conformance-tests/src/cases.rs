@@ -110,24 +110,41 @@ pub async fn special_tokens_parse(t: &Tck) {
     assert!(plain.len() > 1, "{plain:?}");
 }
 
+/// Rendered by Python's jinja2 from the model's own template; see
+/// `fixtures/make_chat_template_fixture.py`.
+const CHAT_FIXTURE: &str = include_str!("../fixtures/chat_template_smollm2.json");
+
+#[derive(serde::Deserialize)]
+struct ChatFixture {
+    template_sha256: String,
+    cases: Vec<ChatCase>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatCase {
+    messages: Vec<ChatMessage>,
+    add_generation_prompt: bool,
+    expected: String,
+}
+
 pub async fn chat_template_matches_reference(t: &Tck) {
+    use sha2::Digest;
     let m = t.model.as_ref();
-    let conv = [
-        ChatMessage::system("You are terse."),
-        ChatMessage::user("Hi!"),
-        ChatMessage::assistant("Hello."),
-        ChatMessage::user("What is 2+2?"),
-    ];
-    // SmolLM2-Instruct's own template, rendered by Python's jinja2.
-    let expected = "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n";
-    assert_eq!(m.render_chat(&conv, true).expect("render"), expected);
-    let no_system = m
-        .render_chat(&conv[1..2], false)
-        .expect("render without system");
-    assert_eq!(
-        no_system,
-        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n"
-    );
+    let fixture: ChatFixture = serde_json::from_str(CHAT_FIXTURE).expect("fixture");
+    // The engine must expose the model's own template, not a stand-in.
+    let source = m.chat_template().source();
+    let digest: String = sha2::Sha256::digest(source.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(digest, fixture.template_sha256, "template differs from the model's");
+    assert!(fixture.cases.len() >= 10);
+    for case in &fixture.cases {
+        let got = m
+            .render_chat(&case.messages, case.add_generation_prompt)
+            .expect("render");
+        assert_eq!(got, case.expected, "messages {:?}", case.messages);
+    }
 }
 
 pub async fn greedy_answers_two_plus_two(t: &Tck) {

@@ -1,0 +1,184 @@
+//! What only the llama.cpp engine can check: agreement with llama.cpp's own
+//! chat-template code, its logs, its thread settings. Behaviour shared by
+//! all engines is in `conformance-tests`.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use arny_engine_api::{
+    ChatMessage, GenerateRequest, LoadOptions, Model, SamplingParams, SessionOptions, generate,
+};
+use arny_engine_gguf::GgufEngine;
+use arny_engine_gguf::llama_cpp_2::model::LlamaChatMessage;
+
+fn load(options: LoadOptions) -> arny_engine_gguf::GgufModel {
+    let path = arny_model_store::require_default_model().unwrap_or_else(|e| panic!("{e}"));
+    GgufEngine::new()
+        .load_path(&path, &options)
+        .expect("load default model")
+}
+
+/// minijinja's rendering of the model's template equals llama.cpp's own
+/// C++ ChatML implementation byte for byte whenever the conversation has a
+/// system message. Without one they differ on purpose: SmolLM2's Jinja
+/// template inserts a default system prompt, which llama.cpp's built-in
+/// ChatML code skips; Arny follows the template (checked against Python's
+/// jinja2 in the TCK).
+#[test]
+fn template_rendering_matches_llama_cpp() {
+    let model = load(LoadOptions::default());
+    let raw = model.llama_model();
+    let template = raw.chat_template(None).expect("model has a template");
+    let conversations: Vec<Vec<ChatMessage>> = vec![
+        vec![ChatMessage::system("Be brief."), ChatMessage::user("What is 2+2?")],
+        vec![
+            ChatMessage::system("You are a math tutor."),
+            ChatMessage::user("What is 2+2?"),
+            ChatMessage::assistant("4."),
+            ChatMessage::user("And 3+3? Answer with “six” — or 6 🎉"),
+        ],
+        vec![
+            ChatMessage::system(""),
+            ChatMessage::user("first"),
+            ChatMessage::assistant("  spaced\n\nreply  "),
+            ChatMessage::user("second"),
+        ],
+    ];
+    for conv in conversations {
+        for add_generation_prompt in [true, false] {
+            let ours = model
+                .render_chat(&conv, add_generation_prompt)
+                .expect("minijinja render");
+            let msgs: Vec<LlamaChatMessage> = conv
+                .iter()
+                .map(|m| {
+                    LlamaChatMessage::new(m.role.as_str().into(), m.content.clone()).unwrap()
+                })
+                .collect();
+            let theirs = raw
+                .apply_chat_template(&template, &msgs, add_generation_prompt)
+                .expect("llama.cpp render");
+            assert_eq!(ours, theirs, "conversation {conv:?}");
+        }
+    }
+    // The documented difference.
+    let hi = [ChatMessage::user("Hi")];
+    let ours = model.render_chat(&hi, true).unwrap();
+    let msgs = [LlamaChatMessage::new("user".into(), "Hi".into()).unwrap()];
+    let theirs = raw.apply_chat_template(&template, &msgs, true).unwrap();
+    assert_eq!(ours.strip_suffix(&theirs).map(|p| p.contains("named SmolLM")), Some(true));
+}
+
+#[test]
+fn thread_count_is_honoured_and_does_not_change_tokens() {
+    let one = load(LoadOptions {
+        threads: Some(1),
+        ..LoadOptions::default()
+    });
+    let two = load(LoadOptions {
+        threads: Some(2),
+        ..LoadOptions::default()
+    });
+    assert_eq!(one.threads(), 1);
+    assert_eq!(two.threads(), 2);
+    assert!(two.info().device.contains("2 threads"), "{}", two.info().device);
+    let answer = |m: &arny_engine_gguf::GgufModel| {
+        futures::executor::block_on(async {
+            let mut s = m.new_session(SessionOptions::default()).await.unwrap();
+            let req = GenerateRequest {
+                sampling: SamplingParams::greedy(),
+                max_tokens: 16,
+                ..GenerateRequest::chat("What is 2+2?")
+            };
+            generate(m, s.as_mut(), req, |_| {}).await.unwrap().tokens
+        })
+    };
+    assert_eq!(answer(&one), answer(&two));
+}
+
+#[test]
+fn default_threads_follow_the_policy() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let t = arny_engine_gguf::default_threads();
+    if cores <= 2 {
+        assert_eq!(t, 1);
+    } else {
+        assert!(t >= 1 && t as usize <= cores / 2);
+    }
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn llama_cpp_logs_reach_tracing() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("truncated.gguf");
+        let bytes = std::fs::read(arny_model_store::require_default_model().unwrap()).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+        let err = GgufEngine::new()
+            .load_path(&path, &LoadOptions::default())
+            .err()
+            .expect("truncated model must fail");
+        // The typed error carries llama.cpp's own explanation.
+        assert!(
+            err.to_string().contains("not within the file bounds"),
+            "{err}"
+        );
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("llama.cpp") && l.contains("ERROR")),
+        "no llama.cpp error in the captured logs:\n{text}"
+    );
+}
+
+#[test]
+fn load_progress_is_reported() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let model = load(LoadOptions {
+        progress: Some(Arc::new(move |p| sink.lock().unwrap().push(p))),
+        ..LoadOptions::default()
+    });
+    drop(model);
+    let seen = seen.lock().unwrap();
+    assert!(!seen.is_empty());
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!((seen.last().unwrap() - 1.0).abs() < 1e-6, "{seen:?}");
+}
+
+#[test]
+fn gpu_request_is_refused_clearly() {
+    let path = arny_model_store::require_default_model().unwrap();
+    let err = GgufEngine::new()
+        .load_path(
+            &path,
+            &LoadOptions {
+                device: arny_engine_api::DeviceRequest::Gpu,
+                ..LoadOptions::default()
+            },
+        )
+        .err()
+        .expect("gpu must be refused");
+    assert!(matches!(err, arny_engine_api::EngineError::Unsupported(_)), "{err}");
+}

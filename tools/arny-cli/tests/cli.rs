@@ -1,0 +1,238 @@
+//! The `arny` binary end to end, as a user runs it, on the real model.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const ARNY: &str = env!("CARGO_BIN_EXE_arny");
+/// No command here should take this long; a hang fails the test.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn arny(args: &[&str], stdin: Option<&str>) -> Out {
+    let mut child = Command::new(ARNY)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn arny");
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+    }
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).unwrap();
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            child.kill().ok();
+            panic!("arny {args:?} hung for {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+fn last_json(out: &Out) -> Value {
+    let line = out.stdout.lines().last().expect("output");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+fn model() -> String {
+    arny_model_path().display().to_string()
+}
+
+fn arny_model_path() -> std::path::PathBuf {
+    let out = arny(&["models", "path"], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    std::path::PathBuf::from(out.stdout.trim())
+}
+
+#[test]
+fn generate_json_answers_and_is_reproducible_across_processes() {
+    let args = [
+        "generate",
+        "--engine",
+        "gguf",
+        "--temperature",
+        "0",
+        "--json",
+        "What is 2+2?",
+    ];
+    let a = arny(&args, None);
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    let ja = last_json(&a);
+    assert!(ja["text"].as_str().unwrap().contains('4'), "{ja}");
+    for key in [
+        "tokens",
+        "prompt_tokens",
+        "ttft_ms",
+        "prefill_tok_s",
+        "decode_tok_s",
+        "finish_reason",
+    ] {
+        assert!(!ja[key].is_null(), "missing {key}: {ja}");
+    }
+    assert_eq!(ja["finish_reason"], "eos");
+    // The streamed text precedes the JSON line and equals its text.
+    let streamed = a.stdout.lines().next().unwrap();
+    assert_eq!(streamed, ja["text"].as_str().unwrap());
+    let b = arny(&args, None);
+    assert_eq!(b.code, 0, "{}", b.stderr);
+    let jb = last_json(&b);
+    assert_eq!(ja["tokens"], jb["tokens"]);
+    assert!(!ja["tokens"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn prompt_from_stdin_and_sampling_flags() {
+    let out = arny(
+        &["generate", "--json", "--max-tokens", "5", "--temperature", "0.8", "--seed", "7", "-"],
+        Some("Write a poem about the sea."),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let j = last_json(&out);
+    assert!(j["tokens"].as_array().unwrap().len() <= 5);
+    let again = arny(
+        &["generate", "--json", "--max-tokens", "5", "--temperature", "0.8", "--seed", "7", "-"],
+        Some("Write a poem about the sea."),
+    );
+    assert_eq!(j["tokens"], last_json(&again)["tokens"]);
+}
+
+/// Bad input: non-zero exit, exactly one line on stderr, no panic.
+fn assert_clean_failure(out: &Out, needle: &str) {
+    assert_ne!(out.code, 0, "stdout: {}", out.stdout);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "stderr: {:?}", out.stderr);
+    assert!(lines[0].starts_with("error: "), "{}", lines[0]);
+    assert!(
+        lines[0].to_lowercase().contains(needle),
+        "{:?} lacks {needle:?}",
+        lines[0]
+    );
+    assert!(!out.stderr.contains("panicked") && !out.stderr.contains("backtrace"));
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = std::fs::read(arny_model_path()).unwrap();
+    let truncated = d.join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let foreign = d.join("notes.gguf");
+    std::fs::write(&foreign, "just some text\n").unwrap();
+    let p = |p: &Path| p.display().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--model".into(), p(&d.join("missing.gguf"))], "not found"),
+        (vec!["--model".into(), p(d)], "not a regular file"),
+        (vec!["--model".into(), p(&truncated)], "truncated"),
+        (vec!["--model".into(), p(&foreign)], "not a gguf model"),
+        (vec!["--engine".into(), "nope".into()], "unknown engine"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["generate".to_string()];
+        args.extend(extra);
+        args.push("What is 2+2?".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_clean_failure(&arny(&args, None), needle);
+    }
+    assert_clean_failure(&arny(&["generate", "   "], None), "empty");
+    assert_clean_failure(&arny(&["generate", "-"], Some("")), "empty");
+    let long = "Please summarise this sentence. ".repeat(40);
+    assert_clean_failure(
+        &arny(&["generate", "--ctx", "64", &long], None),
+        "context overflow",
+    );
+    assert_clean_failure(&arny(&["info", "--model", &p(&truncated)], None), "truncated");
+}
+
+#[test]
+fn info_describes_the_model() {
+    let out = arny(&["info", "--json"], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let j: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(j["architecture"], "llama");
+    assert_eq!(j["quantization"], "Q4_1");
+    assert_eq!(j["vocab_size"], 49152);
+    assert_eq!(j["chat_template"]["origin"], "model");
+    assert!(j["chat_template"]["source"].as_str().unwrap().contains("<|im_start|>"));
+    assert_eq!(j["path"], model());
+    let text = arny(&["info"], None);
+    assert_eq!(text.code, 0);
+    assert!(text.stdout.contains("Q4_1") && text.stdout.contains("llama"));
+}
+
+#[test]
+fn chat_keeps_the_cache_between_turns() {
+    let out = arny(
+        &["chat", "--stats", "--max-tokens", "24"],
+        Some("What is the capital of France?\nAnd of Germany?\n/exit\n"),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let stats: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("from cache"))
+        .collect();
+    assert_eq!(stats.len(), 2, "{}", out.stderr);
+    let cached = |line: &str| -> usize {
+        let after = line.split("prompt tokens: ").nth(1).unwrap();
+        after.split(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(cached(stats[0]), 0);
+    assert!(cached(stats[1]) > 20, "{}", stats[1]);
+    let answers = out.stdout.lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(answers >= 2, "{}", out.stdout);
+}
+
+#[test]
+fn bench_reports_throughput_and_overhead() {
+    let out = arny(
+        &["bench", "--engine", "gguf", "-p", "32", "-n", "8", "-r", "2", "--json"],
+        None,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let j: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    for key in ["pp_tok_s", "tg_tok_s", "load_ms"] {
+        assert!(j[key]["arny"]["median"].as_f64().unwrap() > 0.0, "{j}");
+        assert!(j[key]["raw"]["median"].as_f64().unwrap() > 0.0, "{j}");
+        assert_eq!(j[key]["arny"]["samples"].as_array().unwrap().len(), 2);
+        assert!(j[key]["ratio"].as_f64().unwrap() > 0.0);
+    }
+    assert!(j["peak_rss_bytes"].as_u64().unwrap() > 50_000_000);
+    let table = arny(&["bench", "-p", "16", "-n", "4", "-r", "1"], None);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(table.stdout.contains("pp16") && table.stdout.contains("ratio arny/raw"));
+}
