@@ -1,8 +1,8 @@
 //! The TCK cases. Each takes the loaded target and panics on a violation.
 
 use arny_engine_api::{
-    ChatMessage, Completion, EngineError, FinishReason, GenerateRequest, LoadOptions, LogitsRequest,
-    Model, ModelSource, Prompt, SamplingParams, Session, SessionOptions, TokenEvent,
+    ChatMessage, Completion, EngineError, FinishReason, GenerateRequest, LoadOptions,
+    LogitsRequest, Model, ModelSource, Prompt, SamplingParams, Session, SessionOptions, TokenEvent,
     next_token_logits, prompt_tokens, sampler::argmax, teacher_forced_logits,
 };
 
@@ -137,7 +137,10 @@ pub async fn chat_template_matches_reference(t: &Tck) {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    assert_eq!(digest, fixture.template_sha256, "template differs from the model's");
+    assert_eq!(
+        digest, fixture.template_sha256,
+        "template differs from the model's"
+    );
     assert!(fixture.cases.len() >= 10);
     for case in &fixture.cases {
         let got = m
@@ -255,7 +258,12 @@ pub async fn streamed_pieces_are_utf8_safe(t: &Tck) {
     // Streamed pieces never hold a broken character. Only the final flush
     // may, when max_tokens cut a character in half.
     for e in &events[..events.len() - 1] {
-        assert!(!e.text.contains('\u{fffd}'), "{:?} in {:?}", e.text, done.text);
+        assert!(
+            !e.text.contains('\u{fffd}'),
+            "{:?} in {:?}",
+            e.text,
+            done.text
+        );
     }
     assert_eq!(joined(&events, &done), done.text);
     // The pieces are the exact bytes of the tokens, regrouped.
@@ -295,7 +303,9 @@ pub async fn second_turn_reuses_kv_cache(t: &Tck) {
         first.usage.prompt_tokens
     );
     assert_eq!(u.prefill_tokens, u.prompt_tokens - u.cached_tokens);
-    let new_tokens = prompt_tokens(m, &Prompt::Chat(conv.clone())).expect("tokens").len()
+    let new_tokens = prompt_tokens(m, &Prompt::Chat(conv.clone()))
+        .expect("tokens")
+        .len()
         - first.usage.prompt_tokens;
     assert!(
         u.prefill_tokens <= new_tokens,
@@ -346,16 +356,22 @@ pub async fn temperature_differs_from_greedy(t: &Tck) {
         let (_, s) = run(m, req).await;
         differs += usize::from(s.tokens != g.tokens);
     }
-    assert!(differs >= 2, "temperature 1.0 matched greedy {}/3 times", 3 - differs);
+    assert!(
+        differs >= 2,
+        "temperature 1.0 matched greedy {}/3 times",
+        3 - differs
+    );
 }
 
 pub async fn logits_agree_across_paths(t: &Tck) {
     let m = t.model.as_ref();
     let vocab = m.info().vocab_size as usize;
-    let prompt = prompt_tokens(m, &Prompt::Chat(vec![ChatMessage::user("What is 2+2?")]))
-        .expect("tokens");
+    let prompt =
+        prompt_tokens(m, &Prompt::Chat(vec![ChatMessage::user("What is 2+2?")])).expect("tokens");
     let mut s = session(m).await;
-    let all = teacher_forced_logits(s.as_mut(), &prompt).await.expect("all");
+    let all = teacher_forced_logits(s.as_mut(), &prompt)
+        .await
+        .expect("all");
     assert_eq!(all.vocab, vocab);
     assert_eq!(all.rows(), prompt.len());
     let last = next_token_logits(s.as_mut(), &prompt).await.expect("last");
@@ -368,7 +384,9 @@ pub async fn logits_agree_across_paths(t: &Tck) {
     // A row in the middle equals the logits of that prefix alone, up to
     // batch-size-dependent rounding.
     let i = prompt.len() / 2;
-    let prefix = next_token_logits(s.as_mut(), &prompt[..=i]).await.expect("prefix");
+    let prefix = next_token_logits(s.as_mut(), &prompt[..=i])
+        .await
+        .expect("prefix");
     assert_eq!(argmax(all.row(i)), argmax(&prefix));
     let diff = max_abs_diff(all.row(i), &prefix);
     assert!(diff < 0.05, "row {i} differs from its prefix by {diff}");
@@ -378,8 +396,12 @@ pub async fn logits_agree_across_paths(t: &Tck) {
 pub async fn truncate_then_continue_matches_fresh(t: &Tck) {
     let m = t.model.as_ref();
     let a = m.tokenize("The quick brown fox", false, false).expect("a");
-    let b = m.tokenize(" jumps over the lazy dog", false, false).expect("b");
-    let c = m.tokenize(" sleeps in the warm sun", false, false).expect("c");
+    let b = m
+        .tokenize(" jumps over the lazy dog", false, false)
+        .expect("b");
+    let c = m
+        .tokenize(" sleeps in the warm sun", false, false)
+        .expect("c");
     let mut s = session(m).await;
     s.eval(&a, LogitsRequest::None).await.expect("a");
     s.eval(&b, LogitsRequest::None).await.expect("b");
@@ -389,7 +411,10 @@ pub async fn truncate_then_continue_matches_fresh(t: &Tck) {
     let cont = s.eval(&c, LogitsRequest::Last).await.expect("c");
     let mut fresh = session(m).await;
     let whole: Vec<u32> = a.iter().chain(&c).copied().collect();
-    let reference = fresh.eval(&whole, LogitsRequest::Last).await.expect("fresh");
+    let reference = fresh
+        .eval(&whole, LogitsRequest::Last)
+        .await
+        .expect("fresh");
     assert_eq!(argmax(cont.last()), argmax(reference.last()));
     let diff = max_abs_diff(cont.last(), reference.last());
     assert!(diff < 0.05, "continued logits differ from fresh by {diff}");
@@ -408,7 +433,10 @@ pub async fn context_overflow_is_typed_and_recoverable(t: &Tck) {
         "{err}"
     );
     // A direct eval past the end fails and leaves the cache untouched.
-    let mut toks = m.tokenize(" word", false, false).expect("tokens").repeat(40);
+    let mut toks = m
+        .tokenize(" word", false, false)
+        .expect("tokens")
+        .repeat(40);
     toks.truncate(40);
     s.eval(&toks, LogitsRequest::None).await.expect("fits");
     let before = s.tokens().to_vec();
@@ -474,7 +502,10 @@ pub async fn bad_files_give_typed_errors(t: &Tck) {
     std::fs::write(&empty, b"").expect("write");
     let err = load(ModelSource::Path(empty)).await;
     assert!(
-        matches!(err, EngineError::WrongFormat { .. } | EngineError::Corrupt { .. }),
+        matches!(
+            err,
+            EngineError::WrongFormat { .. } | EngineError::Corrupt { .. }
+        ),
         "{err}"
     );
 
@@ -483,13 +514,19 @@ pub async fn bad_files_give_typed_errors(t: &Tck) {
         let truncated = dir.path().join(format!("truncated-{cut}.model"));
         std::fs::write(&truncated, &bytes[..cut]).expect("write");
         let err = load(ModelSource::Path(truncated)).await;
-        assert!(matches!(err, EngineError::Corrupt { .. }), "cut at {cut}: {err}");
+        assert!(
+            matches!(err, EngineError::Corrupt { .. }),
+            "cut at {cut}: {err}"
+        );
         let err = load(ModelSource::Bytes {
             name: format!("truncated-{cut}"),
             bytes: bytes[..cut].to_vec().into(),
         })
         .await;
-        assert!(matches!(err, EngineError::Corrupt { .. }), "bytes cut at {cut}: {err}");
+        assert!(
+            matches!(err, EngineError::Corrupt { .. }),
+            "bytes cut at {cut}: {err}"
+        );
     }
 
     // The same model from memory works like the file.
@@ -509,7 +546,11 @@ pub async fn bad_files_give_typed_errors(t: &Tck) {
 
 pub async fn sessions_run_concurrently(t: &Tck) {
     let m = t.model.as_ref();
-    let prompts = ["What is 2+2?", "Name three colors.", "What is the capital of France?"];
+    let prompts = [
+        "What is 2+2?",
+        "Name three colors.",
+        "What is the capital of France?",
+    ];
     let mut sequential = Vec::new();
     for p in prompts {
         sequential.push(run(m, greedy(p, 24)).await.1.tokens);

@@ -34,11 +34,10 @@ impl Tck {
     /// Loads the target's model; panics with the engine's message if that
     /// fails, since no case can run without it.
     pub fn load(target: Target) -> Self {
-        let model = futures::executor::block_on(
-            target
-                .engine
-                .load(ModelSource::Path(target.model_path.clone()), target.options.clone()),
-        )
+        let model = futures::executor::block_on(target.engine.load(
+            ModelSource::Path(target.model_path.clone()),
+            target.options.clone(),
+        ))
         .unwrap_or_else(|e| {
             panic!(
                 "{} engine cannot load the reference model {}: {e}",

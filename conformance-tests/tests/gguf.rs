@@ -6,8 +6,7 @@ use arny_conformance::{Target, engine_tck};
 use arny_engine_api::LoadOptions;
 
 fn target() -> Target {
-    let model_path = arny_model_store::require_default_model()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let model_path = arny_model_store::require_default_model().unwrap_or_else(|e| panic!("{e}"));
     Target {
         engine: Arc::new(arny_engine_gguf::GgufEngine::new()),
         model_path,

@@ -211,9 +211,7 @@ mod tests {
 
     #[test]
     fn default_system_prompt_when_none_given() {
-        let out = smollm2()
-            .render(&[ChatMessage::user("Hi")], false)
-            .unwrap();
+        let out = smollm2().render(&[ChatMessage::user("Hi")], false).unwrap();
         assert_eq!(
             out,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
@@ -241,7 +239,8 @@ mod tests {
 
     #[test]
     fn raise_exception_becomes_a_template_error() {
-        let src = "{% if messages[0].role != 'system' %}{{ raise_exception('system first') }}{% endif %}";
+        let src =
+            "{% if messages[0].role != 'system' %}{{ raise_exception('system first') }}{% endif %}";
         let t = ChatTemplate::new(src, TemplateOrigin::Override, "", "").unwrap();
         let err = t.render(&[ChatMessage::user("x")], false).unwrap_err();
         assert!(
@@ -263,13 +262,19 @@ mod tests {
             "",
         )
         .unwrap();
-        assert!(matches!(t.render(&[], false), Err(EngineError::Template(_))));
+        assert!(matches!(
+            t.render(&[], false),
+            Err(EngineError::Template(_))
+        ));
     }
 
     #[test]
     fn missing_template_falls_back_to_builtin() {
         let t = ChatTemplate::from_model(None, BuiltinTemplate::ChatMl, "", "").unwrap();
-        assert_eq!(t.origin(), &TemplateOrigin::Builtin(BuiltinTemplate::ChatMl));
+        assert_eq!(
+            t.origin(),
+            &TemplateOrigin::Builtin(BuiltinTemplate::ChatMl)
+        );
         assert_eq!(
             t.render(&[ChatMessage::user("Hi")], true).unwrap(),
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"

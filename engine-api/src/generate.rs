@@ -443,11 +443,18 @@ pub async fn next_token_logits(session: &mut dyn Session, tokens: &[TokenId]) ->
         return Err(EngineError::InvalidInput("empty token sequence".into()));
     }
     session.truncate(0)?;
-    Ok(session.eval(tokens, LogitsRequest::Last).await?.last().to_vec())
+    Ok(session
+        .eval(tokens, LogitsRequest::Last)
+        .await?
+        .last()
+        .to_vec())
 }
 
 /// Teacher-forced logits: row `i` predicts `tokens[i + 1]`.
-pub async fn teacher_forced_logits(session: &mut dyn Session, tokens: &[TokenId]) -> Result<Logits> {
+pub async fn teacher_forced_logits(
+    session: &mut dyn Session,
+    tokens: &[TokenId],
+) -> Result<Logits> {
     if tokens.is_empty() {
         return Err(EngineError::InvalidInput("empty token sequence".into()));
     }

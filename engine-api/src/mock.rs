@@ -378,7 +378,8 @@ mod tests {
         block_on(async {
             let model = MockModel::new();
             let mut s = model.new_session(SessionOptions::default()).await.unwrap();
-            let g = Generation::new(model.as_ref(), s.as_mut(), GenerateRequest::chat("x")).unwrap();
+            let g =
+                Generation::new(model.as_ref(), s.as_mut(), GenerateRequest::chat("x")).unwrap();
             let events: Vec<_> = g.into_stream().collect().await;
             assert_eq!(events.len(), SCRIPT.len() + 1);
             match events.last().unwrap() {
@@ -397,9 +398,11 @@ mod tests {
             req.logprobs = true;
             req.max_tokens = 2;
             let mut lps = Vec::new();
-            generate(model.as_ref(), s.as_mut(), req, |e| lps.push(e.logprob.unwrap()))
-                .await
-                .unwrap();
+            generate(model.as_ref(), s.as_mut(), req, |e| {
+                lps.push(e.logprob.unwrap())
+            })
+            .await
+            .unwrap();
             assert!(lps.iter().all(|&l| l < 0.0 && l > -0.05), "{lps:?}");
             let toks = [BYTE0, FIRST, FIRST + 1];
             let all = teacher_forced_logits(s.as_mut(), &toks).await.unwrap();

@@ -183,11 +183,7 @@ impl Sampler {
         let min_p = self.params.min_p;
         if min_p > 0.0 {
             let floor = self.candidates[0].1 * min_p;
-            let keep = self
-                .candidates
-                .iter()
-                .take_while(|c| c.1 >= floor)
-                .count();
+            let keep = self.candidates.iter().take_while(|c| c.1 >= floor).count();
             self.candidates.truncate(keep.max(1));
         }
         let total: f32 = self.candidates.iter().map(|c| c.1).sum();

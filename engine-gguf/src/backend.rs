@@ -59,7 +59,10 @@ fn route(level: sys::ggml_log_level, text: &str) {
         partial.0 as sys::ggml_log_level
     } else {
         if !partial.1.is_empty() {
-            let (l, line) = (partial.0 as sys::ggml_log_level, std::mem::take(&mut partial.1));
+            let (l, line) = (
+                partial.0 as sys::ggml_log_level,
+                std::mem::take(&mut partial.1),
+            );
             emit(l, &line);
         }
         partial.0 = level as i32;
@@ -84,7 +87,10 @@ fn emit(level: sys::ggml_log_level, line: &str) {
                 && e.is_empty()
             {
                 // "llama_model_load: error loading model: <cause>" -> "<cause>"
-                let cause = line.rsplit(": error loading model: ").next().unwrap_or(line);
+                let cause = line
+                    .rsplit(": error loading model: ")
+                    .next()
+                    .unwrap_or(line);
                 cause.clone_into(&mut e);
             }
         }

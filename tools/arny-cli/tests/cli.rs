@@ -117,14 +117,34 @@ fn generate_json_answers_and_is_reproducible_across_processes() {
 #[test]
 fn prompt_from_stdin_and_sampling_flags() {
     let out = arny(
-        &["generate", "--json", "--max-tokens", "5", "--temperature", "0.8", "--seed", "7", "-"],
+        &[
+            "generate",
+            "--json",
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0.8",
+            "--seed",
+            "7",
+            "-",
+        ],
         Some("Write a poem about the sea."),
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     let j = last_json(&out);
     assert!(j["tokens"].as_array().unwrap().len() <= 5);
     let again = arny(
-        &["generate", "--json", "--max-tokens", "5", "--temperature", "0.8", "--seed", "7", "-"],
+        &[
+            "generate",
+            "--json",
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0.8",
+            "--seed",
+            "7",
+            "-",
+        ],
         Some("Write a poem about the sea."),
     );
     assert_eq!(j["tokens"], last_json(&again)["tokens"]);
@@ -155,7 +175,10 @@ fn bad_inputs_fail_with_one_clear_line() {
     std::fs::write(&foreign, "just some text\n").unwrap();
     let p = |p: &Path| p.display().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--model".into(), p(&d.join("missing.gguf"))], "not found"),
+        (
+            vec!["--model".into(), p(&d.join("missing.gguf"))],
+            "not found",
+        ),
         (vec!["--model".into(), p(d)], "not a regular file"),
         (vec!["--model".into(), p(&truncated)], "truncated"),
         (vec!["--model".into(), p(&foreign)], "not a gguf model"),
@@ -175,7 +198,10 @@ fn bad_inputs_fail_with_one_clear_line() {
         &arny(&["generate", "--ctx", "64", &long], None),
         "context overflow",
     );
-    assert_clean_failure(&arny(&["info", "--model", &p(&truncated)], None), "truncated");
+    assert_clean_failure(
+        &arny(&["info", "--model", &p(&truncated)], None),
+        "truncated",
+    );
 }
 
 #[test]
@@ -187,7 +213,12 @@ fn info_describes_the_model() {
     assert_eq!(j["quantization"], "Q4_1");
     assert_eq!(j["vocab_size"], 49152);
     assert_eq!(j["chat_template"]["origin"], "model");
-    assert!(j["chat_template"]["source"].as_str().unwrap().contains("<|im_start|>"));
+    assert!(
+        j["chat_template"]["source"]
+            .as_str()
+            .unwrap()
+            .contains("<|im_start|>")
+    );
     assert_eq!(j["path"], model());
     let text = arny(&["info"], None);
     assert_eq!(text.code, 0);
@@ -220,7 +251,9 @@ fn chat_keeps_the_cache_between_turns() {
 #[test]
 fn bench_reports_throughput_and_overhead() {
     let out = arny(
-        &["bench", "--engine", "gguf", "-p", "32", "-n", "8", "-r", "2", "--json"],
+        &[
+            "bench", "--engine", "gguf", "-p", "32", "-n", "8", "-r", "2", "--json",
+        ],
         None,
     );
     assert_eq!(out.code, 0, "{}", out.stderr);

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets up (scripts/setup.sh) and runs every check and test: formatting,
+# clippy, the wasm build of engine-api, and the whole test suite on the real
+# model. This is the command CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+say() { printf '==> %s\n' "$*" >&2; }
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "clippy (warnings are errors)"
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+say "engine-api builds for wasm32-unknown-unknown"
+cargo build --locked -p arny-engine-api --target wasm32-unknown-unknown
+say "tests"
+cargo test --release --locked --workspace
