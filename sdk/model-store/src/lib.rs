@@ -265,8 +265,10 @@ fn pip_download(requirement: &str, dir: &Path, interactive: bool) -> Result<Path
     .arg(requirement)
     .stdin(Stdio::null());
     if interactive {
-        // pip draws its own download bar on the terminal.
-        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        // pip draws its own download bar on the terminal. Its stdout goes to
+        // our stderr: stdout may be carrying an answer into a pipe.
+        cmd.stdout(Stdio::from(std::io::stderr()))
+            .stderr(Stdio::inherit());
     } else {
         cmd.arg("--progress-bar=off")
             .stdout(Stdio::piped())

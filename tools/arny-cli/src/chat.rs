@@ -3,9 +3,9 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Result;
-use arny_engine_api::{ChatMessage, GenerateRequest, Generation, Prompt, SessionOptions};
+use arny_engine_api::{ChatMessage, Generation, Prompt, SessionOptions};
 
-use crate::runtime::{ModelArgs, SamplingArgs, load};
+use crate::runtime::{ModelArgs, SamplingArgs, load, stream_to_stdout};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -64,34 +64,17 @@ pub fn run(args: Args) -> Result<()> {
                 _ => {}
             }
             conversation.push(ChatMessage::user(line.clone()));
-            let request = GenerateRequest {
-                sampling: args.sampling.params(),
-                max_tokens: args.sampling.max_tokens,
-                stop: args.sampling.stop.clone(),
-                ..GenerateRequest::new(Prompt::Chat(conversation.clone()))
-            };
-            let mut generation = Generation::new(model.as_ref(), session.as_mut(), request);
+            let request = |c: &Vec<ChatMessage>| args.sampling.request(Prompt::Chat(c.clone()));
+            let mut generation =
+                Generation::new(model.as_ref(), session.as_mut(), request(&conversation));
             if let Err(arny_engine_api::EngineError::ContextOverflow { .. }) = &generation {
                 eprintln!("(context full: starting a new conversation)");
                 conversation = fresh();
                 conversation.push(ChatMessage::user(line));
-                let request = GenerateRequest {
-                    sampling: args.sampling.params(),
-                    max_tokens: args.sampling.max_tokens,
-                    stop: args.sampling.stop.clone(),
-                    ..GenerateRequest::new(Prompt::Chat(conversation.clone()))
-                };
-                generation = Generation::new(model.as_ref(), session.as_mut(), request);
+                generation =
+                    Generation::new(model.as_ref(), session.as_mut(), request(&conversation));
             }
-            let mut generation = generation?;
-            let mut out = std::io::stdout().lock();
-            while let Some(event) = generation.next_token().await? {
-                out.write_all(event.text.as_bytes())?;
-                out.flush()?;
-            }
-            let done = generation.finish();
-            out.write_all(done.tail.as_bytes())?;
-            writeln!(out)?;
+            let done = stream_to_stdout(generation?).await?;
             if args.stats {
                 eprintln!(
                     "[{} prompt tokens: {} from cache, {} new | {} generated at {:.1} tok/s | {}]",

@@ -1,11 +1,9 @@
 //! `arny generate`: one prompt in, a streamed answer out.
 
-use std::io::Write;
-
 use anyhow::{Context, Result};
-use arny_engine_api::{ChatMessage, GenerateRequest, Generation, Prompt, SessionOptions};
+use arny_engine_api::{ChatMessage, Generation, Prompt, SessionOptions};
 
-use crate::runtime::{ModelArgs, SamplingArgs, load, read_prompt};
+use crate::runtime::{ModelArgs, SamplingArgs, load, read_prompt, stream_to_stdout};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -36,24 +34,12 @@ pub fn run(args: Args) -> Result<()> {
         messages.push(ChatMessage::user(text));
         Prompt::Chat(messages)
     };
-    let request = GenerateRequest {
-        sampling: args.sampling.params(),
-        max_tokens: args.sampling.max_tokens,
-        stop: args.sampling.stop.clone(),
-        ..GenerateRequest::new(prompt)
-    };
+    let request = args.sampling.request(prompt);
 
     futures::executor::block_on(async {
         let mut session = model.new_session(SessionOptions::default()).await?;
-        let mut generation = Generation::new(model.as_ref(), session.as_mut(), request)?;
-        let mut out = std::io::stdout().lock();
-        while let Some(event) = generation.next_token().await? {
-            out.write_all(event.text.as_bytes())?;
-            out.flush()?;
-        }
-        let done = generation.finish();
-        out.write_all(done.tail.as_bytes())?;
-        writeln!(out)?;
+        let generation = Generation::new(model.as_ref(), session.as_mut(), request)?;
+        let done = stream_to_stdout(generation).await?;
         if args.json {
             let summary = serde_json::json!({
                 "text": done.text,
@@ -67,7 +53,7 @@ pub fn run(args: Args) -> Result<()> {
                 "engine": model.info().engine,
                 "model": path.display().to_string(),
             });
-            writeln!(out, "{summary}")?;
+            println!("{summary}");
         }
         Ok::<_, anyhow::Error>(())
     })

@@ -88,6 +88,24 @@ pub fn load(args: &ModelArgs) -> Result<(Arc<dyn Model>, PathBuf)> {
     Ok((model, path))
 }
 
+/// Streams a generation's text to stdout as it arrives and returns the
+/// finished completion (its tail and a newline already printed).
+pub async fn stream_to_stdout(
+    mut generation: arny_engine_api::Generation<'_>,
+) -> Result<arny_engine_api::Completion> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    while let Some(event) = generation.next_token().await? {
+        out.write_all(event.text.as_bytes())?;
+        out.flush()?;
+    }
+    let done = generation.finish();
+    out.write_all(done.tail.as_bytes())?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(done)
+}
+
 /// Reads the prompt argument; `-` means standard input.
 pub fn read_prompt(arg: &str) -> Result<String> {
     let text = if arg == "-" {
@@ -137,6 +155,16 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
+    /// A request for `prompt` with these flags.
+    pub fn request(&self, prompt: arny_engine_api::Prompt) -> arny_engine_api::GenerateRequest {
+        arny_engine_api::GenerateRequest {
+            sampling: self.params(),
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            ..arny_engine_api::GenerateRequest::new(prompt)
+        }
+    }
+
     pub fn params(&self) -> arny_engine_api::SamplingParams {
         arny_engine_api::SamplingParams {
             temperature: self.temperature,
