@@ -1,15 +1,27 @@
-//! Checks a file before llama.cpp sees it, so that the common mistakes get
-//! precise errors (llama.cpp only says "failed to load").
+//! Checks a file before llama.cpp sees it.
+//!
+//! llama.cpp validates the container itself, but some values it trusts end
+//! in a `GGML_ASSERT`, which aborts the whole process (a `block_count` of
+//! 1000 does). So the header is parsed first by Arny's bounds-checked
+//! reader, and the hyperparameters llama.cpp asserts on are checked here;
+//! the common mistakes (a directory, a foreign file) also get precise
+//! errors this way.
 
-use std::io::Read;
+use std::io::BufReader;
 use std::path::Path;
 
 use arny_engine_api::{EngineError, Result};
+use arny_gguf_file::{GgufError, GgufFile, ReadOptions};
 
-/// Fixed part of a GGUF header: magic, version, tensor count, KV count.
-const HEADER_LEN: u64 = 4 + 4 + 8 + 8;
+/// The vocabulary and merges are checked but not kept: llama.cpp reads them.
+const OPTIONS: ReadOptions = ReadOptions {
+    max_array_len: 1024,
+};
 
-/// Ensures `path` is a regular file that starts like a GGUF v2/v3 file.
+/// llama.cpp's LLAMA_MAX_LAYERS.
+const MAX_LAYERS: u64 = 512;
+
+/// Parses and checks the GGUF file at `path`; returns its size.
 pub fn check_gguf_file(path: &Path) -> Result<u64> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
@@ -21,55 +33,124 @@ pub fn check_gguf_file(path: &Path) -> Result<u64> {
     if !meta.is_file() {
         return Err(EngineError::NotAFile(path.to_path_buf()));
     }
-    let mut header = [0u8; HEADER_LEN as usize];
-    let mut f = std::fs::File::open(path)
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path)
         .map_err(|e| EngineError::io(format!("open {}", path.display()), e))?;
-    let n = read_up_to(&mut f, &mut header)
-        .map_err(|e| EngineError::io(format!("read {}", path.display()), e))?;
-    check_header(&header[..n], &path.display().to_string())?;
+    let gguf = GgufFile::read_with(BufReader::with_capacity(1 << 16, file), meta.len(), OPTIONS)
+        .map_err(|e| classify(e, &name))?;
+    check_hparams(&gguf, &name)?;
     Ok(meta.len())
 }
 
 /// Same checks for an in-memory model.
 pub fn check_gguf_bytes(bytes: &[u8], name: &str) -> Result<()> {
-    check_header(&bytes[..bytes.len().min(HEADER_LEN as usize)], name)
+    let gguf =
+        GgufFile::read_with(bytes, bytes.len() as u64, OPTIONS).map_err(|e| classify(e, name))?;
+    check_hparams(&gguf, name)
 }
 
-fn check_header(header: &[u8], name: &str) -> Result<()> {
-    let wrong = |reason: String| EngineError::WrongFormat {
+fn classify(e: GgufError, name: &str) -> EngineError {
+    match e {
+        GgufError::BadMagic(_) | GgufError::UnsupportedVersion(_) => EngineError::WrongFormat {
+            source_name: name.to_string(),
+            expected: "GGUF",
+            reason: e.to_string(),
+        },
+        GgufError::Truncated { .. } | GgufError::Invalid(_) => EngineError::Corrupt {
+            source_name: name.to_string(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// The hyperparameters llama.cpp would otherwise assert on.
+fn check_hparams(f: &GgufFile, name: &str) -> Result<()> {
+    let bad = |reason: String| EngineError::Corrupt {
         source_name: name.to_string(),
-        expected: "GGUF",
         reason,
     };
-    if header.len() < 4 || &header[..4] != b"GGUF" {
-        let shown: Vec<String> = header.iter().take(4).map(|b| format!("{b:02x}")).collect();
-        return Err(wrong(format!(
-            "missing GGUF magic; file starts with [{}]",
-            shown.join(" ")
+    let arch = f
+        .architecture()
+        .ok_or_else(|| bad("no general.architecture".into()))?;
+    // A scalar key must be an integer in `range`; absent is llama.cpp's call,
+    // and per-layer arrays are left to it too.
+    let int = |key: &str, range: std::ops::RangeInclusive<u64>| -> Result<Option<u64>> {
+        let key = format!("{arch}.{key}");
+        match f.get(&key) {
+            None | Some(arny_gguf_file::Value::Array(_)) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if range.contains(&n) => Ok(Some(n)),
+                _ => Err(bad(format!("{key} = {v:?} is out of range"))),
+            },
+        }
+    };
+    int("block_count", 1..=MAX_LAYERS)?;
+    int("context_length", 1..=(1 << 24))?;
+    let embd = int("embedding_length", 1..=(1 << 20))?;
+    int("feed_forward_length", 1..=(1 << 24))?;
+    let heads = int("attention.head_count", 1..=(1 << 16))?;
+    let kv_heads = int("attention.head_count_kv", 1..=(1 << 16))?;
+    if let (Some(e), Some(h)) = (embd, heads)
+        && e % h != 0
+    {
+        return Err(bad(format!(
+            "embedding length {e} is not a multiple of {h} heads"
         )));
     }
-    if header.len() < HEADER_LEN as usize {
-        return Err(EngineError::Corrupt {
-            source_name: name.to_string(),
-            reason: format!("only {} bytes, shorter than a GGUF header", header.len()),
-        });
+    if let (Some(h), Some(kv)) = (heads, kv_heads)
+        && (kv > h || h % kv != 0)
+    {
+        return Err(bad(format!(
+            "{h} attention heads cannot share {kv} KV heads"
+        )));
     }
-    let version = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if !(2..=3).contains(&version) {
-        return Err(wrong(format!("unsupported GGUF version {version}")));
-    }
-    Ok(())
-}
-
-fn read_up_to(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
+    // Norm epsilons feed a GGML_ASSERT(eps >= 0); no real model has a
+    // non-finite float hyperparameter.
+    let prefix = format!("{arch}.");
+    for (key, v) in f.metadata.range(prefix.clone()..) {
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        if let arny_gguf_file::Value::F32(_) | arny_gguf_file::Value::F64(_) = v {
+            let x = v.as_f64().unwrap_or(f64::NAN);
+            if !x.is_finite() || (key.ends_with("epsilon") && x < 0.0) {
+                return Err(bad(format!("{key} = {v:?} is out of range")));
+            }
         }
     }
-    Ok(n)
+    if let Some(tokens) = f.get("tokenizer.ggml.tokens") {
+        let n = tokens
+            .array_len()
+            .ok_or_else(|| bad("tokenizer.ggml.tokens is not an array".into()))?;
+        if n == 0 {
+            return Err(bad("empty vocabulary".into()));
+        }
+        for key in [
+            "tokenizer.ggml.bos_token_id",
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eot_token_id",
+            "tokenizer.ggml.padding_token_id",
+            "tokenizer.ggml.unknown_token_id",
+            "tokenizer.ggml.seperator_token_id",
+        ] {
+            if let Some(v) = f.get(key)
+                && v.as_i64().is_some_and(|id| id >= n as i64)
+            {
+                return Err(bad(format!(
+                    "{key} = {v:?} is outside the {n}-token vocabulary"
+                )));
+            }
+        }
+        if let Some(t) = f.tensor("token_embd.weight")
+            && t.dims.get(1).is_some_and(|&rows| rows != n)
+        {
+            return Err(bad(format!(
+                "token_embd.weight has {:?} rows for a {n}-token vocabulary",
+                t.dims.get(1)
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -77,11 +158,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn header_checks() {
-        let mut ok = b"GGUF".to_vec();
-        ok.extend_from_slice(&3u32.to_le_bytes());
-        ok.extend_from_slice(&[0; 16]);
-        assert!(check_gguf_bytes(&ok, "m").is_ok());
+    fn foreign_and_short_inputs() {
         assert!(matches!(
             check_gguf_bytes(b"PK\x03\x04 zip", "m"),
             Err(EngineError::WrongFormat { .. })
@@ -90,15 +167,13 @@ mod tests {
             check_gguf_bytes(b"GGUF\x03\0", "m"),
             Err(EngineError::Corrupt { .. })
         ));
-        let mut v9 = ok.clone();
-        v9[4] = 9;
         assert!(matches!(
-            check_gguf_bytes(&v9, "m"),
+            check_gguf_bytes(b"GGUF\x09\0\0\0", "m"),
             Err(EngineError::WrongFormat { .. })
         ));
         assert!(matches!(
             check_gguf_bytes(b"", "m"),
-            Err(EngineError::WrongFormat { .. })
+            Err(EngineError::Corrupt { .. } | EngineError::WrongFormat { .. })
         ));
     }
 }

@@ -139,17 +139,25 @@ fn llama_cpp_logs_reach_tracing() {
         .with_ansi(false)
         .finish();
     tracing::subscriber::with_default(subscriber, || {
+        // A well-formed file that lacks a tensor the llama architecture
+        // needs: only llama.cpp can tell.
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("truncated.gguf");
-        let bytes = std::fs::read(arny_model_store::require_default_model().unwrap()).unwrap();
-        std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+        let path = dir.path().join("renamed.gguf");
+        let mut bytes = std::fs::read(arny_model_store::require_default_model().unwrap()).unwrap();
+        let at = bytes
+            .windows(18)
+            .position(|w| w == b"output_norm.weight")
+            .unwrap();
+        bytes[at..at + 18].copy_from_slice(b"output_norx.weight");
+        std::fs::write(&path, &bytes).unwrap();
         let err = GgufEngine::new()
             .load_path(&path, &LoadOptions::default())
             .err()
-            .expect("truncated model must fail");
+            .expect("model without output_norm must fail");
         // The typed error carries llama.cpp's own explanation.
         assert!(
-            err.to_string().contains("not within the file bounds"),
+            matches!(err, arny_engine_api::EngineError::Corrupt { .. })
+                && err.to_string().contains("output_norm.weight"),
             "{err}"
         );
     });
@@ -193,4 +201,62 @@ fn gpu_request_is_refused_clearly() {
         matches!(err, arny_engine_api::EngineError::Unsupported(_)),
         "{err}"
     );
+}
+
+/// Overwrites the scalar value of metadata `key` in a GGUF file image.
+fn patch_scalar(bytes: &mut [u8], key: &str, value: &[u8]) {
+    let mut needle = (key.len() as u64).to_le_bytes().to_vec();
+    needle.extend_from_slice(key.as_bytes());
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .unwrap_or_else(|| panic!("{key} not in the model"));
+    let value_at = at + needle.len() + 4;
+    bytes[value_at..value_at + value.len()].copy_from_slice(value);
+}
+
+/// Values that make llama.cpp hit a GGML_ASSERT, which aborts the process,
+/// are refused before llama.cpp sees them. Without the check this test
+/// would not fail: it would kill the test binary.
+#[test]
+fn hostile_hyperparameters_are_refused_not_aborted() {
+    let original = std::fs::read(arny_model_store::require_default_model().unwrap()).unwrap();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "llama.block_count",
+            1000u32.to_le_bytes().to_vec(),
+            "block_count",
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            (-1.0f32).to_le_bytes().to_vec(),
+            "epsilon",
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            f32::NAN.to_le_bytes().to_vec(),
+            "epsilon",
+        ),
+        (
+            "llama.attention.head_count_kv",
+            7u32.to_le_bytes().to_vec(),
+            "KV heads",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (key, value, needle) in cases {
+        let mut bytes = original.clone();
+        patch_scalar(&mut bytes, key, &value);
+        let path = dir.path().join("hostile.gguf");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = GgufEngine::new()
+            .load_path(&path, &LoadOptions::default())
+            .err()
+            .unwrap_or_else(|| panic!("{key} = {value:?} loaded"));
+        assert!(
+            matches!(err, arny_engine_api::EngineError::Corrupt { .. })
+                && err.to_string().contains(needle),
+            "{key}: {err}"
+        );
+    }
 }
