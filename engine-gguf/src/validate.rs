@@ -13,10 +13,13 @@ use std::path::Path;
 use arny_engine_api::{EngineError, Result};
 use arny_gguf_file::{GgufError, GgufFile, ReadOptions};
 
-/// The vocabulary and merges are checked but not kept: llama.cpp reads them.
+/// The merges and scores are checked but not kept (llama.cpp reads them);
+/// the vocabulary is kept for the uniqueness check below.
 const OPTIONS: ReadOptions = ReadOptions {
     max_array_len: 1024,
+    keep: &[TOKENS],
 };
+const TOKENS: &str = "tokenizer.ggml.tokens";
 
 /// llama.cpp's LLAMA_MAX_LAYERS.
 const MAX_LAYERS: u64 = 512;
@@ -118,12 +121,24 @@ fn check_hparams(f: &GgufFile, name: &str) -> Result<()> {
             }
         }
     }
-    if let Some(tokens) = f.get("tokenizer.ggml.tokens") {
+    if let Some(tokens) = f.get(TOKENS) {
         let n = tokens
             .array_len()
-            .ok_or_else(|| bad("tokenizer.ggml.tokens is not an array".into()))?;
+            .ok_or_else(|| bad(format!("{TOKENS} is not an array")))?;
         if n == 0 {
             return Err(bad("empty vocabulary".into()));
+        }
+        // llama.cpp asserts that no two tokens share a text.
+        let mut seen = std::collections::HashSet::with_capacity(n as usize);
+        for t in tokens.as_array().unwrap_or_default() {
+            let text = t
+                .as_str()
+                .ok_or_else(|| bad(format!("{TOKENS} holds a non-string")))?;
+            if !seen.insert(text) {
+                return Err(bad(format!(
+                    "token {text:?} appears twice in the vocabulary"
+                )));
+            }
         }
         for key in [
             "tokenizer.ggml.bos_token_id",

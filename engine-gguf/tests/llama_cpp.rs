@@ -260,3 +260,42 @@ fn hostile_hyperparameters_are_refused_not_aborted() {
         );
     }
 }
+
+/// Two tokens with the same text trip a GGML_ASSERT in llama.cpp's
+/// vocabulary loader; the check in front of it refuses the file instead.
+#[test]
+fn duplicate_vocabulary_entries_are_refused_not_aborted() {
+    let mut bytes = std::fs::read(arny_model_store::require_default_model().unwrap()).unwrap();
+    let key = b"tokenizer.ggml.tokens";
+    let mut at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    assert_eq!(u32_at(&bytes, at), 9, "array");
+    assert_eq!(u32_at(&bytes, at + 4), 8, "of strings");
+    at += 16;
+    // Walk to two neighbouring tokens of equal length past the byte tokens,
+    // then make the second a copy of the first.
+    let mut prev: Option<(usize, usize)> = None;
+    for index in 0.. {
+        let len = u64_at(&bytes, at) as usize;
+        let text = at + 8;
+        if let Some((p_text, p_len)) = prev
+            && index > 1000
+            && p_len == len
+        {
+            let copy = bytes[p_text..p_text + len].to_vec();
+            bytes[text..text + len].copy_from_slice(&copy);
+            break;
+        }
+        prev = Some((text, len));
+        at = text + len;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("duplicate.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = GgufEngine::new()
+        .load_path(&path, &LoadOptions::default())
+        .err()
+        .expect("duplicate token must be refused");
+    assert!(err.to_string().contains("appears twice"), "{err}");
+}

@@ -176,12 +176,15 @@ pub struct ReadOptions {
     /// Arrays longer than this (the vocabulary, the merges) are checked and
     /// skipped instead of materialised; see [`Value::SkippedArray`].
     pub max_array_len: u64,
+    /// Keys whose arrays are always kept, whatever their length.
+    pub keep: &'static [&'static str],
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
         Self {
             max_array_len: u64::MAX,
+            keep: &[],
         }
     }
 }
@@ -213,6 +216,7 @@ impl GgufFile {
             pos: 0,
             len: file_len,
             max_array_len: options.max_array_len,
+            keep: options.keep,
         }
         .file()
     }
@@ -249,6 +253,7 @@ struct Parser<R> {
     pos: u64,
     len: u64,
     max_array_len: u64,
+    keep: &'static [&'static str],
 }
 
 impl<R: Read> Parser<R> {
@@ -350,7 +355,7 @@ impl<R: Read> Parser<R> {
                 if n.checked_mul(min).is_none_or(|b| b > self.remaining()) {
                     return Err(self.truncated(what));
                 }
-                if n > self.max_array_len {
+                if n > self.max_array_len && !self.keep.contains(&what) {
                     if elem == 8 {
                         for _ in 0..n {
                             let len = self.u64(what)?;
@@ -660,7 +665,10 @@ mod tests {
         let f = GgufFile::read_with(
             bytes.as_slice(),
             bytes.len() as u64,
-            ReadOptions { max_array_len: 2 },
+            ReadOptions {
+                max_array_len: 2,
+                keep: &[],
+            },
         )
         .unwrap();
         let tokens = f.get("tokenizer.ggml.tokens").unwrap();
