@@ -33,7 +33,11 @@ impl GgufEngine {
 
     /// Loads a model from a path without going through the async trait.
     pub fn load_path(&self, path: &Path, options: &LoadOptions) -> Result<GgufModel> {
-        GgufModel::load(path, None, options)
+        let checked = Checked {
+            file_bytes: check_gguf_file(path)?,
+            source_name: path.display().to_string(),
+        };
+        GgufModel::load(path, checked, None, options)
     }
 }
 
@@ -45,9 +49,14 @@ impl InferenceEngine for GgufEngine {
 
     async fn load(&self, source: ModelSource, options: LoadOptions) -> Result<Arc<dyn Model>> {
         let model = match source {
-            ModelSource::Path(path) => GgufModel::load(&path, None, &options)?,
+            ModelSource::Path(path) => self.load_path(&path, &options)?,
             ModelSource::Bytes { name, bytes } => {
+                // Checked in memory, before anything is written to disk.
                 check_gguf_bytes(&bytes, &name)?;
+                let checked = Checked {
+                    file_bytes: bytes.len() as u64,
+                    source_name: name,
+                };
                 // llama.cpp reads models from files only: spill to a temp
                 // file that lives exactly as long as the model.
                 let mut tmp = tempfile::Builder::new()
@@ -58,11 +67,18 @@ impl InferenceEngine for GgufEngine {
                 std::io::Write::write_all(&mut tmp, &bytes)
                     .map_err(|e| EngineError::io("write temp file", e))?;
                 let path = tmp.path().to_path_buf();
-                GgufModel::load(&path, Some(tmp), &options)?
+                GgufModel::load(&path, checked, Some(tmp), &options)?
             }
         };
         Ok(Arc::new(model))
     }
+}
+
+/// What validation established about a model before llama.cpp loads it.
+struct Checked {
+    file_bytes: u64,
+    /// The user's name for the model (a path, or the name given with bytes).
+    source_name: String,
 }
 
 pub(crate) struct Inner {
@@ -86,8 +102,10 @@ pub struct GgufModel {
 }
 
 impl GgufModel {
+    /// Loads a file that `validate` has already accepted.
     fn load(
         path: &Path,
+        checked: Checked,
         spill: Option<tempfile::NamedTempFile>,
         options: &LoadOptions,
     ) -> Result<Self> {
@@ -96,7 +114,10 @@ impl GgufModel {
                 "the gguf engine runs on the CPU; use --device cpu or auto".into(),
             ));
         }
-        let file_bytes = check_gguf_file(path)?;
+        let Checked {
+            file_bytes,
+            source_name,
+        } = checked;
         let backend = backend()?;
         let mut params = LlamaModelParams::default().with_use_mmap(options.use_mmap);
         if let Some(progress) = options.progress.clone() {
@@ -108,7 +129,7 @@ impl GgufModel {
         clear_last_error();
         let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
             let reason = last_llama_error().unwrap_or_else(|| e.to_string());
-            classify_load_error(path, reason)
+            classify_load_error(source_name.clone(), reason)
         })?;
 
         let threads = options.threads.unwrap_or_else(default_threads).max(1);
@@ -178,7 +199,7 @@ impl GgufModel {
             },
         };
         tracing::info!(
-            path = %path.display(),
+            source = %source_name,
             arch = %info.architecture,
             params = info.parameters,
             quant = %info.quantization,
@@ -280,9 +301,8 @@ impl Inner {
     }
 }
 
-fn classify_load_error(path: &Path, reason: String) -> EngineError {
+fn classify_load_error(source_name: String, reason: String) -> EngineError {
     let lower = reason.to_lowercase();
-    let source_name = path.display().to_string();
     if lower.contains("unknown model architecture") {
         let arch = reason
             .split('\'')
