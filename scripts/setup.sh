@@ -8,6 +8,7 @@
 # Environment:
 #   CARGO_TARGET_DIR   where cargo builds (CI points it at a cache)
 #   ARNY_MODELS_DIR    the model cache (default ~/.cache/arny/models)
+#   ARNY_VENV          Python venv for the test clients (default ~/.cache/arny/venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 packages=(cmake libclang-dev g++ pkg-config ca-certificates)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
+python3 -m venv --help >/dev/null 2>&1 || packages+=(python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -47,6 +49,17 @@ if command -v rustup >/dev/null 2>&1; then
   for comp in rustfmt clippy; do
     rustup component list --installed | grep -q "^$comp" || rustup component add "$comp" >/dev/null
   done
+fi
+
+# --- Python test clients --------------------------------------------------------
+# `arny serve` is tested with the official `openai` package, as a third-party
+# app would use it. It lives in its own venv, pinned.
+OPENAI_VERSION="3.57.0"
+venv="${ARNY_VENV:-$HOME/.cache/arny/venv}"
+if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+  say "installing openai==$OPENAI_VERSION into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "openai==$OPENAI_VERSION"
 fi
 
 # --- Build and model ----------------------------------------------------------

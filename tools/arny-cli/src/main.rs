@@ -1,12 +1,17 @@
 //! `arny`: run on-device language models from the terminal.
 
+mod ask;
+mod assistant;
 mod bench;
 mod bench_raw;
+mod bench_switch;
 mod chat;
 mod generate;
 mod info;
 mod models;
+mod route;
 mod runtime;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -28,6 +33,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Ask the assistant: the gateway picks a specialist (or the cloud), the
+    /// answer streams to stdout, the routing decision goes to stderr.
+    Ask(ask::Args),
+    /// Route JSON lines `{"text": ...}` from stdin; one decision per line.
+    Route(route::Args),
+    /// Serve the assistant as an OpenAI-compatible API on 127.0.0.1.
+    Serve(serve::Args),
     /// Answer one prompt, streaming the answer to stdout.
     Generate(generate::Args),
     /// Interactive multi-turn chat that keeps the KV cache between turns.
@@ -59,6 +71,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let result = match cli.command {
+        Command::Ask(a) => ask::run(a),
+        Command::Route(a) => route::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Info(a) => info::run(a),

@@ -257,3 +257,78 @@ fn bench_reports_throughput_and_overhead() {
     assert_eq!(table.code, 0, "{}", table.stderr);
     assert!(table.stdout.contains("pp16") && table.stdout.contains("ratio arny/raw"));
 }
+
+#[test]
+fn ask_routes_and_streams_the_answer() {
+    let out = arny(
+        &["ask", "--max-tokens", "12", "I feel anxious about my exam"],
+        None,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("→ wellness"),
+        "routing decision on stderr: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("answered by wellness"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.trim().is_empty(), "the answer on stdout");
+    assert!(
+        !out.stdout.contains("→"),
+        "stdout holds only the answer: {}",
+        out.stdout
+    );
+}
+
+#[test]
+fn route_writes_one_json_line_per_input() {
+    let input = "{\"text\": \"What is 15% of 80?\"}\n{\"text\": \"Plan a route through five stores\", \"label\": \"logistics\"}\n\n{\"text\": \"Write a sonnet about rain\"}\n";
+    let out = arny(&["route"], Some(input));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let labels: Vec<&str> = lines.iter().map(|v| v["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["math", "logistics", "cloud"]);
+    for v in &lines {
+        let c = v["confidence"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&c) && v["ms"].as_f64().unwrap() >= 0.0,
+            "{v}"
+        );
+        assert!(v["text"].is_string());
+    }
+    assert!(
+        out.stderr.contains("accuracy 1.000 (1/1)"),
+        "{}",
+        out.stderr
+    );
+
+    let bad = arny(&["route"], Some("not json\n"));
+    assert_eq!(bad.code, 1);
+    assert!(
+        bad.stderr.starts_with("error: stdin line 1"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn a_bad_manifest_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "plan = \"hybrid\"\nmemory_budget = \"lots\"\n").unwrap();
+    let out = arny(&["ask", "--config", p.to_str().unwrap(), "hi"], None);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("bad.toml:2") && out.stderr.contains("memory_budget"),
+        "{}",
+        out.stderr
+    );
+}

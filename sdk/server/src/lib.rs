@@ -1,0 +1,438 @@
+//! Serves an [`Assistant`] on loopback as an OpenAI-compatible API, so any
+//! OpenAI client library (or the SDK's own cloud client on another device)
+//! can talk to it.
+//!
+//! - `GET /v1/models`: `arny` (routed by the gateway) and one model per
+//!   specialist (skips the gateway).
+//! - `POST /v1/chat/completions`: streamed (SSE) or not. The specialist's
+//!   system prompt is used; system messages from the client are ignored.
+//!   Answers carry an extra `arny` object: who answered and why.
+//! - `GET /v1/status`: loaded models, bytes, budget (Arny's own).
+//!
+//! Generation runs on tokio's blocking pool, one request per thread; a
+//! client that disconnects mid-stream cancels its generation.
+
+// Handlers return a ready `Response` as their error: that is axum's idiom,
+// and the error path is cold, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arny_sdk::{
+    Answer, AskRequest, Assistant, CancelToken, ChatMessage, Role, SamplingParams, SdkError,
+};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+
+/// The model id that lets the gateway choose.
+pub const ROUTED_MODEL: &str = "arny";
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// When set, requests need `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Generations at once; more get HTTP 429 with `Retry-After`.
+    pub max_concurrent: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            max_concurrent: 4,
+        }
+    }
+}
+
+struct AppState {
+    assistant: Assistant,
+    options: ServerOptions,
+    slots: Semaphore,
+}
+
+pub fn router(assistant: Assistant, options: ServerOptions) -> Router {
+    let state = Arc::new(AppState {
+        slots: Semaphore::new(options.max_concurrent.max(1)),
+        assistant,
+        options,
+    });
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/status", get(status))
+        .with_state(state)
+}
+
+/// Serves until the future is dropped or the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    assistant: Assistant,
+    options: ServerOptions,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(assistant, options)).await
+}
+
+fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Response {
+    let body =
+        json!({"error": {"message": message.into(), "type": kind, "code": code, "param": null}});
+    (status, Json(body)).into_response()
+}
+
+fn sdk_error(e: &SdkError) -> Response {
+    let status = match e {
+        SdkError::InvalidRequest(_)
+        | SdkError::Engine(arny_engine_api::EngineError::InvalidInput(_)) => {
+            StatusCode::BAD_REQUEST
+        }
+        SdkError::Engine(arny_engine_api::EngineError::ContextOverflow { .. }) => {
+            StatusCode::BAD_REQUEST
+        }
+        SdkError::UnknownSpecialist { .. } => StatusCode::NOT_FOUND,
+        SdkError::MemoryBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        SdkError::Cloud(_) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    error(status, kind, e.code(), e.to_string())
+}
+
+fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(key) = &state.options.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(key.as_str()) {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "missing or wrong API key",
+        ))
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    let data: Vec<Value> = std::iter::once(ROUTED_MODEL.to_string())
+        .chain(state.assistant.specialist_names())
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "arny"}))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    Json(state.assistant.status()).into_response()
+}
+
+#[derive(Deserialize)]
+struct ChatBody {
+    model: String,
+    messages: Vec<WireMessage>,
+    #[serde(default)]
+    stream: bool,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    role: String,
+    content: Content,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Value>),
+    Null(()),
+}
+
+impl Content {
+    fn text(&self) -> String {
+        match self {
+            Content::Text(s) => s.clone(),
+            Content::Parts(p) => p
+                .iter()
+                .filter_map(|v| v.get("text").and_then(|t| t.as_str()))
+                .collect::<Vec<_>>()
+                .join(""),
+            Content::Null(()) => String::new(),
+        }
+    }
+}
+
+fn to_request(state: &AppState, body: &ChatBody) -> Result<AskRequest, Response> {
+    let mut messages = Vec::new();
+    for m in &body.messages {
+        let role = match m.role.as_str() {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            // The specialist's own system prompt rules.
+            "system" | "developer" => continue,
+            other => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_role",
+                    format!("unsupported message role `{other}`"),
+                ));
+            }
+        };
+        messages.push(ChatMessage {
+            role,
+            content: m.content.text(),
+        });
+    }
+    let mut req = AskRequest::new("");
+    req.messages = messages;
+    if body.model != ROUTED_MODEL && body.model != "auto" {
+        if !state.assistant.specialist_names().contains(&body.model) {
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!(
+                    "no model `{}`; use `{ROUTED_MODEL}` or one of: {}",
+                    body.model,
+                    state.assistant.specialist_names().join(", ")
+                ),
+            ));
+        }
+        req.specialist = Some(body.model.clone());
+    }
+    req.max_tokens = body.max_completion_tokens.or(body.max_tokens);
+    if body.temperature.is_some() || body.top_p.is_some() || body.seed.is_some() {
+        let mut s = SamplingParams::default();
+        if let Some(t) = body.temperature {
+            s.temperature = t;
+        }
+        if let Some(p) = body.top_p {
+            s.top_p = p;
+        }
+        s.seed = body.seed;
+        req.sampling = Some(s);
+    }
+    req.stop = match &body.stop {
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+        None => Vec::new(),
+    };
+    Ok(req)
+}
+
+fn finish_reason(a: &Answer) -> &'static str {
+    match a.finish_reason.as_str() {
+        "max_tokens" | "context_full" | "length" => "length",
+        _ => "stop",
+    }
+}
+
+fn arny_extension(a: &Answer) -> Value {
+    json!({
+        "handler": a.handler,
+        "decision": a.decision,
+        "finish_reason": a.finish_reason,
+        "total_ms": a.total_ms,
+    })
+}
+
+async fn chat(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers) {
+        return r;
+    }
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_body",
+                e.body_text(),
+            );
+        }
+    };
+    let request = match to_request(&state, &body) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let Ok(permit) = state.slots.try_acquire() else {
+        let mut resp = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "busy",
+            "all generation slots are busy; retry shortly",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return resp;
+    };
+    // The permit must live as long as the generation, which may outlive
+    // this handler when streaming.
+    let permit = hold_slot(permit, &state);
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = format!(
+        "chatcmpl-arny-{}-{}",
+        now(),
+        NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let model = body.model.clone();
+    let assistant = state.assistant.clone();
+    let cancel: CancelToken = request.cancel.clone();
+
+    if !body.stream {
+        let handle = tokio::runtime::Handle::current();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            handle.block_on(assistant.ask(request, |_| {}))
+        })
+        .await;
+        return match joined {
+            Ok(Ok(a)) => {
+                let usage = a.usage.as_ref();
+                let (p, c) = (
+                    usage.map(|u| u.prompt_tokens).unwrap_or(0),
+                    usage.map(|u| u.generated_tokens).unwrap_or(0),
+                );
+                Json(json!({
+                    "id": id, "object": "chat.completion", "created": now(), "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text}, "finish_reason": finish_reason(&a), "logprobs": null}],
+                    "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+                    "arny": arny_extension(&a),
+                }))
+                .into_response()
+            }
+            Ok(Err(e)) => sdk_error(&e),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal",
+                format!("generation failed: {e}"),
+            ),
+        };
+    }
+
+    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    let handle = tokio::runtime::Handle::current();
+    let (id2, model2) = (id.clone(), model.clone());
+    let chunk = move |delta: Value, finish: Option<&str>, extra: Option<Value>| {
+        let mut v = json!({
+            "id": id2, "object": "chat.completion.chunk", "created": now(), "model": model2,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        });
+        if let Some(e) = extra {
+            v["arny"] = e;
+        }
+        v
+    };
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let _ = tx.send(chunk(
+            json!({"role": "assistant", "content": ""}),
+            None,
+            None,
+        ));
+        let tx2 = tx.clone();
+        let chunk2 = chunk.clone();
+        let cancel2 = cancel.clone();
+        let result = handle.block_on(assistant.ask(request, move |piece| {
+            if tx2
+                .send(chunk2(json!({"content": piece}), None, None))
+                .is_err()
+            {
+                // The client went away.
+                cancel2.cancel();
+            }
+        }));
+        match result {
+            Ok(a) => {
+                let _ = tx.send(chunk(
+                    json!({}),
+                    Some(finish_reason(&a)),
+                    Some(arny_extension(&a)),
+                ));
+            }
+            Err(e) => {
+                let _ = tx.send(json!({"error": {"message": e.to_string(), "type": "server_error", "code": e.code()}}));
+            }
+        }
+    });
+    let events = tokio_stream(rx)
+        .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
+        .chain(futures::stream::once(async {
+            Ok(SseEvent::default().data("[DONE]"))
+        }));
+    Sse::new(events).into_response()
+}
+
+fn tokio_stream<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A semaphore permit that does not borrow the state: the state is kept
+/// alive by an `Arc` inside.
+struct OwnedSlot {
+    _state: Arc<AppState>,
+}
+
+impl Drop for OwnedSlot {
+    fn drop(&mut self) {
+        self._state.slots.add_permits(1);
+    }
+}
+
+fn hold_slot(permit: tokio::sync::SemaphorePermit<'_>, state: &Arc<AppState>) -> OwnedSlot {
+    // Give the permit back by hand when the generation ends.
+    permit.forget();
+    OwnedSlot {
+        _state: state.clone(),
+    }
+}

@@ -1,0 +1,709 @@
+//! The assistant: gateway, specialists and cloud behind one call.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arny_engine_api::{
+    BuiltinTemplate, CancelToken, ChatMessage, ChatTemplate, GenerateRequest, InferenceEngine,
+    Model, Prompt, Role, SamplingParams, TemplateOrigin, Usage, generate,
+};
+use arny_router::{
+    CLOUD, Classifier, Decision, ExampleClassifier, ExampleOptions, Gateway, LabelExamples,
+};
+use serde::Serialize;
+use web_time::Instant;
+
+use crate::events::{Event, EventBus};
+use crate::manager::{Lease, ManagerStatus, ModelKey, ModelManager, ModelRef};
+use crate::manifest::{EngineKind, Manifest, ModelSpec, Plan, Strategy};
+use crate::{Result, SdkError};
+
+/// The engines an app makes available, by the ids manifests use.
+#[derive(Clone, Default)]
+pub struct Engines(HashMap<&'static str, Arc<dyn InferenceEngine>>);
+
+impl Engines {
+    /// Every engine compiled into this build.
+    pub fn builtin() -> Self {
+        #[allow(unused_mut)]
+        let mut e = Self::default();
+        #[cfg(feature = "gguf")]
+        {
+            e = e.with(Arc::new(arny_engine_gguf::GgufEngine::new()));
+        }
+        e
+    }
+
+    pub fn with(mut self, engine: Arc<dyn InferenceEngine>) -> Self {
+        self.0.insert(engine.id(), engine);
+        self
+    }
+
+    pub fn get(&self, kind: EngineKind) -> Option<&Arc<dyn InferenceEngine>> {
+        self.0.get(kind.id())
+    }
+}
+
+/// How an assistant is built.
+pub struct AssistantOptions {
+    pub engines: Engines,
+    /// Fetch `known` models that are not in the models folder yet.
+    pub fetch_missing: bool,
+}
+
+impl Default for AssistantOptions {
+    fn default() -> Self {
+        Self {
+            engines: Engines::builtin(),
+            fetch_missing: true,
+        }
+    }
+}
+
+/// One question (or conversation) for the assistant.
+#[derive(Clone)]
+pub struct AskRequest {
+    /// The conversation so far, without a system message; the last
+    /// message is the user's. The gateway routes on that last message.
+    pub messages: Vec<ChatMessage>,
+    /// Skip the gateway and use this specialist.
+    pub specialist: Option<String>,
+    pub max_tokens: Option<u32>,
+    /// Overrides the specialist's sampling.
+    pub sampling: Option<SamplingParams>,
+    pub stop: Vec<String>,
+    pub cancel: CancelToken,
+}
+
+impl AskRequest {
+    pub fn new(text: impl Into<String>) -> Self {
+        Self {
+            messages: vec![ChatMessage::user(text)],
+            specialist: None,
+            max_tokens: None,
+            sampling: None,
+            stop: Vec::new(),
+            cancel: CancelToken::new(),
+        }
+    }
+}
+
+/// Who answered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Handler {
+    Specialist {
+        name: String,
+    },
+    Cloud {
+        model: String,
+    },
+    /// The gateway chose the cloud, but a local specialist answered:
+    /// `reason` says why (privacy, no cloud configured, unreachable).
+    LocalStandIn {
+        name: String,
+        reason: String,
+    },
+}
+
+impl Handler {
+    /// The specialist name, or `cloud`.
+    pub fn label(&self) -> &str {
+        match self {
+            Self::Specialist { name } | Self::LocalStandIn { name, .. } => name,
+            Self::Cloud { .. } => CLOUD,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Specialist { name } => name.clone(),
+            Self::Cloud { model } => format!("cloud ({model})"),
+            Self::LocalStandIn { name, reason } => {
+                format!("{name} (local stand-in for cloud: {reason})")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    /// The gateway's decision; `None` when the request named a specialist.
+    pub decision: Option<Decision>,
+    pub handler: Handler,
+    pub text: String,
+    /// `eos`, `stop_string`, `max_tokens`, `context_full`, `cancelled`, or the
+    /// cloud's own reason.
+    pub finish_reason: String,
+    /// Local generations only.
+    pub usage: Option<Usage>,
+    pub total_ms: f64,
+}
+
+/// Everything the assistant holds, for a UI or `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub plan: Plan,
+    pub strategy: &'static str,
+    pub threshold: f32,
+    pub cloud: Option<String>,
+    pub specialists: Vec<String>,
+    pub memory: ManagerStatus,
+}
+
+struct Specialist {
+    name: String,
+    system_prompt: String,
+    model: ModelRef,
+    chat_template: Option<String>,
+    max_tokens: u32,
+    temperature: Option<f32>,
+    context_length: Option<u32>,
+}
+
+struct Inner {
+    manifest: Manifest,
+    manager: ModelManager,
+    events: Arc<EventBus>,
+    gateway: Gateway,
+    specialists: Vec<Specialist>,
+    #[cfg(feature = "cloud")]
+    cloud: Option<arny_cloud::CloudClient>,
+    /// Keeps pinned models (universal plan, model gateway) referenced.
+    _pinned: Vec<Lease>,
+}
+
+/// An on-device assistant built from a [`Manifest`]. Cheap to clone; all
+/// clones share models and state.
+#[derive(Clone)]
+pub struct Assistant {
+    inner: Arc<Inner>,
+}
+
+impl Assistant {
+    pub async fn new(manifest: Manifest, options: AssistantOptions) -> Result<Self> {
+        let events = Arc::new(EventBus::default());
+        let manager = ModelManager::new(
+            manifest.memory_budget.0,
+            Duration::from_secs_f64(manifest.idle_unload_secs),
+            events.clone(),
+        );
+        let mut refs: HashMap<String, ModelRef> = HashMap::new();
+        let mut by_key: HashMap<ModelKey, String> = HashMap::new();
+        for spec in &manifest.models {
+            let id = spec.id.get_ref().clone();
+            let engine = options.engines.get(spec.engine).cloned().ok_or_else(|| {
+                SdkError::EngineUnavailable {
+                    model: id.clone(),
+                    engine: spec.engine.id().to_string(),
+                }
+            })?;
+            let path = resolve_path(&manifest, spec, options.fetch_missing)?;
+            let key = ModelKey {
+                engine: spec.engine,
+                path: std::fs::canonicalize(&path).unwrap_or(path),
+            };
+            if !key.path.is_file() {
+                // Not fatal: the specialists on this model fail when asked,
+                // the others keep working.
+                tracing::warn!(model = %id, path = %key.path.display(), "model file is missing");
+            }
+            // Models naming the same file and engine share one copy.
+            let shared_id = by_key
+                .entry(key.clone())
+                .or_insert_with(|| id.clone())
+                .clone();
+            let estimate = std::fs::metadata(&key.path).map(|m| m.len()).unwrap_or(0);
+            refs.insert(
+                id.clone(),
+                ModelRef {
+                    id: shared_id,
+                    key,
+                    engine,
+                    context_length: spec.context_length,
+                    threads: spec.threads,
+                    estimate,
+                    specialists: Vec::new(),
+                },
+            );
+        }
+        // Each shared copy lists every specialist it serves.
+        let mut served: HashMap<ModelKey, Vec<String>> = HashMap::new();
+        for s in &manifest.specialists {
+            let r = &refs[s.model.get_ref()];
+            served
+                .entry(r.key.clone())
+                .or_default()
+                .push(s.name.get_ref().clone());
+        }
+        for r in refs.values_mut() {
+            r.specialists = served.get(&r.key).cloned().unwrap_or_default();
+        }
+
+        let specialists: Vec<Specialist> = manifest
+            .specialists
+            .iter()
+            .map(|s| {
+                let spec = manifest.model(s.model.get_ref()).expect("validated");
+                Specialist {
+                    name: s.name.get_ref().clone(),
+                    system_prompt: s.system_prompt.clone(),
+                    model: refs[s.model.get_ref()].clone(),
+                    chat_template: spec.chat_template.clone(),
+                    max_tokens: s.max_tokens.unwrap_or(256),
+                    temperature: s.temperature,
+                    context_length: spec.context_length,
+                }
+            })
+            .collect();
+
+        let mut pinned = Vec::new();
+        if manifest.plan == Plan::Universal {
+            // One model for every role, loaded now and kept.
+            let r = &specialists[0].model;
+            let lease = manager.acquire(r).await?;
+            manager.pin(&r.key);
+            pinned.push(lease);
+        }
+
+        let gateway = build_gateway(&manifest, &refs, &manager, &mut pinned).await?;
+
+        #[cfg(feature = "cloud")]
+        let cloud = match (&manifest.cloud, manifest.cloud_allowed()) {
+            (Some(c), true) => {
+                let mut cfg = arny_cloud::CloudConfig::new(c.base_url.clone(), c.model.clone());
+                cfg.api_key = c.api_key_env.as_ref().and_then(|v| std::env::var(v).ok());
+                if c.api_key_env.is_some() && cfg.api_key.is_none() {
+                    tracing::warn!(
+                        var = c.api_key_env.as_deref().unwrap_or(""),
+                        "the cloud API key variable is not set"
+                    );
+                }
+                cfg.timeout = Duration::from_secs_f64(c.timeout_secs);
+                cfg.connect_timeout = Duration::from_secs_f64(c.connect_timeout_secs);
+                Some(arny_cloud::CloudClient::new(cfg)?)
+            }
+            _ => None,
+        };
+
+        let inner = Arc::new(Inner {
+            manifest,
+            manager,
+            events,
+            gateway,
+            specialists,
+            #[cfg(feature = "cloud")]
+            cloud,
+            _pinned: pinned,
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        spawn_reaper(&inner.manager);
+        Ok(Self { inner })
+    }
+
+    /// The built-in manifest on the default model.
+    pub async fn builtin() -> Result<Self> {
+        Self::new(Manifest::builtin(), AssistantOptions::default()).await
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    /// Events from now on: routing decisions, loads, unloads.
+    pub fn events(&self) -> futures::channel::mpsc::UnboundedReceiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn status(&self) -> Status {
+        let i = &self.inner;
+        Status {
+            plan: i.manifest.plan,
+            strategy: i.gateway.classifier().strategy(),
+            threshold: i.gateway.threshold(),
+            cloud: self.cloud_model(),
+            specialists: i.specialists.iter().map(|s| s.name.clone()).collect(),
+            memory: i.manager.status(),
+        }
+    }
+
+    fn cloud_model(&self) -> Option<String> {
+        #[cfg(feature = "cloud")]
+        {
+            self.inner.cloud.as_ref().map(|c| c.config().model.clone())
+        }
+        #[cfg(not(feature = "cloud"))]
+        {
+            None
+        }
+    }
+
+    pub fn specialist_names(&self) -> Vec<String> {
+        self.inner
+            .specialists
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    pub fn manager(&self) -> &ModelManager {
+        &self.inner.manager
+    }
+
+    /// Unloads models idle past the timeout. A background thread does this
+    /// on native targets; in the browser the app calls it from a timer.
+    pub fn unload_idle(&self) -> usize {
+        self.inner.manager.unload_idle()
+    }
+
+    /// Classifies one message. No model other than the gateway's runs.
+    pub async fn route(&self, text: &str) -> Result<Decision> {
+        if text.trim().is_empty() {
+            return Err(SdkError::InvalidRequest("empty message".into()));
+        }
+        Ok(self.inner.gateway.route(text).await?)
+    }
+
+    fn specialist(&self, name: &str) -> Result<&Specialist> {
+        self.inner
+            .specialists
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| SdkError::UnknownSpecialist {
+                name: name.to_string(),
+                known: self.specialist_names().join(", "),
+            })
+    }
+
+    /// Answers a request: routes it, then streams the answer from the chosen
+    /// specialist or the cloud through `on_text`.
+    pub async fn ask(
+        &self,
+        request: AskRequest,
+        mut on_text: impl FnMut(&str) + Send,
+    ) -> Result<Answer> {
+        let started = Instant::now();
+        let last_user = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.content.clone())
+            .ok_or_else(|| {
+                SdkError::InvalidRequest("the conversation has no user message".into())
+            })?;
+        if request.messages.iter().any(|m| m.role == Role::System) {
+            return Err(SdkError::InvalidRequest(
+                "system messages come from the specialist's system prompt; leave them out".into(),
+            ));
+        }
+        let (decision, handler) = match &request.specialist {
+            Some(name) => (
+                None,
+                Handler::Specialist {
+                    name: self.specialist(name)?.name.clone(),
+                },
+            ),
+            None => {
+                let d = self.route(&last_user).await?;
+                let h = self.handler_for(&d);
+                self.inner.events.emit(Event::Routed {
+                    label: d.label.clone(),
+                    confidence: d.confidence,
+                    handler: h.describe(),
+                    strategy: d.strategy.to_string(),
+                    ms: d.ms,
+                });
+                (Some(d), h)
+            }
+        };
+        let mut answer = match &handler {
+            Handler::Cloud { .. } => match self.ask_cloud(&request, &mut on_text).await {
+                Ok(a) => a,
+                #[cfg(feature = "cloud")]
+                Err(SdkError::Cloud(e))
+                    if e.is_unreachable()
+                        && self
+                            .inner
+                            .manifest
+                            .cloud
+                            .as_ref()
+                            .is_some_and(|c| c.local_when_unreachable) =>
+                {
+                    let name = decision
+                        .as_ref()
+                        .and_then(|d| d.best_local.clone())
+                        .unwrap_or_else(|| self.inner.specialists[0].name.clone());
+                    tracing::warn!(error = %e, specialist = %name, "cloud unreachable; answering locally");
+                    let handler = Handler::LocalStandIn {
+                        name,
+                        reason: e.to_string(),
+                    };
+                    self.ask_local(&request, handler, &mut on_text).await?
+                }
+                Err(e) => return Err(e),
+            },
+            h => self.ask_local(&request, h.clone(), &mut on_text).await?,
+        };
+        answer.decision = decision;
+        answer.total_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(answer)
+    }
+
+    fn handler_for(&self, d: &Decision) -> Handler {
+        if d.label != CLOUD {
+            return Handler::Specialist {
+                name: d.label.clone(),
+            };
+        }
+        let local = d
+            .best_local
+            .clone()
+            .unwrap_or_else(|| self.inner.specialists[0].name.clone());
+        if let Some(model) = self.cloud_model() {
+            return Handler::Cloud { model };
+        }
+        let reason = if self.inner.manifest.cloud.is_some() {
+            "privacy is local_only"
+        } else {
+            "no cloud is configured"
+        };
+        Handler::LocalStandIn {
+            name: local,
+            reason: reason.to_string(),
+        }
+    }
+
+    async fn ask_local(
+        &self,
+        request: &AskRequest,
+        handler: Handler,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Answer> {
+        let sp = self.specialist(handler.label())?;
+        let lease = self.inner.manager.acquire(&sp.model).await?;
+        let model = lease.model().clone();
+        let mut messages = Vec::with_capacity(request.messages.len() + 1);
+        messages.push(ChatMessage::system(sp.system_prompt.clone()));
+        messages.extend(request.messages.iter().cloned());
+        let prompt = match &sp.chat_template {
+            Some(t) => Prompt::Text(render_with_override(model.as_ref(), t, &messages)?),
+            None => Prompt::Chat(messages),
+        };
+        let mut req = GenerateRequest::new(prompt);
+        req.max_tokens = request.max_tokens.unwrap_or(sp.max_tokens);
+        req.stop = request.stop.clone();
+        req.cancel = request.cancel.clone();
+        req.sampling = match &request.sampling {
+            Some(s) => s.clone(),
+            None => SamplingParams {
+                temperature: sp.temperature.unwrap_or(0.0),
+                ..SamplingParams::default()
+            },
+        };
+        let mut session = lease.session(&sp.name, sp.context_length).await?;
+        let completion = generate(model.as_ref(), session.get(), req, |t| on_text(&t.text)).await?;
+        drop(session);
+        Ok(Answer {
+            decision: None,
+            handler,
+            text: completion.text,
+            finish_reason: completion.finish_reason.as_str().to_string(),
+            usage: Some(completion.usage),
+            total_ms: 0.0,
+        })
+    }
+
+    #[cfg(feature = "cloud")]
+    async fn ask_cloud(
+        &self,
+        request: &AskRequest,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Answer> {
+        let client = self
+            .inner
+            .cloud
+            .as_ref()
+            .expect("handler is Cloud only with a client");
+        let model = client.config().model.clone();
+        self.inner.events.emit(Event::CloudRequest {
+            model: model.clone(),
+        });
+        let req = arny_cloud::ChatRequest {
+            messages: request
+                .messages
+                .iter()
+                .map(|m| arny_cloud::Message::new(m.role.as_str(), m.content.clone()))
+                .collect(),
+            max_tokens: request.max_tokens,
+            temperature: request.sampling.as_ref().map(|s| s.temperature),
+            stop: request.stop.clone(),
+        };
+        let cancel = request.cancel.clone();
+        let cancelled = move || cancel.is_cancelled();
+        let result = client.chat_stream(&req, &cancelled, on_text).await;
+        let (text, finish) = match result {
+            Ok(c) => (c.text, c.finish_reason.unwrap_or_else(|| "stop".into())),
+            Err(arny_cloud::CloudError::Cancelled) => (String::new(), "cancelled".into()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Answer {
+            decision: None,
+            handler: Handler::Cloud { model },
+            text,
+            finish_reason: finish,
+            usage: None,
+            total_ms: 0.0,
+        })
+    }
+
+    #[cfg(not(feature = "cloud"))]
+    async fn ask_cloud(&self, _: &AskRequest, _: &mut (dyn FnMut(&str) + Send)) -> Result<Answer> {
+        unreachable!("without the cloud feature the handler is never Cloud")
+    }
+}
+
+fn render_with_override(
+    model: &dyn Model,
+    template: &str,
+    messages: &[ChatMessage],
+) -> Result<String> {
+    let text = |id: Option<u32>| {
+        id.and_then(|t| model.token_bytes(t).ok())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    };
+    let special = model.special_tokens();
+    let (bos, eos) = (text(special.bos), text(special.eos));
+    let t = match BuiltinTemplate::from_name(template) {
+        Some(b) => ChatTemplate::new(b.source(), TemplateOrigin::Builtin(b), &bos, &eos)?,
+        None => ChatTemplate::new(template, TemplateOrigin::Override, &bos, &eos)?,
+    };
+    Ok(t.render(messages, true)?)
+}
+
+fn resolve_path(manifest: &Manifest, spec: &ModelSpec, fetch_missing: bool) -> Result<PathBuf> {
+    if let Some(p) = &spec.path {
+        return Ok(if p.is_absolute() {
+            p.clone()
+        } else {
+            manifest.base_dir.join(p)
+        });
+    }
+    if let Some(k) = &spec.known {
+        let known = arny_model_store::known(k).expect("validated");
+        // ARNY_MODEL points the default model somewhere else.
+        if known.id == arny_model_store::DEFAULT_MODEL.id
+            && let Ok(p) = std::env::var(arny_model_store::MODEL_ENV)
+        {
+            return Ok(PathBuf::from(p));
+        }
+        return match arny_model_store::locate(known) {
+            Ok(p) => Ok(p),
+            Err(_) if fetch_missing => Ok(arny_model_store::fetch(
+                known,
+                &arny_model_store::NoProgress,
+            )?),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let (url, sha) = (
+        spec.url.as_deref().expect("validated"),
+        spec.sha256.as_deref().expect("validated"),
+    );
+    Ok(arny_model_store::download(
+        url,
+        sha,
+        &arny_model_store::NoProgress,
+    )?)
+}
+
+async fn build_gateway(
+    manifest: &Manifest,
+    refs: &HashMap<String, ModelRef>,
+    manager: &ModelManager,
+    pinned: &mut Vec<Lease>,
+) -> Result<Gateway> {
+    let g = &manifest.gateway;
+    let mut sets: Vec<LabelExamples> = manifest
+        .specialists
+        .iter()
+        .map(|s| LabelExamples {
+            label: s.name.get_ref().clone(),
+            examples: s.examples.clone(),
+        })
+        .collect();
+    if !g.cloud_examples.is_empty() {
+        sets.push(LabelExamples {
+            label: CLOUD.into(),
+            examples: g.cloud_examples.clone(),
+        });
+    }
+    let examples = || -> Result<Arc<dyn Classifier>> {
+        let c = ExampleClassifier::train(&sets, &ExampleOptions::default())?;
+        tracing::info!(report = ?c.report(), "gateway classifier trained");
+        Ok(Arc::new(c))
+    };
+    let model = async |pinned: &mut Vec<Lease>| -> Result<Arc<dyn Classifier>> {
+        let id = g.model.as_ref().expect("validated").get_ref();
+        let r = &refs[id];
+        let lease = manager.acquire(r).await?;
+        manager.pin(&r.key);
+        let prompts: Vec<arny_router::LabelPrompt> = manifest
+            .specialists
+            .iter()
+            .map(|s| arny_router::LabelPrompt {
+                label: s.name.get_ref().clone(),
+                description: s
+                    .description
+                    .clone()
+                    .unwrap_or_else(|| s.name.get_ref().clone()),
+            })
+            .chain(std::iter::once(arny_router::LabelPrompt {
+                label: CLOUD.into(),
+                description: "anything else: general knowledge, writing, translation, code".into(),
+            }))
+            .collect();
+        let opts = arny_router::ScorerOptions {
+            calibration_per_label: g.calibration_per_label,
+            ..Default::default()
+        };
+        let scorer =
+            arny_router::ModelScorer::new(lease.model().clone(), &prompts, &sets, &opts).await?;
+        pinned.push(lease);
+        let scorer: Arc<dyn Classifier> = Arc::new(scorer);
+        Ok(scorer)
+    };
+    let classifier: Arc<dyn Classifier> = match g.strategy {
+        Strategy::Examples => examples()?,
+        Strategy::Model => model(pinned).await?,
+        Strategy::Ensemble => Arc::new(arny_router::Ensemble::new(
+            examples()?,
+            model(pinned).await?,
+            g.model_weight,
+        )?),
+    };
+    Ok(Gateway::new(classifier, g.threshold)?)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn spawn_reaper(manager: &ModelManager) {
+    let weak = manager.downgrade();
+    let every =
+        (manager.idle_timeout() / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let spawned = std::thread::Builder::new()
+        .name("arny-idle-unload".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                // Ends with the assistant.
+                let Some(inner) = weak.upgrade() else { return };
+                ModelManager::from_inner(inner).unload_idle();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no idle-unload thread; models unload only when evicted");
+    }
+}

@@ -1,0 +1,533 @@
+//! The model manager: loads models on demand (one load per model however
+//! many requests want it), keeps what is resident under the memory budget
+//! by evicting idle models least-recently-used first, never evicts a model
+//! that is generating, and unloads models idle past the timeout.
+//!
+//! Runtime-agnostic on purpose (std mutex, `futures` shared futures): the
+//! same code runs under tokio, in a plain thread with `block_on`, and in
+//! the browser.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arny_engine_api::{
+    EngineError, InferenceEngine, LoadOptions, Model, ModelSource, Session, SessionOptions,
+};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use web_time::Instant;
+
+use crate::events::{Event, EventBus, UnloadReason};
+use crate::manifest::EngineKind;
+use crate::{Result, SdkError};
+
+/// What identifies one resident copy of weights: the engine and the file.
+/// Specialists whose models resolve to the same key share it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelKey {
+    pub engine: EngineKind,
+    pub path: PathBuf,
+}
+
+/// A model the manager may load.
+#[derive(Clone)]
+pub struct ModelRef {
+    /// The manifest id (the first one, when several share a file).
+    pub id: String,
+    pub key: ModelKey,
+    pub engine: Arc<dyn InferenceEngine>,
+    pub context_length: Option<u32>,
+    pub threads: Option<u32>,
+    /// Bytes it is expected to take before it has loaded (the file size).
+    pub estimate: u64,
+    /// Specialists served by it, for events.
+    pub specialists: Vec<String>,
+}
+
+type LoadResult = std::result::Result<Arc<dyn Model>, Arc<EngineError>>;
+
+enum Slot {
+    Loading(Shared<BoxFuture<'static, LoadResult>>),
+    Ready(Arc<dyn Model>),
+}
+
+struct Entry {
+    model_ref: ModelRef,
+    slot: Slot,
+    /// Leases alive (requests using the model).
+    active: usize,
+    last_used: Instant,
+    pinned: bool,
+    weight_bytes: u64,
+    /// Idle sessions kept per role, so a returning role finds its system
+    /// prompt already in the KV cache.
+    sessions: HashMap<String, Box<dyn Session>>,
+    /// Bytes of sessions lent out to requests right now.
+    lent_session_bytes: u64,
+}
+
+impl Entry {
+    fn bytes(&self) -> u64 {
+        let idle: u64 = self.sessions.values().map(|s| s.resident_bytes()).sum();
+        match self.slot {
+            Slot::Loading(_) => self.model_ref.estimate,
+            Slot::Ready(_) => self.weight_bytes + idle + self.lent_session_bytes,
+        }
+    }
+    fn evictable(&self) -> bool {
+        self.active == 0 && !self.pinned && matches!(self.slot, Slot::Ready(_))
+    }
+}
+
+/// One loaded model in [`ManagerStatus`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadedModel {
+    pub model: String,
+    pub engine: String,
+    pub path: String,
+    pub specialists: Vec<String>,
+    /// `loading` or `ready`.
+    pub state: &'static str,
+    pub bytes: u64,
+    /// Requests using it now.
+    pub active: usize,
+    pub pinned: bool,
+    /// Milliseconds since it was last used.
+    pub idle_ms: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ManagerStatus {
+    pub budget_bytes: u64,
+    pub resident_bytes: u64,
+    pub idle_unload_secs: f64,
+    pub models: Vec<LoadedModel>,
+}
+
+pub(crate) struct ManagerInner {
+    budget: u64,
+    idle_timeout: Duration,
+    state: Mutex<HashMap<ModelKey, Entry>>,
+    events: Arc<EventBus>,
+}
+
+#[derive(Clone)]
+pub struct ModelManager {
+    inner: Arc<ManagerInner>,
+}
+
+impl ModelManager {
+    pub fn new(budget: u64, idle_timeout: Duration, events: Arc<EventBus>) -> Self {
+        Self {
+            inner: Arc::new(ManagerInner {
+                budget,
+                idle_timeout,
+                state: Mutex::new(HashMap::new()),
+                events,
+            }),
+        }
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<ManagerInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn from_inner(inner: Arc<ManagerInner>) -> Self {
+        Self { inner }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ModelKey, Entry>> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The model, loaded if needed. Concurrent callers for one model share
+    /// one load; a failed load fails all of them with the same typed error
+    /// and leaves nothing behind, so a later call tries again.
+    pub async fn acquire(&self, r: &ModelRef) -> Result<Lease> {
+        loop {
+            let waiting = {
+                let mut st = self.lock();
+                match st.get_mut(&r.key) {
+                    Some(e) => match &e.slot {
+                        Slot::Ready(m) => {
+                            e.active += 1;
+                            e.last_used = Instant::now();
+                            return Ok(Lease {
+                                manager: self.clone(),
+                                key: r.key.clone(),
+                                model: m.clone(),
+                            });
+                        }
+                        Slot::Loading(f) => f.clone(),
+                    },
+                    None => {
+                        self.make_room(&mut st, &r.id, r.estimate)?;
+                        let fut = load_future(r.clone()).shared();
+                        st.insert(
+                            r.key.clone(),
+                            Entry {
+                                model_ref: r.clone(),
+                                slot: Slot::Loading(fut.clone()),
+                                active: 0,
+                                last_used: Instant::now(),
+                                pinned: false,
+                                weight_bytes: 0,
+                                sessions: HashMap::new(),
+                                lent_session_bytes: 0,
+                            },
+                        );
+                        self.inner.events.emit(Event::Loading {
+                            model: r.id.clone(),
+                            specialists: r.specialists.clone(),
+                        });
+                        fut
+                    }
+                }
+            };
+            let started = Instant::now();
+            let result = waiting.await;
+            // Whoever gets here first publishes the result; the others find
+            // it published and loop to take their lease.
+            let mut st = self.lock();
+            let still_loading = matches!(st.get(&r.key).map(|e| &e.slot), Some(Slot::Loading(_)));
+            if still_loading {
+                match result {
+                    Ok(model) => {
+                        let e = st.get_mut(&r.key).expect("checked above");
+                        e.weight_bytes = model.info().resident_bytes.max(1);
+                        e.slot = Slot::Ready(model);
+                        e.last_used = Instant::now();
+                        let bytes = e.weight_bytes;
+                        self.inner.events.emit(Event::Loaded {
+                            model: r.id.clone(),
+                            bytes,
+                            ms: started.elapsed().as_secs_f64() * 1e3,
+                        });
+                        // The estimate was a guess; the real size may not fit.
+                        let _ = self.evict_for(&mut st, &r.key);
+                    }
+                    Err(error) => {
+                        st.remove(&r.key);
+                        self.inner.events.emit(Event::LoadFailed {
+                            model: r.id.clone(),
+                            error: error.to_string(),
+                        });
+                        return Err(SdkError::Load {
+                            model: r.id.clone(),
+                            source: error,
+                        });
+                    }
+                }
+            } else if let Err(error) = result {
+                return Err(SdkError::Load {
+                    model: r.id.clone(),
+                    source: error,
+                });
+            }
+        }
+    }
+
+    fn resident(st: &HashMap<ModelKey, Entry>) -> u64 {
+        st.values().map(Entry::bytes).sum()
+    }
+
+    /// Frees room for `needed` more bytes by evicting idle models, least
+    /// recently used first. Fails without evicting anything when even
+    /// evicting every idle model would not be enough.
+    fn make_room(&self, st: &mut HashMap<ModelKey, Entry>, model: &str, needed: u64) -> Result<()> {
+        let budget = self.inner.budget;
+        let used = Self::resident(st);
+        if used + needed <= budget {
+            return Ok(());
+        }
+        let freeable: u64 = st
+            .values()
+            .filter(|e| e.evictable())
+            .map(Entry::bytes)
+            .sum();
+        let available = budget.saturating_sub(used) + freeable;
+        if needed > available {
+            let busy = st
+                .values()
+                .filter(|e| !e.evictable())
+                .map(|e| {
+                    let why = if e.pinned {
+                        "pinned"
+                    } else if e.active > 0 {
+                        "generating"
+                    } else {
+                        "loading"
+                    };
+                    format!("{} ({why})", e.model_ref.id)
+                })
+                .collect();
+            return Err(SdkError::MemoryBudget {
+                model: model.to_string(),
+                needed,
+                available,
+                budget,
+                busy,
+            });
+        }
+        let mut idle: Vec<(Instant, ModelKey)> = st
+            .iter()
+            .filter(|(_, e)| e.evictable())
+            .map(|(k, e)| (e.last_used, k.clone()))
+            .collect();
+        idle.sort_by_key(|(t, _)| *t);
+        for (_, key) in idle {
+            if Self::resident(st) + needed <= budget {
+                break;
+            }
+            self.unload_locked(st, &key, UnloadReason::Evicted);
+        }
+        Ok(())
+    }
+
+    /// After something grew (a real size known, a new session), evict idle
+    /// models other than `keep` until the total fits again.
+    fn evict_for(&self, st: &mut HashMap<ModelKey, Entry>, keep: &ModelKey) -> Result<()> {
+        let budget = self.inner.budget;
+        let mut idle: Vec<(Instant, ModelKey)> = st
+            .iter()
+            .filter(|(k, e)| *k != keep && e.evictable())
+            .map(|(k, e)| (e.last_used, k.clone()))
+            .collect();
+        idle.sort_by_key(|(t, _)| *t);
+        for (_, key) in idle {
+            if Self::resident(st) <= budget {
+                break;
+            }
+            self.unload_locked(st, &key, UnloadReason::Evicted);
+        }
+        let used = Self::resident(st);
+        if used > budget {
+            let model = st
+                .get(keep)
+                .map(|e| e.model_ref.id.clone())
+                .unwrap_or_default();
+            return Err(SdkError::MemoryBudget {
+                model,
+                needed: used,
+                available: budget,
+                budget,
+                busy: Vec::new(),
+            });
+        }
+        Ok(())
+    }
+
+    fn unload_locked(
+        &self,
+        st: &mut HashMap<ModelKey, Entry>,
+        key: &ModelKey,
+        reason: UnloadReason,
+    ) {
+        if let Some(e) = st.remove(key) {
+            let bytes = e.bytes();
+            tracing::info!(model = %e.model_ref.id, bytes, ?reason, "unloading model");
+            self.inner.events.emit(Event::Unloaded {
+                model: e.model_ref.id.clone(),
+                bytes,
+                reason,
+            });
+        }
+    }
+
+    /// Keeps a model resident whatever the idle time or budget pressure.
+    pub fn pin(&self, key: &ModelKey) {
+        if let Some(e) = self.lock().get_mut(key) {
+            e.pinned = true;
+        }
+    }
+
+    /// Unloads every unpinned model nobody has used for the idle timeout.
+    /// Returns how many were unloaded.
+    pub fn unload_idle(&self) -> usize {
+        let mut st = self.lock();
+        let timeout = self.inner.idle_timeout;
+        let stale: Vec<ModelKey> = st
+            .iter()
+            .filter(|(_, e)| e.evictable() && e.last_used.elapsed() >= timeout)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &stale {
+            self.unload_locked(&mut st, k, UnloadReason::Idle);
+        }
+        stale.len()
+    }
+
+    /// Unloads one model now if nobody is using it. Returns whether it did.
+    pub fn unload(&self, key: &ModelKey) -> bool {
+        let mut st = self.lock();
+        if st
+            .get(key)
+            .is_some_and(|e| e.active == 0 && matches!(e.slot, Slot::Ready(_)))
+        {
+            self.unload_locked(&mut st, key, UnloadReason::Requested);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn status(&self) -> ManagerStatus {
+        let st = self.lock();
+        let mut models: Vec<LoadedModel> = st
+            .iter()
+            .map(|(k, e)| LoadedModel {
+                model: e.model_ref.id.clone(),
+                engine: k.engine.id().to_string(),
+                path: k.path.display().to_string(),
+                specialists: e.model_ref.specialists.clone(),
+                state: match e.slot {
+                    Slot::Loading(_) => "loading",
+                    Slot::Ready(_) => "ready",
+                },
+                bytes: e.bytes(),
+                active: e.active,
+                pinned: e.pinned,
+                idle_ms: e.last_used.elapsed().as_millis() as u64,
+            })
+            .collect();
+        models.sort_by(|a, b| a.model.cmp(&b.model));
+        ManagerStatus {
+            budget_bytes: self.inner.budget,
+            resident_bytes: Self::resident(&st),
+            idle_unload_secs: self.inner.idle_timeout.as_secs_f64(),
+            models,
+        }
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.inner.idle_timeout
+    }
+}
+
+fn load_future(r: ModelRef) -> BoxFuture<'static, LoadResult> {
+    async move {
+        tracing::info!(model = %r.id, path = %r.key.path.display(), "loading model");
+        let options = LoadOptions {
+            context_length: r.context_length,
+            threads: r.threads,
+            ..LoadOptions::default()
+        };
+        r.engine
+            .load(ModelSource::Path(r.key.path.clone()), options)
+            .await
+            .map_err(Arc::new)
+    }
+    .boxed()
+}
+
+/// A model in use. While any lease on a model is alive, the model is
+/// never evicted or unloaded. Dropping it marks the model used now.
+pub struct Lease {
+    manager: ModelManager,
+    key: ModelKey,
+    model: Arc<dyn Model>,
+}
+
+impl Lease {
+    pub fn model(&self) -> &Arc<dyn Model> {
+        &self.model
+    }
+
+    pub fn key(&self) -> &ModelKey {
+        &self.key
+    }
+
+    /// A session for `role`: the one kept from its last request when there
+    /// is one (its KV cache still holds the role's system prompt), else a
+    /// new one, counted against the budget. It goes back to the pool when
+    /// the returned guard drops, whatever happened to the request.
+    pub async fn session(
+        &self,
+        role: &str,
+        context_length: Option<u32>,
+    ) -> Result<PooledSession<'_>> {
+        let kept = {
+            let mut st = self.manager.lock();
+            match st.get_mut(&self.key) {
+                Some(e) => {
+                    let s = e.sessions.remove(role);
+                    if let Some(s) = &s {
+                        e.lent_session_bytes += s.resident_bytes();
+                    }
+                    s
+                }
+                None => None,
+            }
+        };
+        let session = match kept {
+            Some(s) => s,
+            None => {
+                let s = self
+                    .model
+                    .new_session(SessionOptions { context_length })
+                    .await?;
+                let bytes = s.resident_bytes();
+                let mut st = self.manager.lock();
+                if let Some(e) = st.get_mut(&self.key) {
+                    e.lent_session_bytes += bytes;
+                }
+                if let Err(err) = self.manager.evict_for(&mut st, &self.key) {
+                    if let Some(e) = st.get_mut(&self.key) {
+                        e.lent_session_bytes = e.lent_session_bytes.saturating_sub(bytes);
+                    }
+                    return Err(err);
+                }
+                s
+            }
+        };
+        Ok(PooledSession {
+            lease: self,
+            role: role.to_string(),
+            session: Some(session),
+        })
+    }
+}
+
+/// A session borrowed from a model's pool.
+pub struct PooledSession<'a> {
+    lease: &'a Lease,
+    role: String,
+    session: Option<Box<dyn Session>>,
+}
+
+impl PooledSession<'_> {
+    pub fn get(&mut self) -> &mut dyn Session {
+        self.session.as_deref_mut().expect("present until drop")
+    }
+}
+
+impl Drop for PooledSession<'_> {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let mut st = self.lease.manager.lock();
+        if let Some(e) = st.get_mut(&self.lease.key) {
+            e.lent_session_bytes = e
+                .lent_session_bytes
+                .saturating_sub(session.resident_bytes());
+            // One kept per role; a concurrent request's extra one is dropped.
+            e.sessions
+                .entry(std::mem::take(&mut self.role))
+                .or_insert(session);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut st = self.manager.lock();
+        if let Some(e) = st.get_mut(&self.key) {
+            e.active = e.active.saturating_sub(1);
+            e.last_used = Instant::now();
+        }
+    }
+}

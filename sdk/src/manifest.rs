@@ -1,0 +1,643 @@
+//! The manifest: models, specialists, gateway, plan, memory and cloud, in
+//! TOML. Parsing is strict (unknown keys are errors) and every error names
+//! the line and the field, because a manifest is edited by hand.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::SdkError;
+
+/// The built-in manifest: SmolLM2 as gateway and every specialist.
+pub const BUILTIN: &str = include_str!("../config/arny.toml");
+
+/// Which engine runs a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Gguf,
+    Pte,
+    Burn,
+}
+
+impl EngineKind {
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Gguf => "gguf",
+            Self::Pte => "pte",
+            Self::Burn => "burn",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plan {
+    /// One model, every role through its system prompt; always loaded.
+    Universal,
+    /// A resident gateway and specialists loaded on demand.
+    #[default]
+    Hybrid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Privacy {
+    /// Requests the gateway sends to the cloud go there.
+    #[default]
+    CloudAllowed,
+    /// Nothing ever leaves the device: no cloud client is even built.
+    LocalOnly,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    #[default]
+    Examples,
+    Model,
+    Ensemble,
+}
+
+/// A byte count: an integer, or a string with a unit ("512 MiB", "2GB").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) if n > 0 => Ok(ByteSize(n as u64)),
+            Raw::Int(n) => Err(serde::de::Error::custom(format!(
+                "{n} is not a positive byte count"
+            ))),
+            Raw::Str(s) => parse_bytes(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (try 1073741824, \"1 GiB\" or \"800 MB\")"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
+                "unknown unit `{u}` in `{s}` (B, KB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    let v = n * mult;
+    if !(1.0..1e15).contains(&v) {
+        return Err(format!("`{s}` is not a sensible memory size"));
+    }
+    Ok(v as u64)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub id: Spanned<String>,
+    pub engine: EngineKind,
+    /// A file, relative to the manifest.
+    pub path: Option<PathBuf>,
+    /// A model the store knows how to fetch (`arny models list`).
+    pub known: Option<String>,
+    /// Downloaded once into the models folder; needs `sha256`.
+    pub url: Option<String>,
+    pub sha256: Option<String>,
+    /// `chatml`, `llama3`, `zephyr`, or Jinja source.
+    pub chat_template: Option<String>,
+    pub context_length: Option<u32>,
+    pub threads: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecialistSpec {
+    pub name: Spanned<String>,
+    pub model: Spanned<String>,
+    pub system_prompt: String,
+    /// One line for the model-based gateway: what belongs here.
+    pub description: Option<String>,
+    #[serde(default)]
+    pub examples: Vec<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default = "default_threshold")]
+    pub threshold: f32,
+    pub model: Option<Spanned<String>>,
+    #[serde(default = "default_model_weight")]
+    pub model_weight: f32,
+    #[serde(default)]
+    pub cloud_examples: Vec<String>,
+    /// Examples per label the model strategy is calibrated on at start-up.
+    #[serde(default = "default_calibration")]
+    pub calibration_per_label: usize,
+}
+
+impl Default for GatewaySpec {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Examples,
+            threshold: default_threshold(),
+            model: None,
+            model_weight: default_model_weight(),
+            cloud_examples: Vec::new(),
+            calibration_per_label: default_calibration(),
+        }
+    }
+}
+
+fn default_threshold() -> f32 {
+    arny_router::DEFAULT_THRESHOLD
+}
+fn default_model_weight() -> f32 {
+    0.3
+}
+fn default_calibration() -> usize {
+    4
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSpec {
+    /// An OpenAI-compatible API root, e.g. `https://api.example.com/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// The *name* of the environment variable that holds the API key.
+    pub api_key_env: Option<String>,
+    pub privacy: Option<Privacy>,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: f64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: f64,
+    /// When the cloud cannot be reached, answer locally instead of failing.
+    #[serde(default = "yes")]
+    pub local_when_unreachable: bool,
+}
+
+fn default_timeout() -> f64 {
+    60.0
+}
+fn default_connect_timeout() -> f64 {
+    5.0
+}
+fn yes() -> bool {
+    true
+}
+fn default_idle() -> f64 {
+    30.0
+}
+fn default_budget() -> ByteSize {
+    ByteSize(1 << 30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub plan: Plan,
+    #[serde(default = "default_budget")]
+    pub memory_budget: ByteSize,
+    #[serde(default = "default_idle")]
+    pub idle_unload_secs: f64,
+    pub privacy: Option<Privacy>,
+    pub models: Vec<ModelSpec>,
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+    pub specialists: Vec<SpecialistSpec>,
+    pub cloud: Option<CloudSpec>,
+    /// Where relative paths start.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Where the manifest came from, for messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+impl Manifest {
+    /// The built-in default.
+    pub fn builtin() -> Self {
+        Self::parse(BUILTIN, "<built-in manifest>", Path::new("."))
+            .expect("the built-in manifest is valid (checked by a test)")
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, SdkError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SdkError::Manifest {
+            origin: path.display().to_string(),
+            line: None,
+            message: format!("cannot read it: {e}"),
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Self::parse(&text, &path.display().to_string(), &base)
+    }
+
+    /// Parses and validates. `base_dir` anchors relative paths.
+    pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Self, SdkError> {
+        let mut m: Manifest = toml::from_str(text).map_err(|e| SdkError::Manifest {
+            origin: origin.to_string(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: describe_toml_error(text, &e),
+        })?;
+        m.base_dir = base_dir.to_path_buf();
+        m.origin = origin.to_string();
+        m.validate(text)?;
+        Ok(m)
+    }
+
+    /// Whether requests may leave the device.
+    pub fn cloud_allowed(&self) -> bool {
+        let local = self.privacy == Some(Privacy::LocalOnly)
+            || self.cloud.as_ref().and_then(|c| c.privacy) == Some(Privacy::LocalOnly);
+        !local && self.cloud.is_some()
+    }
+
+    pub fn model(&self, id: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| *m.id.get_ref() == id)
+    }
+
+    pub fn specialist(&self, name: &str) -> Option<&SpecialistSpec> {
+        self.specialists.iter().find(|s| *s.name.get_ref() == name)
+    }
+
+    fn validate(&self, text: &str) -> Result<(), SdkError> {
+        let err = |span: Option<std::ops::Range<usize>>, message: String| SdkError::Manifest {
+            origin: self.origin.clone(),
+            line: span.map(|s| line_of(text, s.start)),
+            message,
+        };
+        if self.models.is_empty() {
+            return Err(err(
+                None,
+                "`models`: at least one [[models]] entry is needed".into(),
+            ));
+        }
+        if self.specialists.is_empty() {
+            return Err(err(
+                None,
+                "`specialists`: at least one [[specialists]] entry is needed".into(),
+            ));
+        }
+        let mut ids = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let id = m.id.get_ref();
+            if id.trim().is_empty() || !ids.insert(id.clone()) {
+                return Err(err(
+                    Some(m.id.span()),
+                    format!("models[{i}].id: `{id}` is empty or used twice"),
+                ));
+            }
+            let sources = [m.path.is_some(), m.known.is_some(), m.url.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
+            if sources != 1 {
+                return Err(err(
+                    Some(m.id.span()),
+                    format!(
+                        "models[{i}] (`{id}`): give exactly one of `path`, `known` or `url` (found {sources})"
+                    ),
+                ));
+            }
+            if m.url.is_some() {
+                let ok = m
+                    .sha256
+                    .as_ref()
+                    .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
+                if !ok {
+                    return Err(err(
+                        Some(m.id.span()),
+                        format!(
+                            "models[{i}].sha256: a `url` needs the file's SHA-256 (64 hex digits)"
+                        ),
+                    ));
+                }
+            }
+            if let Some(k) = &m.known
+                && arny_model_store::known(k).is_none()
+            {
+                let names: Vec<_> = arny_model_store::KNOWN_MODELS
+                    .iter()
+                    .map(|m| m.id)
+                    .collect();
+                return Err(err(
+                    Some(m.id.span()),
+                    format!(
+                        "models[{i}].known: no known model `{k}` (known: {})",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            if m.context_length == Some(0) || m.threads == Some(0) {
+                return Err(err(
+                    Some(m.id.span()),
+                    format!("models[{i}]: context_length and threads must be positive"),
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, s) in self.specialists.iter().enumerate() {
+            let name = s.name.get_ref();
+            if name == arny_router::CLOUD {
+                return Err(err(
+                    Some(s.name.span()),
+                    format!("specialists[{i}].name: `cloud` is reserved for the cloud fallback"),
+                ));
+            }
+            if name.trim().is_empty() || !names.insert(name.clone()) {
+                return Err(err(
+                    Some(s.name.span()),
+                    format!("specialists[{i}].name: `{name}` is empty or used twice"),
+                ));
+            }
+            if self.model(s.model.get_ref()).is_none() {
+                return Err(err(
+                    Some(s.model.span()),
+                    format!(
+                        "specialists[{i}].model: no model `{}` in [[models]] (ids: {})",
+                        s.model.get_ref(),
+                        self.model_ids()
+                    ),
+                ));
+            }
+            if let Some(t) = s.temperature
+                && !(0.0..=5.0).contains(&t)
+            {
+                return Err(err(
+                    Some(s.name.span()),
+                    format!("specialists[{i}].temperature: {t} is not in [0, 5]"),
+                ));
+            }
+        }
+        let g = &self.gateway;
+        if !(0.0..=1.0).contains(&g.threshold) {
+            return Err(err(
+                None,
+                format!("gateway.threshold: {} is not in [0, 1]", g.threshold),
+            ));
+        }
+        if !(0.0..=1.0).contains(&g.model_weight) {
+            return Err(err(
+                None,
+                format!("gateway.model_weight: {} is not in [0, 1]", g.model_weight),
+            ));
+        }
+        match (&g.model, g.strategy) {
+            (None, Strategy::Model | Strategy::Ensemble) => {
+                return Err(err(
+                    None,
+                    format!(
+                        "gateway.model: strategy `{:?}` needs a gateway model",
+                        g.strategy
+                    )
+                    .to_lowercase(),
+                ));
+            }
+            (Some(m), _) if self.model(m.get_ref()).is_none() => {
+                return Err(err(
+                    Some(m.span()),
+                    format!(
+                        "gateway.model: no model `{}` in [[models]] (ids: {})",
+                        m.get_ref(),
+                        self.model_ids()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if matches!(g.strategy, Strategy::Examples | Strategy::Ensemble) {
+            for (i, s) in self.specialists.iter().enumerate() {
+                if s.examples.iter().filter(|e| !e.trim().is_empty()).count() < 2 {
+                    return Err(err(
+                        Some(s.name.span()),
+                        format!(
+                            "specialists[{i}].examples: the `{}` strategy needs at least 2 example utterances",
+                            "examples"
+                        ),
+                    ));
+                }
+            }
+            if g.cloud_examples.len() == 1 {
+                return Err(err(
+                    None,
+                    "gateway.cloud_examples: give none or at least 2".into(),
+                ));
+            }
+        }
+        if self.plan == Plan::Universal {
+            let first = self.specialists[0].model.get_ref();
+            for (i, s) in self.specialists.iter().enumerate() {
+                if s.model.get_ref() != first {
+                    return Err(err(
+                        Some(s.model.span()),
+                        format!(
+                            "specialists[{i}].model: plan `universal` serves every role from one model, but this names `{}` and specialists[0] names `{first}`",
+                            s.model.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        if !(self.idle_unload_secs > 0.0 && self.idle_unload_secs.is_finite()) {
+            return Err(err(
+                None,
+                format!(
+                    "idle_unload_secs: {} must be a positive number",
+                    self.idle_unload_secs
+                ),
+            ));
+        }
+        if let Some(c) = &self.cloud {
+            if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
+                return Err(err(
+                    None,
+                    format!("cloud.base_url: `{}` is not an http(s) URL", c.base_url),
+                ));
+            }
+            if !(c.timeout_secs > 0.0 && c.connect_timeout_secs > 0.0) {
+                return Err(err(
+                    None,
+                    "cloud.timeout_secs and cloud.connect_timeout_secs must be positive".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn model_ids(&self) -> String {
+        self.models
+            .iter()
+            .map(|m| m.id.get_ref().as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
+}
+
+/// toml's own message, with the offending line quoted so the field is named
+/// even where the message only talks about the value.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = line_of(text, span.start);
+            let src = text.lines().nth(line - 1).unwrap_or("").trim();
+            if src.is_empty() {
+                msg
+            } else {
+                format!("{msg} (in `{src}`)")
+            }
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Manifest, SdkError> {
+        Manifest::parse(s, "test.toml", Path::new("/tmp"))
+    }
+
+    const MINI: &str = r#"
+[[models]]
+id = "m"
+engine = "gguf"
+path = "m.gguf"
+
+[[specialists]]
+name = "math"
+model = "m"
+system_prompt = "You do math."
+examples = ["2+2", "3*3"]
+
+[[specialists]]
+name = "chat"
+model = "m"
+system_prompt = "You chat."
+examples = ["hello", "how are you"]
+"#;
+
+    #[test]
+    fn builtin_manifest_is_valid() {
+        let m = Manifest::builtin();
+        assert_eq!(m.plan, Plan::Hybrid);
+        assert_eq!(m.gateway.threshold, 0.7);
+        assert_eq!(m.idle_unload_secs, 30.0);
+        assert_eq!(m.specialists.len(), 3);
+        assert!(!m.cloud_allowed());
+    }
+
+    #[test]
+    fn defaults_and_sizes() {
+        let m = parse(MINI).unwrap();
+        assert_eq!(m.memory_budget, ByteSize(1 << 30));
+        assert_eq!(parse_bytes("512 MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("2GB").unwrap(), 2_000_000_000);
+        assert!(parse_bytes("12 parsecs").is_err());
+    }
+
+    fn err_of(s: &str) -> (Option<usize>, String) {
+        match parse(s) {
+            Err(SdkError::Manifest { line, message, .. }) => (line, message),
+            other => panic!("expected a manifest error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field_and_line() {
+        let (line, msg) = err_of(&MINI.replace(
+            "model = \"m\"\nsystem_prompt = \"You chat.\"",
+            "model = \"nope\"\nsystem_prompt = \"You chat.\"",
+        ));
+        assert_eq!(line, Some(15), "{msg}");
+        assert!(
+            msg.contains("specialists[1].model") && msg.contains("nope"),
+            "{msg}"
+        );
+
+        let (line, msg) = err_of(&format!("plan = \"hybridd\"\n{MINI}"));
+        assert_eq!(line, Some(1));
+        assert!(msg.contains("plan = \"hybridd\""), "{msg}");
+
+        let (line, msg) =
+            err_of(&MINI.replace("path = \"m.gguf\"", "path = \"m.gguf\"\ncontxt_length = 5"));
+        assert_eq!(line, Some(6), "{msg}");
+        assert!(msg.contains("contxt_length"), "{msg}");
+
+        let (_, msg) = err_of(&format!("memory_budget = \"12 parsecs\"\n{MINI}"));
+        assert!(msg.contains("parsecs"), "{msg}");
+
+        let (line, msg) = err_of(&MINI.replace("name = \"chat\"", "name = \"cloud\""));
+        assert_eq!(line, Some(14));
+        assert!(msg.contains("reserved"), "{msg}");
+
+        let (_, msg) = err_of(&format!("[gateway]\nstrategy = \"model\"\n{MINI}"));
+        assert!(msg.contains("gateway.model"), "{msg}");
+
+        let (_, msg) =
+            err_of(&MINI.replace("path = \"m.gguf\"", "path = \"m.gguf\"\nknown = \"x\""));
+        assert!(msg.contains("exactly one of"), "{msg}");
+    }
+
+    #[test]
+    fn universal_plan_needs_one_model() {
+        let two = MINI.replace("[[specialists]]\nname = \"chat\"\nmodel = \"m\"", "[[models]]\nid = \"n\"\nengine = \"gguf\"\npath = \"n.gguf\"\n\n[[specialists]]\nname = \"chat\"\nmodel = \"n\"");
+        assert!(parse(&two).is_ok());
+        let (_, msg) = err_of(&format!("plan = \"universal\"\n{two}"));
+        assert!(msg.contains("universal"), "{msg}");
+    }
+
+    #[test]
+    fn privacy_local_only_in_either_place() {
+        let cloud = "\n[cloud]\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"x\"\n";
+        assert!(parse(&format!("{MINI}{cloud}")).unwrap().cloud_allowed());
+        assert!(
+            !parse(&format!("privacy = \"local_only\"\n{MINI}{cloud}"))
+                .unwrap()
+                .cloud_allowed()
+        );
+        assert!(
+            !parse(&format!("{MINI}{cloud}privacy = \"local_only\"\n"))
+                .unwrap()
+                .cloud_allowed()
+        );
+    }
+}

@@ -1,0 +1,678 @@
+//! The SDK on the real model (SmolLM2-135M, llama.cpp): routing, loading,
+//! budgets, failures, cancellation, cloud and privacy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arny_sdk::{
+    AskRequest, Assistant, AssistantOptions, Event, Handler, Manifest, SdkError, UnloadReason,
+};
+use futures::StreamExt;
+
+fn model() -> PathBuf {
+    arny_model_store::require_default_model().expect("the default model; run scripts/setup.sh")
+}
+
+/// Hard links (or copies) of the model under new names: distinct files,
+/// so distinct resident copies, like separately fine-tuned specialists.
+fn copies(dir: &Path, names: &[&str]) {
+    for n in names {
+        let dest = dir.join(n);
+        if std::fs::hard_link(model(), &dest).is_err() {
+            std::fs::copy(model(), &dest).unwrap();
+        }
+    }
+}
+
+const SPECIALISTS: &str = r#"
+[[specialists]]
+name = "math"
+model = "MATH"
+system_prompt = "You are a precise mathematics tutor. Answer briefly."
+examples = ["What is 3 + 4?", "Solve 2x = 10", "What is 20% of 50?", "Compute 9 times 8"]
+
+[[specialists]]
+name = "wellness"
+model = "WELL"
+system_prompt = "You are a kind wellness counselor. Answer briefly."
+examples = ["I feel sad today", "How do I handle stress?", "I'm anxious about work", "I can't sleep because I worry"]
+
+[[specialists]]
+name = "logistics"
+model = "LOGI"
+system_prompt = "You are a practical logistics planner. Answer briefly."
+examples = ["Plan my errands for Saturday", "Schedule my week", "Make a packing list for a trip", "Organize a move to a new flat"]
+"#;
+
+/// A manifest over `files` (model id = file stem), specialists assigned in order.
+fn manifest(dir: &Path, head: &str, files: &[&str], assign: [&str; 3], tail: &str) -> Manifest {
+    let mut text = format!("{head}\n");
+    for f in files {
+        let id = f.trim_end_matches(".gguf");
+        text.push_str(&format!(
+            "[[models]]\nid = \"{id}\"\nengine = \"gguf\"\npath = \"{f}\"\ncontext_length = 512\n\n"
+        ));
+    }
+    let specs = SPECIALISTS
+        .replace("\"MATH\"", &format!("\"{}\"", assign[0]))
+        .replace("\"WELL\"", &format!("\"{}\"", assign[1]))
+        .replace("\"LOGI\"", &format!("\"{}\"", assign[2]));
+    text.push_str(&specs);
+    text.push_str(tail);
+    Manifest::parse(&text, "test manifest", dir).unwrap()
+}
+
+fn options() -> AssistantOptions {
+    AssistantOptions {
+        fetch_missing: false,
+        ..AssistantOptions::default()
+    }
+}
+
+async fn ask(a: &Assistant, text: &str, max_tokens: u32) -> Result<arny_sdk::Answer, SdkError> {
+    let mut r = AskRequest::new(text);
+    r.max_tokens = Some(max_tokens);
+    a.ask(r, |_| {}).await
+}
+
+fn drain(rx: &mut futures::channel::mpsc::UnboundedReceiver<Event>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        out.push(e);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_assistant_routes_to_each_specialist_and_answers() {
+    let a = Assistant::builtin().await.unwrap();
+    let mut events = a.events();
+    for (q, want) in [
+        ("I feel anxious about my exam tomorrow", "wellness"),
+        ("What is 2+2?", "math"),
+        (
+            "Plan my errands: bank, pharmacy and the post office",
+            "logistics",
+        ),
+    ] {
+        let mut streamed = String::new();
+        let mut r = AskRequest::new(q);
+        r.max_tokens = Some(if want == "math" { 96 } else { 24 });
+        let ans = a.ask(r, |p| streamed.push_str(p)).await.unwrap();
+        assert_eq!(
+            ans.handler,
+            Handler::Specialist { name: want.into() },
+            "{q}"
+        );
+        let d = ans.decision.as_ref().unwrap();
+        assert!(d.confidence >= 0.7 && d.confidence <= 1.0, "{d:?}");
+        assert!(!ans.text.trim().is_empty());
+        assert_eq!(streamed, ans.text, "the stream carries the whole answer");
+        if want == "math" {
+            let t = ans.text.to_lowercase();
+            assert!(t.contains('4') || t.contains("four"), "{}", ans.text);
+        }
+    }
+    let evs = drain(&mut events);
+    let routed: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::Routed { label, .. } => Some(label.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routed, ["wellness", "math", "logistics"]);
+    // One file serves every specialist: loaded once.
+    assert_eq!(
+        evs.iter()
+            .filter(|e| matches!(e, Event::Loaded { .. }))
+            .count(),
+        1,
+        "{evs:?}"
+    );
+    let st = a.status();
+    assert_eq!(st.memory.models.len(), 1);
+    assert!(
+        st.memory.resident_bytes > 50 << 20 && st.memory.resident_bytes <= st.memory.budget_bytes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_specialist_and_empty_requests_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let a = Assistant::new(
+        manifest(dir.path(), "", &["m.gguf"], ["m", "m", "m"], ""),
+        options(),
+    )
+    .await
+    .unwrap();
+    let mut r = AskRequest::new("hi");
+    r.specialist = Some("astrology".into());
+    let e = a.ask(r, |_| {}).await.unwrap_err();
+    assert!(matches!(e, SdkError::UnknownSpecialist { .. }), "{e}");
+    assert_eq!(e.code(), "unknown_specialist");
+    assert!(e.to_string().contains("math"), "lists the known ones: {e}");
+    assert!(matches!(
+        a.route("   ").await,
+        Err(SdkError::InvalidRequest(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_models_unload_after_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let m = manifest(
+        dir.path(),
+        "idle_unload_secs = 0.3",
+        &["m.gguf"],
+        ["m", "m", "m"],
+        "",
+    );
+    let a = Assistant::new(m, options()).await.unwrap();
+    let mut events = a.events();
+    ask(&a, "What is 5 + 5?", 2).await.unwrap();
+    assert_eq!(a.status().memory.models.len(), 1);
+    let mut waited = 0;
+    while !a.status().memory.models.is_empty() && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert!(
+        a.status().memory.models.is_empty(),
+        "still loaded after 5 s: {:?}",
+        a.status().memory
+    );
+    assert_eq!(a.status().memory.resident_bytes, 0);
+    let evs = drain(&mut events);
+    assert!(
+        evs.iter().any(|e| matches!(
+            e,
+            Event::Unloaded {
+                reason: UnloadReason::Idle,
+                ..
+            }
+        )),
+        "{evs:?}"
+    );
+    // And it comes back on demand.
+    ask(&a, "What is 6 + 6?", 2).await.unwrap();
+    assert_eq!(a.status().memory.models.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lru_eviction_keeps_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["a.gguf", "b.gguf", "c.gguf"]);
+    // What one specialist costs, measured: weights plus its session.
+    let probe = Assistant::new(
+        manifest(dir.path(), "", &["a.gguf"], ["a", "a", "a"], ""),
+        options(),
+    )
+    .await
+    .unwrap();
+    ask(&probe, "What is 1 + 1?", 1).await.unwrap();
+    let one = probe.status().memory.resident_bytes;
+    drop(probe);
+    let budget = one * 5 / 2; // room for two, not three
+    let m = manifest(
+        dir.path(),
+        &format!("memory_budget = {budget}"),
+        &["a.gguf", "b.gguf", "c.gguf"],
+        ["a", "b", "c"],
+        "",
+    );
+    let a = Assistant::new(m, options()).await.unwrap();
+    let mut events = a.events();
+    let spec = |name: &str| {
+        let mut r = AskRequest::new("Say hello.");
+        r.specialist = Some(name.into());
+        r.max_tokens = Some(1);
+        r
+    };
+    let loaded = |a: &Assistant| {
+        let mut v: Vec<String> = a
+            .status()
+            .memory
+            .models
+            .iter()
+            .map(|m| m.model.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    a.ask(spec("math"), |_| {}).await.unwrap();
+    a.ask(spec("wellness"), |_| {}).await.unwrap();
+    assert_eq!(loaded(&a), ["a", "b"]);
+    a.ask(spec("logistics"), |_| {}).await.unwrap();
+    assert_eq!(loaded(&a), ["b", "c"], "a was least recently used");
+    assert!(a.status().memory.resident_bytes <= budget);
+    a.ask(spec("wellness"), |_| {}).await.unwrap(); // b is now the most recent
+    a.ask(spec("math"), |_| {}).await.unwrap();
+    assert_eq!(loaded(&a), ["a", "b"], "c was least recently used");
+    let evicted: Vec<String> = drain(&mut events)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Unloaded {
+                model,
+                reason: UnloadReason::Evicted,
+                ..
+            } => Some(model),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evicted, ["a", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_over_the_budget_gets_a_budget_error() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let m = manifest(
+        dir.path(),
+        "memory_budget = \"20 MiB\"",
+        &["m.gguf"],
+        ["m", "m", "m"],
+        "",
+    );
+    let a = Assistant::new(m, options()).await.unwrap();
+    let e = ask(&a, "What is 2 + 2?", 2).await.unwrap_err();
+    assert!(
+        matches!(e, SdkError::MemoryBudget { budget, .. } if budget == 20 << 20),
+        "{e}"
+    );
+    assert_eq!(e.code(), "memory_budget_exceeded");
+    assert!(a.status().memory.models.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_concurrent_requests_share_one_load() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let a = Assistant::new(
+        manifest(dir.path(), "", &["m.gguf"], ["m", "m", "m"], ""),
+        options(),
+    )
+    .await
+    .unwrap();
+    let mut events = a.events();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut r = AskRequest::new(format!("What is {i} + {i}?"));
+            r.specialist = Some("math".into());
+            r.max_tokens = Some(2);
+            a.ask(r, |_| {}).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let evs = drain(&mut events);
+    let loads = evs
+        .iter()
+        .filter(|e| matches!(e, Event::Loading { .. }))
+        .count();
+    let loaded = evs
+        .iter()
+        .filter(|e| matches!(e, Event::Loaded { .. }))
+        .count();
+    assert_eq!((loads, loaded), (1, 1), "{evs:?}");
+    assert_eq!(a.status().memory.models.len(), 1);
+    assert_eq!(a.status().memory.models[0].active, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_specialist_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["good.gguf"]);
+    // Cut the file in half: header intact, tensor data missing.
+    let bytes = std::fs::read(model()).unwrap();
+    std::fs::write(dir.path().join("bad.gguf"), &bytes[..bytes.len() / 2]).unwrap();
+    let m = manifest(
+        dir.path(),
+        "",
+        &["good.gguf", "bad.gguf"],
+        ["bad", "good", "good"],
+        "",
+    );
+    let a = Assistant::new(m, options()).await.unwrap();
+    let mut events = a.events();
+    let spec = |name: &str, q: &str| {
+        let mut r = AskRequest::new(q);
+        r.specialist = Some(name.into());
+        r.max_tokens = Some(4);
+        r
+    };
+    let (bad, good) = tokio::join!(
+        a.ask(spec("math", "What is 2 + 2?"), |_| {}),
+        a.ask(spec("wellness", "I feel tired."), |_| {})
+    );
+    let e = bad.unwrap_err();
+    assert!(
+        matches!(&e, SdkError::Load { model, .. } if model == "bad"),
+        "{e}"
+    );
+    assert!(
+        matches!(e.code(), "corrupt" | "wrong_format"),
+        "{}: {e}",
+        e.code()
+    );
+    assert!(!good.unwrap().text.is_empty());
+    // Nothing is poisoned: the next call tries again and fails the same way,
+    // the healthy specialist keeps answering.
+    assert!(a.ask(spec("math", "What is 3 + 3?"), |_| {}).await.is_err());
+    assert!(
+        a.ask(spec("logistics", "Plan my day."), |_| {})
+            .await
+            .is_ok()
+    );
+    let evs = drain(&mut events);
+    assert_eq!(
+        evs.iter()
+            .filter(|e| matches!(e, Event::LoadFailed { .. }))
+            .count(),
+        2,
+        "{evs:?}"
+    );
+    assert!(a.status().memory.models.iter().all(|m| m.model == "good"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_stops_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let a = Assistant::new(
+        manifest(dir.path(), "", &["m.gguf"], ["m", "m", "m"], ""),
+        options(),
+    )
+    .await
+    .unwrap();
+    let mut r = AskRequest::new("Write a long plan for moving house, with many steps.");
+    r.specialist = Some("logistics".into());
+    r.max_tokens = Some(200);
+    let cancel = r.cancel.clone();
+    let pieces = AtomicUsize::new(0);
+    let ans = a
+        .ask(r, |_| {
+            if pieces.fetch_add(1, Ordering::SeqCst) + 1 == 5 {
+                cancel.cancel();
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(ans.finish_reason, "cancelled");
+    let n = ans.usage.unwrap().generated_tokens;
+    assert!(
+        (5..=6).contains(&n),
+        "stopped right after the cancel, not at {n}"
+    );
+    // The session is reusable afterwards.
+    assert!(!ask(&a, "What is 2 + 2?", 4).await.unwrap().text.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn universal_plan_switches_roles_on_one_resident_model() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let m = manifest(
+        dir.path(),
+        "plan = \"universal\"\nidle_unload_secs = 0.1",
+        &["m.gguf"],
+        ["m", "m", "m"],
+        "",
+    );
+    let a = Assistant::new(m, options()).await.unwrap();
+    // Loaded up front and pinned: idle time does not unload it.
+    assert_eq!(a.status().memory.models.len(), 1);
+    assert!(a.status().memory.models[0].pinned);
+    let w = ask(&a, "I feel sad and alone", 8).await.unwrap();
+    let m = ask(&a, "What is 7 times 6?", 8).await.unwrap();
+    assert_eq!((w.handler.label(), m.handler.label()), ("wellness", "math"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(a.status().memory.models.len(), 1);
+    // Coming back to a role reuses its cached system prompt.
+    let again = ask(&a, "I feel tired and unmotivated", 4).await.unwrap();
+    assert!(again.usage.unwrap().cached_tokens > 10);
+}
+
+/// The same app code on every engine named in ARNY_TEST_ENGINES (default:
+/// gguf, the one that exists today). Engines join by config alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_app_runs_on_every_configured_engine() {
+    let engines = std::env::var("ARNY_TEST_ENGINES").unwrap_or_else(|_| "gguf".into());
+    for engine in engines.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let dir = tempfile::tempdir().unwrap();
+        copies(dir.path(), &["m.gguf"]);
+        let text = format!(
+            "[[models]]\nid = \"m\"\nengine = \"{engine}\"\npath = \"m.gguf\"\ncontext_length = 512\n{}",
+            SPECIALISTS
+                .replace("\"MATH\"", "\"m\"")
+                .replace("\"WELL\"", "\"m\"")
+                .replace("\"LOGI\"", "\"m\"")
+        );
+        let m = Manifest::parse(&text, "engine manifest", dir.path()).unwrap();
+        let a = Assistant::new(m, options())
+            .await
+            .unwrap_or_else(|e| panic!("engine {engine}: {e}"));
+        let ans = ask(&a, "What is 2+2?", 96).await.unwrap();
+        assert_eq!(ans.handler.label(), "math", "engine {engine}");
+        let t = ans.text.to_lowercase();
+        assert!(
+            t.contains('4') || t.contains("four"),
+            "engine {engine}: {}",
+            ans.text
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_missing_from_the_build_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let text = format!(
+        "[[models]]\nid = \"m\"\nengine = \"pte\"\npath = \"m.pte\"\n{}",
+        SPECIALISTS
+            .replace("\"MATH\"", "\"m\"")
+            .replace("\"WELL\"", "\"m\"")
+            .replace("\"LOGI\"", "\"m\"")
+    );
+    let m = Manifest::parse(&text, "pte manifest", dir.path()).unwrap();
+    let opts = AssistantOptions {
+        engines: arny_sdk::Engines::default(),
+        fetch_missing: false,
+    };
+    let e = Assistant::new(m, opts).await.err().unwrap();
+    assert!(matches!(e, SdkError::EngineUnavailable { .. }), "{e}");
+}
+
+// ---- cloud ---------------------------------------------------------------
+
+/// An `arny serve` on loopback, as the "cloud".
+async fn loopback_cloud(api_key: Option<&str>) -> (String, tokio::task::JoinHandle<()>) {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let m = manifest(
+        dir.path(),
+        "plan = \"universal\"",
+        &["m.gguf"],
+        ["m", "m", "m"],
+        "",
+    );
+    let server_side = Assistant::new(m, options()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let opts = arny_server::ServerOptions {
+        api_key: api_key.map(str::to_string),
+        max_concurrent: 2,
+    };
+    let h = tokio::spawn(async move {
+        let _dir = dir;
+        arny_server::serve(listener, server_side, opts)
+            .await
+            .unwrap();
+    });
+    (url, h)
+}
+
+fn cloud_tail(url: &str, extra: &str) -> String {
+    format!(
+        "\n[gateway]\ncloud_examples = [\"Write a poem about the sea\", \"Who painted the Mona Lisa?\", \"Translate hello into French\", \"Explain how rainbows form\"]\n\n[cloud]\nbase_url = \"{url}\"\nmodel = \"arny\"\napi_key_env = \"ARNY_TEST_CLOUD_KEY\"\n{extra}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cloud_requests_go_to_the_cloud_endpoint() {
+    let (url, server) = loopback_cloud(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let m = manifest(
+        dir.path(),
+        "",
+        &["m.gguf"],
+        ["m", "m", "m"],
+        &cloud_tail(&url, ""),
+    );
+    let a = Assistant::new(m, options()).await.unwrap();
+    let mut events = a.events();
+    let mut streamed = Vec::new();
+    let mut r = AskRequest::new("Write a poem about the moon and the stars");
+    r.max_tokens = Some(16);
+    let ans = a.ask(r, |p| streamed.push(p.to_string())).await.unwrap();
+    assert_eq!(
+        ans.handler,
+        Handler::Cloud {
+            model: "arny".into()
+        }
+    );
+    assert!(
+        !ans.text.is_empty() && streamed.len() > 1,
+        "streamed in pieces: {streamed:?}"
+    );
+    assert_eq!(streamed.concat(), ans.text);
+    let evs = drain(&mut events);
+    assert!(evs.iter().any(|e| matches!(e, Event::CloudRequest { .. })));
+    // No local model was needed for it.
+    assert!(
+        !evs.iter().any(|e| matches!(e, Event::Loading { .. })),
+        "{evs:?}"
+    );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_only_never_opens_a_socket() {
+    // A listener where the cloud would be: it must never see a connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let m = manifest(
+        dir.path(),
+        "privacy = \"local_only\"",
+        &["m.gguf"],
+        ["m", "m", "m"],
+        &cloud_tail(&url, ""),
+    );
+    let a = Assistant::new(m, options()).await.unwrap();
+    let ans = ask(&a, "Write a poem about the moon and the stars", 8)
+        .await
+        .unwrap();
+    let d = ans.decision.clone().unwrap();
+    assert_eq!(d.label, "cloud");
+    match &ans.handler {
+        Handler::LocalStandIn { name, reason } => {
+            assert_eq!(Some(name), d.best_local.as_ref());
+            assert!(reason.contains("local_only"), "{reason}");
+        }
+        h => panic!("expected a local stand-in, got {h:?}"),
+    }
+    assert!(!ans.text.is_empty());
+    assert_eq!(a.status().cloud, None);
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("something connected to the cloud address: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cloud_is_answered_locally_or_reported() {
+    // Bind then drop: a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let m = manifest(
+        dir.path(),
+        "",
+        &["m.gguf"],
+        ["m", "m", "m"],
+        &cloud_tail(&url, ""),
+    );
+    let a = Assistant::new(m, options()).await.unwrap();
+    let ans = ask(&a, "Write a poem about the moon and the stars", 4)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&ans.handler, Handler::LocalStandIn { reason, .. } if reason.contains("unreachable")),
+        "{:?}",
+        ans.handler
+    );
+
+    let m = manifest(
+        dir.path(),
+        "",
+        &["m.gguf"],
+        ["m", "m", "m"],
+        &cloud_tail(&url, "local_when_unreachable = false"),
+    );
+    let a = Assistant::new(m, options()).await.unwrap();
+    let e = ask(&a, "Write a poem about the moon and the stars", 4)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "cloud_unreachable", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rejected_cloud_key_is_a_typed_error() {
+    let (url, server) = loopback_cloud(Some("right-key")).await;
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    // SAFETY: no other test in this binary reads this variable.
+    unsafe { std::env::set_var("ARNY_TEST_CLOUD_KEY", "wrong-key") };
+    let m = manifest(
+        dir.path(),
+        "",
+        &["m.gguf"],
+        ["m", "m", "m"],
+        &cloud_tail(&url, ""),
+    );
+    let a = Assistant::new(m, options()).await.unwrap();
+    let e = ask(&a, "Write a poem about the moon and the stars", 4)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "cloud_unauthorized", "{e}");
+    server.abort();
+}
+
+#[test]
+fn events_serialize_for_uis() {
+    let e = Event::Loading {
+        model: "m".into(),
+        specialists: vec!["math".into()],
+    };
+    let v = serde_json::to_value(&e).unwrap();
+    assert_eq!(v["event"], "loading");
+    assert_eq!(v["specialists"][0], "math");
+    let _ = Arc::new(());
+    let _ = futures::stream::empty::<()>().boxed();
+}
