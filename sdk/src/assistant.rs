@@ -20,6 +20,11 @@ use crate::manager::{Lease, ManagerStatus, ModelKey, ModelManager, ModelRef};
 use crate::manifest::{EngineKind, Manifest, ModelSpec, Plan, Strategy};
 use crate::{Result, SdkError};
 
+/// Specialists' default: none. Manifests set it per specialist, because it
+/// helps prose (small models loop on one sentence) and hurts arithmetic (it
+/// penalises the digits the answer has to repeat).
+pub const DEFAULT_REPETITION_PENALTY: f32 = 1.0;
+
 /// The engines an app makes available, by the ids manifests use.
 #[derive(Clone, Default)]
 pub struct Engines(HashMap<&'static str, Arc<dyn InferenceEngine>>);
@@ -160,6 +165,7 @@ struct Specialist {
     chat_template: Option<String>,
     max_tokens: u32,
     temperature: Option<f32>,
+    repetition_penalty: f32,
     context_length: Option<u32>,
 }
 
@@ -254,6 +260,7 @@ impl Assistant {
                     chat_template: spec.chat_template.clone(),
                     max_tokens: s.max_tokens.unwrap_or(256),
                     temperature: s.temperature,
+                    repetition_penalty: s.repetition_penalty.unwrap_or(DEFAULT_REPETITION_PENALTY),
                     context_length: spec.context_length,
                 }
             })
@@ -500,6 +507,7 @@ impl Assistant {
             Some(s) => s.clone(),
             None => SamplingParams {
                 temperature: sp.temperature.unwrap_or(0.0),
+                repetition_penalty: sp.repetition_penalty,
                 ..SamplingParams::default()
             },
         };

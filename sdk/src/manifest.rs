@@ -145,6 +145,8 @@ pub struct SpecialistSpec {
     pub examples: Vec<String>,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
+    /// Penalty on recently generated tokens (default 1.0, none).
+    pub repetition_penalty: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -387,6 +389,14 @@ impl Manifest {
                         s.model.get_ref(),
                         self.model_ids()
                     ),
+                ));
+            }
+            if let Some(p) = s.repetition_penalty
+                && !(1.0..=2.0).contains(&p)
+            {
+                return Err(err(
+                    Some(s.name.span()),
+                    format!("specialists[{i}].repetition_penalty: {p} is not in [1, 2]"),
                 ));
             }
             if let Some(t) = s.temperature

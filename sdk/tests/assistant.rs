@@ -64,6 +64,15 @@ fn manifest(dir: &Path, head: &str, files: &[&str], assign: [&str; 3], tail: &st
     Manifest::parse(&text, "test manifest", dir).unwrap()
 }
 
+/// An assistant whose specialists all share one copy of the model.
+async fn one_model(head: &str, tail: &str) -> (tempfile::TempDir, Assistant) {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let m = manifest(dir.path(), head, &["m.gguf"], ["m", "m", "m"], tail);
+    let a = Assistant::new(m, options()).await.unwrap();
+    (dir, a)
+}
+
 fn options() -> AssistantOptions {
     AssistantOptions {
         fetch_missing: false,
@@ -141,14 +150,7 @@ async fn builtin_assistant_routes_to_each_specialist_and_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_specialist_and_empty_requests_are_typed_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    copies(dir.path(), &["m.gguf"]);
-    let a = Assistant::new(
-        manifest(dir.path(), "", &["m.gguf"], ["m", "m", "m"], ""),
-        options(),
-    )
-    .await
-    .unwrap();
+    let (_dir, a) = one_model("", "").await;
     let mut r = AskRequest::new("hi");
     r.specialist = Some("astrology".into());
     let e = a.ask(r, |_| {}).await.unwrap_err();
@@ -163,16 +165,7 @@ async fn unknown_specialist_and_empty_requests_are_typed_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_models_unload_after_the_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    copies(dir.path(), &["m.gguf"]);
-    let m = manifest(
-        dir.path(),
-        "idle_unload_secs = 0.3",
-        &["m.gguf"],
-        ["m", "m", "m"],
-        "",
-    );
-    let a = Assistant::new(m, options()).await.unwrap();
+    let (_dir, a) = one_model("idle_unload_secs = 0.3", "").await;
     let mut events = a.events();
     ask(&a, "What is 5 + 5?", 2).await.unwrap();
     assert_eq!(a.status().memory.models.len(), 1);
@@ -269,16 +262,7 @@ async fn lru_eviction_keeps_the_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_over_the_budget_gets_a_budget_error() {
-    let dir = tempfile::tempdir().unwrap();
-    copies(dir.path(), &["m.gguf"]);
-    let m = manifest(
-        dir.path(),
-        "memory_budget = \"20 MiB\"",
-        &["m.gguf"],
-        ["m", "m", "m"],
-        "",
-    );
-    let a = Assistant::new(m, options()).await.unwrap();
+    let (_dir, a) = one_model("memory_budget = \"20 MiB\"", "").await;
     let e = ask(&a, "What is 2 + 2?", 2).await.unwrap_err();
     assert!(
         matches!(e, SdkError::MemoryBudget { budget, .. } if budget == 20 << 20),
@@ -290,14 +274,7 @@ async fn a_model_over_the_budget_gets_a_budget_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_requests_share_one_load() {
-    let dir = tempfile::tempdir().unwrap();
-    copies(dir.path(), &["m.gguf"]);
-    let a = Assistant::new(
-        manifest(dir.path(), "", &["m.gguf"], ["m", "m", "m"], ""),
-        options(),
-    )
-    .await
-    .unwrap();
+    let (_dir, a) = one_model("", "").await;
     let mut events = a.events();
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -384,14 +361,7 @@ async fn a_corrupt_specialist_fails_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_stops_the_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    copies(dir.path(), &["m.gguf"]);
-    let a = Assistant::new(
-        manifest(dir.path(), "", &["m.gguf"], ["m", "m", "m"], ""),
-        options(),
-    )
-    .await
-    .unwrap();
+    let (_dir, a) = one_model("", "").await;
     let mut r = AskRequest::new("Write a long plan for moving house, with many steps.");
     r.specialist = Some("logistics".into());
     r.max_tokens = Some(200);
@@ -417,16 +387,7 @@ async fn cancellation_stops_the_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn universal_plan_switches_roles_on_one_resident_model() {
-    let dir = tempfile::tempdir().unwrap();
-    copies(dir.path(), &["m.gguf"]);
-    let m = manifest(
-        dir.path(),
-        "plan = \"universal\"\nidle_unload_secs = 0.1",
-        &["m.gguf"],
-        ["m", "m", "m"],
-        "",
-    );
-    let a = Assistant::new(m, options()).await.unwrap();
+    let (_dir, a) = one_model("plan = \"universal\"\nidle_unload_secs = 0.1", "").await;
     // Loaded up front and pinned: idle time does not unload it.
     assert_eq!(a.status().memory.models.len(), 1);
     assert!(a.status().memory.models[0].pinned);
@@ -528,16 +489,7 @@ fn cloud_tail(url: &str, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cloud_requests_go_to_the_cloud_endpoint() {
     let (url, server) = loopback_cloud(None).await;
-    let dir = tempfile::tempdir().unwrap();
-    copies(dir.path(), &["m.gguf"]);
-    let m = manifest(
-        dir.path(),
-        "",
-        &["m.gguf"],
-        ["m", "m", "m"],
-        &cloud_tail(&url, ""),
-    );
-    let a = Assistant::new(m, options()).await.unwrap();
+    let (_dir, a) = one_model("", &cloud_tail(&url, "")).await;
     let mut events = a.events();
     let mut streamed = Vec::new();
     let mut r = AskRequest::new("Write a poem about the moon and the stars");
@@ -570,16 +522,7 @@ async fn local_only_never_opens_a_socket() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    copies(dir.path(), &["m.gguf"]);
-    let m = manifest(
-        dir.path(),
-        "privacy = \"local_only\"",
-        &["m.gguf"],
-        ["m", "m", "m"],
-        &cloud_tail(&url, ""),
-    );
-    let a = Assistant::new(m, options()).await.unwrap();
+    let (_dir, a) = one_model("privacy = \"local_only\"", &cloud_tail(&url, "")).await;
     let ans = ask(&a, "Write a poem about the moon and the stars", 8)
         .await
         .unwrap();
@@ -609,16 +552,7 @@ async fn an_unreachable_cloud_is_answered_locally_or_reported() {
         .unwrap()
         .port();
     let url = format!("http://127.0.0.1:{port}/v1");
-    let dir = tempfile::tempdir().unwrap();
-    copies(dir.path(), &["m.gguf"]);
-    let m = manifest(
-        dir.path(),
-        "",
-        &["m.gguf"],
-        ["m", "m", "m"],
-        &cloud_tail(&url, ""),
-    );
-    let a = Assistant::new(m, options()).await.unwrap();
+    let (_dir, a) = one_model("", &cloud_tail(&url, "")).await;
     let ans = ask(&a, "Write a poem about the moon and the stars", 4)
         .await
         .unwrap();
@@ -628,14 +562,7 @@ async fn an_unreachable_cloud_is_answered_locally_or_reported() {
         ans.handler
     );
 
-    let m = manifest(
-        dir.path(),
-        "",
-        &["m.gguf"],
-        ["m", "m", "m"],
-        &cloud_tail(&url, "local_when_unreachable = false"),
-    );
-    let a = Assistant::new(m, options()).await.unwrap();
+    let (_dir, a) = one_model("", &cloud_tail(&url, "local_when_unreachable = false")).await;
     let e = ask(&a, "Write a poem about the moon and the stars", 4)
         .await
         .unwrap_err();
@@ -675,4 +602,70 @@ fn events_serialize_for_uis() {
     assert_eq!(v["specialists"][0], "math");
     let _ = Arc::new(());
     let _ = futures::stream::empty::<()>().boxed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_and_ensemble_gateways_score_with_the_gateway_model() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    for strategy in ["model", "ensemble"] {
+        let tail = format!(
+            "\n[gateway]\nstrategy = \"{strategy}\"\nmodel = \"m\"\ncalibration_per_label = 2\ncloud_examples = [\"Write a poem about the sea\", \"Who painted the Mona Lisa?\", \"Translate hello into French\"]\n"
+        );
+        let m = manifest(dir.path(), "", &["m.gguf"], ["m", "m", "m"], &tail);
+        let a = Assistant::new(m, options()).await.unwrap();
+        // The gateway model is resident and pinned before any request.
+        let st = a.status();
+        assert_eq!(st.strategy, strategy);
+        assert!(
+            st.memory.models.len() == 1 && st.memory.models[0].pinned,
+            "{:?}",
+            st.memory
+        );
+        let q = "What is 12 times 7?";
+        let d1 = a.route(q).await.unwrap();
+        let d2 = a.route(q).await.unwrap();
+        assert_eq!(d1.strategy, strategy);
+        assert_eq!(d1.scores.len(), 4);
+        let total: f32 = d1.scores.iter().map(|s| s.probability).sum();
+        assert!((total - 1.0).abs() < 1e-3, "{d1:?}");
+        assert!(
+            d1.scores.iter().all(|s| s.probability > 0.0),
+            "every label gets a score: {d1:?}"
+        );
+        // The second time most of the prompt comes from the KV cache; the
+        // scores may move by float noise only.
+        for (a, b) in d1.scores.iter().zip(&d2.scores) {
+            assert!(
+                a.label == b.label && (a.probability - b.probability).abs() < 1e-2,
+                "{d1:?} vs {d2:?}"
+            );
+        }
+        if strategy == "ensemble" {
+            assert_eq!(d1.top, "math", "{d1:?}");
+        }
+    }
+}
+
+/// A regression guard on routing quality: a held-out set written apart from
+/// the built-in examples (sdk/router/data/heldout-own.jsonl, 48 queries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_gateway_generalises_to_held_out_queries() {
+    let a = Assistant::new(Manifest::builtin(), options())
+        .await
+        .unwrap();
+    let data = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/router/data/heldout-own.jsonl"
+    ))
+    .unwrap();
+    let (mut n, mut ok) = (0, 0);
+    for line in data.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let d = a.route(v["text"].as_str().unwrap()).await.unwrap();
+        n += 1;
+        ok += (d.label == v["label"].as_str().unwrap()) as usize;
+    }
+    let acc = ok as f64 / n as f64;
+    assert!(acc >= 0.9, "accuracy {acc:.3} ({ok}/{n})");
 }

@@ -43,15 +43,15 @@ pub struct Args {
 }
 
 #[derive(Debug, Serialize)]
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-    samples: Vec<f64>,
+pub(crate) struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub samples: Vec<f64>,
 }
 
 impl Stats {
-    fn of(mut samples: Vec<f64>) -> Self {
+    pub(crate) fn of(mut samples: Vec<f64>) -> Self {
         samples.sort_by(f64::total_cmp);
         let n = samples.len();
         let median = if n == 0 {

@@ -17,6 +17,8 @@ use anyhow::{Context, Result};
 use arny_sdk::{AskRequest, Assistant, AssistantOptions, Event, Manifest};
 use serde::Serialize;
 
+use crate::bench::Stats;
+
 const QUESTIONS: &[(&str, &str)] = &[
     ("math", "What is 12 times 7?"),
     ("wellness", "I feel stressed about my job interview."),
@@ -29,42 +31,17 @@ const QUESTIONS: &[(&str, &str)] = &[
 ];
 
 #[derive(Serialize)]
-struct Stat {
-    median_ms: f64,
-    min_ms: f64,
-    max_ms: f64,
-    samples: usize,
-}
-
-fn stat(mut v: Vec<f64>) -> Stat {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Stat {
-        median_ms: median,
-        min_ms: v.first().copied().unwrap_or(0.0),
-        max_ms: v.last().copied().unwrap_or(0.0),
-        samples: n,
-    }
-}
-
-#[derive(Serialize)]
 struct Report {
     model: String,
+    // All times in milliseconds.
     /// Model load alone (engine load, from the manager's event).
-    cold_load: Stat,
+    cold_load: Stats,
     /// Request to first token when the specialist's model is not loaded.
-    cold_first_token: Stat,
+    cold_first_token: Stats,
     /// Request to first token, hybrid plan, switching between two resident models.
-    warm_switch_first_token: Stat,
+    warm_switch_first_token: Stats,
     /// Request to first token, universal plan, switching roles on one model.
-    role_switch_first_token: Stat,
+    role_switch_first_token: Stats,
 }
 
 fn manifest(text: &str, dir: &Path) -> Result<Manifest> {
@@ -186,10 +163,10 @@ pub fn run(model_path: &Path, reps: usize, json: bool) -> Result<()> {
         }
         anyhow::Ok(Report {
             model: model_path.display().to_string(),
-            cold_load: stat(load),
-            cold_first_token: stat(cold),
-            warm_switch_first_token: stat(warm),
-            role_switch_first_token: stat(role),
+            cold_load: Stats::of(load),
+            cold_first_token: Stats::of(cold),
+            warm_switch_first_token: Stats::of(warm),
+            role_switch_first_token: Stats::of(role),
         })
     })?;
     if json {
@@ -214,7 +191,10 @@ pub fn run(model_path: &Path, reps: usize, json: bool) -> Result<()> {
         ] {
             println!(
                 "{name:<34} {:>10.1} {:>10.1} {:>10.1} {:>4}",
-                s.median_ms, s.min_ms, s.max_ms, s.samples
+                s.median,
+                s.min,
+                s.max,
+                s.samples.len()
             );
         }
     }

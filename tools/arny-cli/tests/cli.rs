@@ -332,3 +332,63 @@ fn a_bad_manifest_names_the_line() {
         out.stderr
     );
 }
+
+#[test]
+fn serve_answers_on_loopback_and_names_its_port() {
+    use std::io::BufRead;
+    let mut child = Command::new(ARNY)
+        .args(["serve", "--port", "0"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn arny serve");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let start = Instant::now();
+    let addr = loop {
+        assert!(start.elapsed() < DEADLINE, "no listening line");
+        let line = lines.next().expect("arny serve exited early").unwrap();
+        if let Some(rest) = line.strip_prefix("arny serve: listening on http://") {
+            break rest.trim_end_matches("/v1").to_string();
+        }
+    };
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let get = |path: &str, body: Option<&str>| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let req = match body {
+            None => format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+            Some(b) => format!(
+                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                b.len()
+            ),
+        };
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let models = get("/v1/models", None);
+    assert!(models.starts_with("HTTP/1.1 200"), "{models}");
+    for id in ["\"arny\"", "\"wellness\"", "\"math\"", "\"logistics\""] {
+        assert!(models.contains(id), "{models}");
+    }
+    let answer = get(
+        "/v1/chat/completions",
+        Some(
+            r#"{"model":"arny","max_tokens":8,"messages":[{"role":"user","content":"What is 12 times 7?"}]}"#,
+        ),
+    );
+    child.kill().ok();
+    child.wait().ok();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["arny"]["handler"]["name"], "math", "{body}");
+    assert!(
+        !body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+}
