@@ -676,6 +676,7 @@ async fn build_gateway(
             .collect();
         let opts = arny_router::ScorerOptions {
             calibration_per_label: g.calibration_per_label,
+            few_shot: g.few_shot,
             ..Default::default()
         };
         let scorer =

@@ -164,6 +164,9 @@ pub struct GatewaySpec {
     /// Examples per label the model strategy is calibrated on at start-up.
     #[serde(default = "default_calibration")]
     pub calibration_per_label: usize,
+    /// Worked examples per label the model strategy shows the model.
+    #[serde(default = "default_few_shot")]
+    pub few_shot: usize,
 }
 
 impl Default for GatewaySpec {
@@ -175,6 +178,7 @@ impl Default for GatewaySpec {
             model_weight: default_model_weight(),
             cloud_examples: Vec::new(),
             calibration_per_label: default_calibration(),
+            few_shot: default_few_shot(),
         }
     }
 }
@@ -187,6 +191,9 @@ fn default_model_weight() -> f32 {
 }
 fn default_calibration() -> usize {
     4
+}
+fn default_few_shot() -> usize {
+    5
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -19,6 +19,9 @@ pub struct ScorerOptions {
     /// Example utterances per label used to fit the calibration (each costs
     /// one short forward pass at load).
     pub calibration_per_label: usize,
+    /// Worked examples per label shown to the model before the request
+    /// (an example utterance and its label, as chat turns).
+    pub few_shot: usize,
     /// Context of the scorer's session; requests are cut to fit.
     pub context_length: u32,
 }
@@ -27,7 +30,10 @@ impl Default for ScorerOptions {
     fn default() -> Self {
         Self {
             calibration_per_label: 4,
-            context_length: 512,
+            // On SmolLM2-135M: top-1 0.40 with none, 0.83 with 3, 0.88 with
+            // 5 on the routing dev set (0.83 on a second set with 5).
+            few_shot: 5,
+            context_length: 2048,
         }
     }
 }
@@ -47,6 +53,8 @@ pub struct ModelScorer {
     /// The answer word's tokens, per label.
     answers: Vec<Vec<TokenId>>,
     system: String,
+    /// Worked examples, as alternating user/assistant turns.
+    shots: Vec<ChatMessage>,
     /// `z_c = scale * logp_c + bias_c`, fitted on the examples.
     scale: f32,
     bias: Vec<f32>,
@@ -79,6 +87,20 @@ impl ModelScorer {
             answers.push(toks);
         }
         system.push_str("Reply with the category name only.");
+        // Worked examples from the end of each list (calibration takes its
+        // picks from the start), interleaved so no label comes last always.
+        let mut shots = Vec::new();
+        for k in 0..opts.few_shot {
+            for l in labels {
+                let Some(set) = calibration.iter().find(|s| s.label == l.label) else {
+                    continue;
+                };
+                if let Some(e) = set.examples.iter().rev().nth(k) {
+                    shots.push(ChatMessage::user(e.clone()));
+                    shots.push(ChatMessage::assistant(answer_word(&l.label)));
+                }
+            }
+        }
         let session = model
             .new_session(SessionOptions {
                 context_length: Some(opts.context_length),
@@ -90,6 +112,7 @@ impl ModelScorer {
             labels: labels.iter().map(|l| l.label.clone()).collect(),
             answers,
             system,
+            shots,
             scale: 1.0,
             bias: vec![0.0; labels.len()],
         };
@@ -130,10 +153,10 @@ impl ModelScorer {
 
     /// `log P(label word | prompt)` per label.
     pub async fn log_probs(&self, text: &str) -> Result<Vec<f32>, RouterError> {
-        let messages = vec![
-            ChatMessage::system(self.system.clone()),
-            ChatMessage::user(text),
-        ];
+        let mut messages = Vec::with_capacity(self.shots.len() + 2);
+        messages.push(ChatMessage::system(self.system.clone()));
+        messages.extend(self.shots.iter().cloned());
+        messages.push(ChatMessage::user(text));
         let mut prompt = prompt_tokens(self.model.as_ref(), &Prompt::Chat(messages))?;
         let mut session = self.session.lock().await;
         let longest = self.answers.iter().map(Vec::len).max().unwrap_or(1);
