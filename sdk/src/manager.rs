@@ -58,6 +58,7 @@ struct Entry {
     slot: Slot,
     /// Leases alive (requests using the model).
     active: usize,
+    /// While loading: when the load started.
     last_used: Instant,
     pinned: bool,
     weight_bytes: u64,
@@ -187,24 +188,29 @@ impl ModelManager {
                     }
                 }
             };
-            let started = Instant::now();
+            let mine = waiting.clone();
             let result = waiting.await;
             // Whoever gets here first publishes the result; the others find
-            // it published and loop to take their lease.
+            // it published and loop to take their lease. The slot must still
+            // hold *this* load: after a failure a newer load may be in it.
             let mut st = self.lock();
-            let still_loading = matches!(st.get(&r.key).map(|e| &e.slot), Some(Slot::Loading(_)));
+            let still_loading = matches!(
+                st.get(&r.key).map(|e| &e.slot),
+                Some(Slot::Loading(f)) if f.ptr_eq(&mine)
+            );
             if still_loading {
                 match result {
                     Ok(model) => {
                         let e = st.get_mut(&r.key).expect("checked above");
                         e.weight_bytes = model.info().resident_bytes.max(1);
                         e.slot = Slot::Ready(model);
+                        let ms = e.last_used.elapsed().as_secs_f64() * 1e3;
                         e.last_used = Instant::now();
                         let bytes = e.weight_bytes;
                         self.inner.events.emit(Event::Loaded {
                             model: r.id.clone(),
                             bytes,
-                            ms: started.elapsed().as_secs_f64() * 1e3,
+                            ms,
                         });
                         // The estimate was a guess; the real size may not fit.
                         let _ = self.evict_for(&mut st, &r.key);

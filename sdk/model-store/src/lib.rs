@@ -258,9 +258,15 @@ pub fn download(
     // The hash in the name keeps two different files of one name apart.
     let dest = dir.join(format!("{}-{name}", &sha256[..12.min(sha256.len())]));
     if dest.is_file() {
+        if verified_before(&dest, &sha256) {
+            return Ok(dest);
+        }
         progress.phase("verify", std::fs::metadata(&dest).ok().map(|m| m.len()));
         match verify(&dest, &sha256, progress) {
-            Ok(()) => return Ok(dest),
+            Ok(()) => {
+                mark_verified(&dest, &sha256);
+                return Ok(dest);
+            }
             Err(StoreError::Checksum { .. }) => {
                 tracing::warn!(path = %dest.display(), "cached download is damaged; fetching it again");
                 let _ = std::fs::remove_file(&dest);
@@ -328,7 +334,43 @@ pub fn download(
         return Err(e);
     }
     std::fs::rename(&part, &dest).map_err(io(format!("move download to {}", dest.display())))?;
+    mark_verified(&dest, &sha256);
     Ok(dest)
+}
+
+/// A note beside a checked download: its hash, size and modification time.
+/// Large models are not re-hashed at every start while the file is unchanged.
+fn verified_marker(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".verified");
+    dest.with_file_name(name)
+}
+
+fn file_stamp(path: &Path, sha256: &str) -> Option<String> {
+    let m = std::fs::metadata(path).ok()?;
+    let mtime = m
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(format!("{sha256} {} {}", m.len(), mtime.as_nanos()))
+}
+
+fn verified_before(dest: &Path, sha256: &str) -> bool {
+    let (Some(stamp), Ok(note)) = (
+        file_stamp(dest, sha256),
+        std::fs::read_to_string(verified_marker(dest)),
+    ) else {
+        return false;
+    };
+    note.trim() == stamp
+}
+
+fn mark_verified(dest: &Path, sha256: &str) {
+    if let Some(stamp) = file_stamp(dest, sha256) {
+        // Only an optimisation: without the note the file is hashed again.
+        let _ = std::fs::write(verified_marker(dest), stamp);
+    }
 }
 
 /// Checks the SHA-256 of a file.

@@ -89,6 +89,12 @@ fn downloads_resume_and_are_checked() {
     // Present and valid: no request at all.
     assert_eq!(download(&url, &sha, &NoProgress).unwrap(), path);
     assert_eq!(seen.lock().unwrap().len(), 2);
+    // A file changed behind Arny's back is checked again, found wrong, and
+    // fetched again.
+    std::fs::write(&path, b"tampered").unwrap();
+    assert_eq!(download(&url, &sha, &NoProgress).unwrap(), path);
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    assert_eq!(seen.lock().unwrap().len(), 3);
 
     // A wrong checksum never becomes a model file.
     let wrong = "0".repeat(64);

@@ -21,7 +21,8 @@ impl ConfigArgs {
     }
 }
 
-/// The assistant, fetching known models first with a progress bar.
+/// The assistant, fetching known models and downloading `url` models first,
+/// with progress bars.
 pub async fn build(manifest: Manifest) -> Result<Assistant> {
     for m in &manifest.models {
         if let Some(k) = m.known.as_deref().and_then(arny_model_store::known)
@@ -34,6 +35,9 @@ pub async fn build(manifest: Manifest) -> Result<Assistant> {
                 arny_model_store::models_dir().display()
             );
             crate::models::fetch_with_progress(k)?;
+        }
+        if let (Some(url), Some(sha)) = (&m.url, &m.sha256) {
+            crate::models::download_with_progress(url, sha)?;
         }
     }
     Ok(Assistant::new(manifest, AssistantOptions::default()).await?)

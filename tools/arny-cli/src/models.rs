@@ -62,6 +62,16 @@ pub fn fetch_with_progress(model: &KnownModel) -> Result<std::path::PathBuf> {
     Ok(path?)
 }
 
+/// Downloads a manifest's `url` model with progress bars on a terminal.
+pub fn download_with_progress(url: &str, sha256: &str) -> Result<std::path::PathBuf> {
+    let bars = Bars {
+        bar: ProgressBar::new(0),
+    };
+    let path = store::download(url, sha256, &bars);
+    bars.bar.finish_and_clear();
+    Ok(path?)
+}
+
 struct Bars {
     bar: ProgressBar,
 }
