@@ -11,6 +11,8 @@
 //! Rust with no dependencies beyond `thiserror`, so it also serves the Burn
 //! engine and the browser.
 
+pub mod dequant;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 
@@ -245,6 +247,36 @@ impl GgufFile {
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The bytes of tensor `t` inside `file` (the whole file, e.g. a
+    /// memory map). Checked again here, so a `file` shorter than the one the
+    /// header was read from gives an error, not a panic.
+    pub fn tensor_data<'a>(&self, file: &'a [u8], t: &TensorInfo) -> Result<&'a [u8]> {
+        let len = t.bytes.ok_or_else(|| {
+            GgufError::Invalid(format!(
+                "tensor {} has an unknown type {}",
+                t.name, t.ggml_type
+            ))
+        })?;
+        let end = t
+            .start
+            .checked_add(len)
+            .filter(|&e| e <= file.len() as u64)
+            .ok_or_else(|| GgufError::Truncated {
+                what: format!("data of tensor {}", t.name),
+                at: t.start.saturating_add(len),
+                len: file.len() as u64,
+            })?;
+        Ok(&file[t.start as usize..end as usize])
+    }
+
+    /// Tensor `t` as f32 values (innermost dimension first, as stored).
+    pub fn dequantize(&self, file: &[u8], t: &TensorInfo) -> Result<Vec<f32>> {
+        let data = self.tensor_data(file, t)?;
+        let n = usize::try_from(t.elements())
+            .map_err(|_| GgufError::Invalid(format!("tensor {} is too large", t.name)))?;
+        dequant::dequantize(t.ggml_type, data, n)
     }
 }
 
