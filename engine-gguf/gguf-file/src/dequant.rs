@@ -32,7 +32,7 @@ pub fn dequantize_into(ty: u32, data: &[u8], elements: usize, out: &mut Vec<f32>
     let (name, block, size) = ggml_type_layout(ty)
         .ok_or_else(|| GgufError::Invalid(format!("unknown ggml type {ty}")))?;
     let (block, size) = (block as usize, size as usize);
-    if elements % block != 0 || data.len() != elements / block * size {
+    if !elements.is_multiple_of(block) || data.len() != elements / block * size {
         return Err(GgufError::Invalid(format!(
             "{name}: {} bytes do not hold {elements} values",
             data.len()
