@@ -11,7 +11,7 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "clippy (warnings are errors)"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
-say "engine-api and the gateway router build for wasm32-unknown-unknown"
-cargo build --locked -p arny-engine-api -p arny-router --target wasm32-unknown-unknown
+say "engine-api, the gateway router and the GGUF reader and tokenizer build for wasm32-unknown-unknown"
+cargo build --locked -p arny-engine-api -p arny-router -p arny-gguf-file -p arny-gguf-tokenizer --target wasm32-unknown-unknown
 say "tests"
 cargo test --release --locked --workspace

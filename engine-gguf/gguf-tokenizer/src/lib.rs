@@ -1,0 +1,246 @@
+//! The tokenizer a GGUF file describes, for engines that do not have
+//! llama.cpp's: byte-level BPE (`tokenizer.ggml.model = "gpt2"`) built as a
+//! [`tokenizers`] tokenizer from the file's vocabulary and merges, with the
+//! pre-tokenizer llama.cpp picks for `tokenizer.ggml.pre`.
+//!
+//! Token ids equal llama.cpp's for the same text (checked on SmolLM2 by
+//! this crate's tests). Two tokenizers are kept: one that turns special
+//! texts like `<|im_start|>` into their tokens (chat templates) and one that
+//! treats them as plain text (user input), as llama.cpp's `parse_special`
+//! does.
+
+use std::collections::HashMap;
+
+use arny_gguf_file::{GgufFile, Value};
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("the file has no `{0}`")]
+    Missing(&'static str),
+    #[error("unsupported tokenizer: {0}")]
+    Unsupported(String),
+    #[error("bad tokenizer data: {0}")]
+    Invalid(String),
+    #[error("tokenizer: {0}")]
+    Tokenizers(String),
+}
+
+pub type Result<T> = std::result::Result<T, TokenizerError>;
+
+/// ggml token types (`tokenizer.ggml.token_type`).
+const CONTROL: i64 = 3;
+const USER_DEFINED: i64 = 4;
+
+pub struct GgufTokenizer {
+    with_special: Tokenizer,
+    plain: Tokenizer,
+    /// Raw bytes of every token, for streaming decode.
+    bytes: Vec<Vec<u8>>,
+    special: Vec<bool>,
+}
+
+fn strings(file: &GgufFile, key: &'static str) -> Result<Vec<String>> {
+    let arr = file
+        .get(key)
+        .and_then(Value::as_array)
+        .ok_or(TokenizerError::Missing(key))?;
+    arr.iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| TokenizerError::Invalid(format!("{key} holds a non-string")))
+        })
+        .collect()
+}
+
+/// GPT-2's byte ↔ printable-character table: byte-level BPE vocabularies
+/// spell byte `b` as `char(table[b])`.
+fn byte_to_char() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut n = 0u32;
+    for b in 0..=255u32 {
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        table[b as usize] = if printable {
+            char::from_u32(b).unwrap()
+        } else {
+            n += 1;
+            char::from_u32(255 + n).unwrap()
+        };
+    }
+    table
+}
+
+/// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
+    let byte_level =
+        |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, use_regex));
+    let split = |re: &str| -> Result<PreTokenizerWrapper> {
+        Split::new(
+            SplitPattern::Regex(re.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map(PreTokenizerWrapper::Split)
+        .map_err(|e| TokenizerError::Tokenizers(e.to_string()))
+    };
+    Ok(match pre {
+        "default" | "gpt2" | "gpt-2" => byte_level(true),
+        // Digits one by one, then GPT-2's pattern (llama.cpp groups these).
+        "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" => {
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Digits(Digits::new(true)),
+                byte_level(true),
+            ]))
+        }
+        "llama3" | "llama-v3" | "llama-bpe" => PreTokenizerWrapper::Sequence(Sequence::new(vec![
+            split(
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            )?,
+            byte_level(false),
+        ])),
+        other => {
+            return Err(TokenizerError::Unsupported(format!(
+                "pre-tokenizer `{other}`"
+            )));
+        }
+    })
+}
+
+impl GgufTokenizer {
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let model = file
+            .get_str("tokenizer.ggml.model")
+            .ok_or(TokenizerError::Missing("tokenizer.ggml.model"))?;
+        if model != "gpt2" {
+            return Err(TokenizerError::Unsupported(format!(
+                "tokenizer model `{model}` (only byte-level BPE, `gpt2`, is built here)"
+            )));
+        }
+        let pre = file.get_str("tokenizer.ggml.pre").unwrap_or("default");
+        let tokens = strings(file, "tokenizer.ggml.tokens")?;
+        let merges = strings(file, "tokenizer.ggml.merges")?;
+        let types: Vec<i64> = match file
+            .get("tokenizer.ggml.token_type")
+            .and_then(Value::as_array)
+        {
+            Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(TokenizerError::Invalid(format!(
+                "{} token types for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
+        let mut vocab = HashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            if vocab.insert(t.clone(), i as u32).is_some() {
+                return Err(TokenizerError::Invalid(format!(
+                    "token `{t}` appears twice"
+                )));
+            }
+        }
+        let merges: Vec<(String, String)> = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| TokenizerError::Invalid(format!("merge `{m}` has no space")))
+            })
+            .collect::<Result<_>>()?;
+
+        let build = |special: bool| -> Result<Tokenizer> {
+            let bpe = BPE::builder()
+                .vocab_and_merges(
+                    vocab
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect::<tokenizers::models::bpe::Vocab>(),
+                    merges.clone(),
+                )
+                .build()
+                .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+            let mut tk = Tokenizer::new(bpe);
+            tk.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+            if special {
+                let added: Vec<AddedToken> = tokens
+                    .iter()
+                    .zip(&types)
+                    .filter(|(_, ty)| matches!(**ty, CONTROL | USER_DEFINED))
+                    .map(|(t, _)| AddedToken::from(t.clone(), true))
+                    .collect();
+                tk.add_special_tokens(&added);
+            }
+            Ok(tk)
+        };
+
+        let table = byte_to_char();
+        let inverse: HashMap<char, u8> = table
+            .iter()
+            .enumerate()
+            .map(|(b, c)| (*c, b as u8))
+            .collect();
+        let special: Vec<bool> = types
+            .iter()
+            .map(|t| matches!(*t, CONTROL | USER_DEFINED))
+            .collect();
+        let bytes = tokens
+            .iter()
+            .zip(&special)
+            .map(|(t, &sp)| {
+                if sp {
+                    t.as_bytes().to_vec()
+                } else {
+                    // A token outside the byte alphabet is kept as its UTF-8.
+                    t.chars()
+                        .map(|c| inverse.get(&c).copied())
+                        .collect::<Option<Vec<u8>>>()
+                        .unwrap_or_else(|| t.as_bytes().to_vec())
+                }
+            })
+            .collect();
+        Ok(Self {
+            with_special: build(true)?,
+            plain: build(false)?,
+            bytes,
+            special,
+        })
+    }
+
+    /// Token ids for `text`; `parse_special` turns special texts into
+    /// their tokens. No BOS is added (SmolLM2 and most BPE models have none).
+    pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tk = if parse_special {
+            &self.with_special
+        } else {
+            &self.plain
+        };
+        tk.encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))
+    }
+
+    /// The bytes a token stands for (part of a UTF-8 character, possibly).
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.bytes.get(id as usize).map(Vec::as_slice)
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.bytes.len()
+    }
+}

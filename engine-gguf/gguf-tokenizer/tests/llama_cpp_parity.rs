@@ -1,0 +1,142 @@
+//! Token ids equal llama.cpp's on SmolLM2 for the same text: every example
+//! utterance of the built-in manifest plus strings chosen to break
+//! tokenizers (unicode, whitespace runs, digits, code, special tokens).
+
+use arny_engine_api::{InferenceEngine, LoadOptions, ModelSource};
+use arny_gguf_file::GgufFile;
+use arny_gguf_tokenizer::GgufTokenizer;
+
+const TRICKY: &[&str] = &[
+    "Hello world",
+    " Hello world",
+    "  two leading spaces",
+    "trailing spaces   ",
+    "a  b   c    d",
+    "\t\ttabs\tand  spaces",
+    "line one\nline two\n\nline four\n\n\n",
+    "\r\nwindows\r\nlines",
+    "   ",
+    "\n",
+    "12345678901234567890",
+    "3.14159 and 2.71828",
+    "$1,234.56 (or €1.234,56)",
+    "x^2 + 3x - 7 = 0",
+    "I'm, you're, they've, we'll, he'd, it's, don't, CAN'T, I'VE",
+    "naïve café résumé",
+    "Grüße aus München",
+    "中文分词测试",
+    "日本語のテキストです。",
+    "한국어 문장입니다",
+    "مرحبا بالعالم",
+    "नमस्ते दुनिया",
+    "Здравствуй, мир!",
+    "emoji 👋🏽 🇫🇷 👨‍👩‍👧‍👦 ❤️",
+    "math ∑∫√∞ ≤ ≥ ≠",
+    "fn main() { println!(\"hi\"); }",
+    "def f(x):\n    return x ** 2  # square",
+    "<html><body class=\"x\">&amp;</body></html>",
+    "https://example.com/path?q=1&r=two#frag",
+    "snake_case camelCase PascalCase kebab-case",
+    "!!!???...,,,;;;:::",
+    "----====____****",
+    "ALL CAPS SENTENCE WITH NUMBERS 42",
+    "mixedCASE123abc456",
+    "zero-width\u{200b}space and\u{00a0}nbsp",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "<|endoftext|>",
+    "text <|im_start|> in the middle",
+    "<|im_start|><|im_end|>",
+    "almost <|im_start but not quite|>",
+];
+
+#[tokio::test]
+async fn token_ids_equal_llama_cpp() {
+    let path =
+        arny_model_store::require_default_model().expect("the default model; run scripts/setup.sh");
+    let bytes = std::fs::read(&path).unwrap();
+    let tk = GgufTokenizer::from_gguf(&GgufFile::from_bytes(&bytes).unwrap()).unwrap();
+    let model = arny_engine_gguf::GgufEngine::new()
+        .load(ModelSource::Path(path), LoadOptions::default())
+        .await
+        .unwrap();
+    let manifest: toml::Table =
+        toml::from_str(include_str!("../../../sdk/config/arny.toml")).unwrap();
+    let mut texts: Vec<String> = TRICKY.iter().map(|s| s.to_string()).collect();
+    for s in manifest["specialists"].as_array().unwrap() {
+        texts.extend(
+            s["examples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e.as_str().unwrap().to_string()),
+        );
+    }
+    texts.extend(
+        manifest["gateway"]["cloud_examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string()),
+    );
+    assert!(texts.len() > 300);
+    let mut checked = 0;
+    for text in &texts {
+        for special in [true, false] {
+            let want = model.tokenize(text, false, special).unwrap();
+            let got = tk.encode(text, special).unwrap();
+            assert_eq!(got, want, "{text:?} (parse_special {special})");
+            checked += 1;
+        }
+        // Bytes round-trip through the ids.
+        let ids = tk.encode(text, false).unwrap();
+        let back: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| tk.token_bytes(i).unwrap().to_vec())
+            .collect();
+        assert_eq!(String::from_utf8(back).unwrap(), *text);
+        for &i in &ids {
+            assert_eq!(
+                tk.token_bytes(i).unwrap(),
+                model.token_bytes(i).unwrap(),
+                "bytes of token {i}"
+            );
+        }
+    }
+    assert_eq!(checked, texts.len() * 2);
+    assert_eq!(tk.vocab_size() as u32, model.info().vocab_size);
+}
+
+#[test]
+fn other_tokenizer_kinds_are_refused_clearly() {
+    // A header with a SentencePiece tokenizer: refused with a message, not a panic.
+    let path = arny_model_store::require_default_model().unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    let mut file = GgufFile::from_bytes(&bytes).unwrap();
+    file.metadata.insert(
+        "tokenizer.ggml.model".into(),
+        arny_gguf_file::Value::String("llama".into()),
+    );
+    let e = GgufTokenizer::from_gguf(&file).err().unwrap();
+    assert!(e.to_string().contains("llama"), "{e}");
+    file.metadata.insert(
+        "tokenizer.ggml.model".into(),
+        arny_gguf_file::Value::String("gpt2".into()),
+    );
+    file.metadata.insert(
+        "tokenizer.ggml.pre".into(),
+        arny_gguf_file::Value::String("klingon".into()),
+    );
+    assert!(
+        GgufTokenizer::from_gguf(&file)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("klingon")
+    );
+    file.metadata.remove("tokenizer.ggml.merges");
+    file.metadata.insert(
+        "tokenizer.ggml.pre".into(),
+        arny_gguf_file::Value::String("smollm".into()),
+    );
+    assert!(GgufTokenizer::from_gguf(&file).is_err());
+}
