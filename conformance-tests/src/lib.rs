@@ -15,6 +15,7 @@ use std::sync::Arc;
 use arny_engine_api::{InferenceEngine, LoadOptions, Model, ModelSource};
 
 pub mod cases;
+pub mod compare;
 
 /// What an engine brings to the suite.
 pub struct Target {

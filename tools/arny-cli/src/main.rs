@@ -6,6 +6,7 @@ mod bench;
 mod bench_raw;
 mod bench_switch;
 mod chat;
+mod conformance;
 mod generate;
 mod info;
 mod models;
@@ -48,6 +49,9 @@ enum Command {
     Info(info::Args),
     /// Prompt-processing and generation throughput, against raw llama.cpp.
     Bench(bench::Args),
+    /// Compare two engines on one model: teacher-forced top-1 agreement,
+    /// KL divergence and greedy continuations.
+    Conformance(conformance::Args),
     /// List and fetch the models Arny knows.
     #[command(subcommand)]
     Models(models::Command),
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Conformance(a) => conformance::run(a),
         Command::Models(c) => models::run(c),
     };
     match result {

@@ -392,3 +392,33 @@ fn serve_answers_on_loopback_and_names_its_port() {
             .is_empty()
     );
 }
+
+#[test]
+fn conformance_reports_agreement_between_two_engines() {
+    let out = arny(
+        &[
+            "conformance",
+            "--engines",
+            "gguf,gguf",
+            "--candidate-threads",
+            "2",
+            "--prompts",
+            "2",
+            "--positions",
+            "8",
+            "--greedy",
+            "4",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["prompts"].as_array().unwrap().len(), 2);
+    assert_eq!(v["prompts"][0]["positions"], 8);
+    assert!(v["top1_agreement"].as_f64().unwrap() >= 0.98, "{v}");
+    assert!(v["mean_kl"].as_f64().unwrap() <= 0.02, "{v}");
+    let bad = arny(&["conformance", "--engines", "gguf,burn"], None);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("burn"), "{}", bad.stderr);
+}

@@ -1,0 +1,99 @@
+//! `arny conformance`: one model through two engines, compared on the same
+//! tokens (teacher-forced top-1 agreement, KL divergence, greedy runs).
+
+use anyhow::Result;
+use arny_conformance::compare::{CompareOptions, PROMPTS, compare};
+use arny_engine_api::{LoadOptions, ModelSource};
+
+use crate::runtime::{ModelArgs, engine, model_path};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Reference engine, then the candidate (`gguf,burn` once Burn lands).
+    #[arg(long, default_value = "gguf,gguf", value_delimiter = ',')]
+    engines: Vec<String>,
+    /// Threads for the candidate (default: the same as the reference).
+    #[arg(long)]
+    candidate_threads: Option<u32>,
+    /// How many of the 20 built-in prompts to use.
+    #[arg(long, default_value_t = 20)]
+    prompts: usize,
+    /// Teacher-forced positions per prompt.
+    #[arg(long, default_value_t = 64)]
+    positions: usize,
+    /// Free-running greedy tokens per prompt.
+    #[arg(long, default_value_t = 32)]
+    greedy: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(
+        args.engines.len() == 2,
+        "--engines takes two engines: reference,candidate"
+    );
+    anyhow::ensure!(
+        (1..=PROMPTS.len()).contains(&args.prompts) && args.positions > 0 && args.greedy > 0,
+        "invalid input: need 1 <= --prompts <= {}, --positions >= 1, --greedy >= 1",
+        PROMPTS.len()
+    );
+    let path = model_path(&args.model)?;
+    let load = |id: &str, threads: Option<u32>| {
+        let e = engine(id)?;
+        let options = LoadOptions {
+            context_length: args.model.ctx,
+            threads,
+            ..LoadOptions::default()
+        };
+        anyhow::Ok(futures::executor::block_on(
+            e.load(ModelSource::Path(path.clone()), options),
+        )?)
+    };
+    let reference = load(&args.engines[0], args.model.threads)?;
+    let candidate = load(
+        &args.engines[1],
+        args.candidate_threads.or(args.model.threads),
+    )?;
+    let opts = CompareOptions {
+        prompts: PROMPTS[..args.prompts]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        positions: args.positions,
+        greedy_tokens: args.greedy,
+    };
+    let report =
+        futures::executor::block_on(compare(reference.as_ref(), candidate.as_ref(), &opts))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "reference: {}\ncandidate: {}",
+        report.reference, report.candidate
+    );
+    println!(
+        "{:<46} {:>6} {:>9} {:>9} {:>7}",
+        "prompt", "top-1", "mean KL", "max KL", "greedy"
+    );
+    for p in &report.prompts {
+        let name: String = p.prompt.chars().take(45).collect();
+        println!(
+            "{name:<46} {:>6.3} {:>9.5} {:>9.5} {:>3}/{:<3}",
+            p.top1_agreement, p.mean_kl, p.max_kl, p.greedy_common_prefix, p.greedy_tokens
+        );
+    }
+    println!(
+        "all: top-1 agreement {:.4}, mean KL {:.6} nats, max KL {:.5}, identical greedy runs {}/{}",
+        report.top1_agreement,
+        report.mean_kl,
+        report.max_kl,
+        report.greedy_identical,
+        report.prompts.len()
+    );
+    Ok(())
+}
