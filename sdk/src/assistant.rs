@@ -38,6 +38,10 @@ impl Engines {
         {
             e = e.with(Arc::new(arny_engine_gguf::GgufEngine::new()));
         }
+        #[cfg(feature = "burn")]
+        {
+            e = e.with(Arc::new(arny_engine_burn_wgpu::BurnEngine::new()));
+        }
         e
     }
 

@@ -131,6 +131,7 @@ pub fn run(args: Args) -> Result<()> {
     let options = LoadOptions {
         context_length: Some(ctx),
         threads: args.model.threads,
+        device: crate::runtime::device(&args.model.device)?,
         ..LoadOptions::default()
     };
     let load = || -> Result<(Arc<dyn Model>, f64)> {

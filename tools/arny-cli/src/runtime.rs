@@ -13,9 +13,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Engine and model flags shared by the model-running commands.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Inference engine: gguf (llama.cpp). pte and burn arrive with their issues.
+    /// Inference engine: gguf (llama.cpp) or burn (pure Rust on Burn). pte
+    /// arrives with its issue.
     #[arg(long, default_value = "gguf")]
     pub engine: String,
+    /// Device: auto, cpu or gpu (the burn engine; gguf runs on the CPU).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
     /// Model file. Default: $ARNY_MODEL, else the default model in the cache
     /// (fetched on first use).
     #[arg(long)]
@@ -33,11 +37,23 @@ pub struct ModelArgs {
 pub fn engine(id: &str) -> Result<Box<dyn InferenceEngine>> {
     match id {
         arny_engine_gguf::ENGINE_ID => Ok(Box::new(arny_engine_gguf::GgufEngine::new())),
-        "pte" | "burn" => bail!(
+        arny_engine_burn_wgpu::ENGINE_ID => Ok(Box::new(arny_engine_burn_wgpu::BurnEngine::new())),
+        "pte" => bail!(
             "engine `{id}` is not available in this build yet (see the status table in the README)"
         ),
-        other => bail!("unknown engine `{other}`; available: gguf"),
+        other => bail!("unknown engine `{other}`; available: gguf, burn"),
     }
+}
+
+/// The `--device` flag.
+pub fn device(name: &str) -> Result<arny_engine_api::DeviceRequest> {
+    use arny_engine_api::DeviceRequest;
+    Ok(match name {
+        "auto" => DeviceRequest::Auto,
+        "cpu" => DeviceRequest::Cpu,
+        "gpu" => DeviceRequest::Gpu,
+        other => bail!("unknown device `{other}`; use auto, cpu or gpu"),
+    })
 }
 
 /// The model file to use, fetching the default model if it is missing.
@@ -80,6 +96,7 @@ pub fn load(args: &ModelArgs) -> Result<(Arc<dyn Model>, PathBuf)> {
         progress: Some(Arc::new(move |p| {
             progress_bar.set_position((p * 100.0) as u64);
         })),
+        device: device(&args.device)?,
         ..LoadOptions::default()
     };
     let loaded = futures::executor::block_on(engine.load(ModelSource::Path(path.clone()), options));

@@ -1,0 +1,384 @@
+//! `engine-burn-wgpu`: Llama-family GGUF models on Burn, pure Rust.
+//!
+//! Two backends behind one engine, chosen at load time: Burn's CPU backend
+//! (`flex`) and wgpu (Vulkan, Metal, DX12; WebGPU in a browser). Weights
+//! come from the same GGUF files llama.cpp reads, dequantized to f32; the
+//! tokenizer is built from the file's vocabulary (`arny-gguf-tokenizer`) and
+//! gives llama.cpp's token ids. Sampling, templates and streaming are
+//! engine-api's, as for every engine.
+
+mod llama;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use arny_engine_api::{
+    BuiltinTemplate, Capabilities, ChatTemplate, DeviceRequest, EngineError, InferenceEngine,
+    LoadOptions, Logits, LogitsRequest, Model, ModelInfo, ModelSource, Result, Session,
+    SessionOptions, SpecialTokens, TokenId, check_fits,
+};
+use arny_gguf_file::{GgufError, GgufFile};
+use arny_gguf_tokenizer::GgufTokenizer;
+use burn::tensor::Device;
+
+pub use llama::{Config, KvCache, Llama};
+
+/// The id manifests and the CLI use.
+pub const ENGINE_ID: &str = "burn";
+
+/// Default context when the caller sets none.
+const DEFAULT_CONTEXT: u32 = 4096;
+/// Tokens per forward pass during prefill: bounds the attention matrix.
+const BATCH: usize = 256;
+
+/// Which backend a model runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Cpu,
+    Wgpu,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct BurnEngine;
+
+impl BurnEngine {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+/// The device for a request. `Auto` takes the CPU backend: wgpu's default
+/// adapter may itself be a CPU rasterizer (lavapipe), slower than `flex`.
+fn device(request: DeviceRequest) -> Result<(Device, Backend, String)> {
+    match request {
+        DeviceRequest::Auto | DeviceRequest::Cpu => {
+            Ok((Device::flex(), Backend::Cpu, "cpu (burn flex)".into()))
+        }
+        DeviceRequest::Gpu => {
+            let d = Device::wgpu_options()
+                .init()
+                .map_err(|e| EngineError::Unsupported(format!("no wgpu device: {e}")))?;
+            Ok((d, Backend::Wgpu, "gpu (burn wgpu)".into()))
+        }
+    }
+}
+
+fn classify(e: GgufError, name: &str) -> EngineError {
+    match e {
+        GgufError::BadMagic(_) | GgufError::UnsupportedVersion(_) => EngineError::WrongFormat {
+            source_name: name.to_string(),
+            expected: "GGUF",
+            reason: e.to_string(),
+        },
+        other => EngineError::Corrupt {
+            source_name: name.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn read(source: &ModelSource) -> Result<(Arc<[u8]>, String)> {
+    match source {
+        ModelSource::Path(p) => {
+            let meta = match std::fs::metadata(p) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(EngineError::NotFound(p.clone()));
+                }
+                Err(e) => return Err(EngineError::io(p.display().to_string(), e)),
+            };
+            if !meta.is_file() {
+                return Err(EngineError::NotAFile(p.clone()));
+            }
+            let bytes = std::fs::read(p)
+                .map_err(|e| EngineError::io(format!("read {}", p.display()), e))?;
+            Ok((bytes.into(), p.display().to_string()))
+        }
+        ModelSource::Bytes { name, bytes } => Ok((bytes.clone(), name.clone())),
+    }
+}
+
+/// llama.cpp's end-of-generation texts, for files that only name EOS.
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<EOT>",
+    "<|end_of_text|>",
+];
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+impl InferenceEngine for BurnEngine {
+    fn id(&self) -> &'static str {
+        ENGINE_ID
+    }
+
+    async fn load(&self, source: ModelSource, options: LoadOptions) -> Result<Arc<dyn Model>> {
+        let (bytes, name) = read(&source)?;
+        let file = GgufFile::from_bytes(&bytes).map_err(|e| classify(e, &name))?;
+        let tokenizer = GgufTokenizer::from_gguf(&file).map_err(|e| match e {
+            arny_gguf_tokenizer::TokenizerError::Unsupported(m) => EngineError::Unsupported(m),
+            other => EngineError::Corrupt {
+                source_name: name.clone(),
+                reason: other.to_string(),
+            },
+        })?;
+        let (device, backend, device_name) = device(options.device)?;
+        let progress = options.progress.clone();
+        let report = move |p: f32| {
+            if let Some(f) = &progress {
+                f(p);
+            }
+        };
+        let llama = Llama::load(&file, &bytes, &name, &device, &report)?;
+        if tokenizer.vocab_size() != llama.cfg.vocab {
+            return Err(EngineError::Corrupt {
+                source_name: name,
+                reason: format!(
+                    "{} tokens but {} embedding rows",
+                    tokenizer.vocab_size(),
+                    llama.cfg.vocab
+                ),
+            });
+        }
+        let id = |k: &str| {
+            file.get_u64(k)
+                .map(|v| v as TokenId)
+                .filter(|&v| (v as usize) < llama.cfg.vocab)
+        };
+        let (bos, eos) = (
+            id("tokenizer.ggml.bos_token_id"),
+            id("tokenizer.ggml.eos_token_id"),
+        );
+        let mut eog: Vec<TokenId> = [
+            eos,
+            id("tokenizer.ggml.eot_token_id"),
+            id("tokenizer.ggml.eom_token_id"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for t in 0..llama.cfg.vocab as TokenId {
+            if tokenizer.is_special(t)
+                && let Some(b) = tokenizer.token_bytes(t)
+                && EOG_TEXTS.iter().any(|x| x.as_bytes() == b)
+                && !eog.contains(&t)
+            {
+                eog.push(t);
+            }
+        }
+        eog.sort_unstable();
+        let special = SpecialTokens {
+            bos,
+            eos,
+            end_of_generation: eog,
+            add_bos: file
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.as_u64())
+                .map(|v| v != 0)
+                .unwrap_or(false),
+        };
+        let text = |t: Option<TokenId>| {
+            t.and_then(|t| tokenizer.token_bytes(t))
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        let template = ChatTemplate::from_model(
+            file.get_str("tokenizer.chat_template"),
+            BuiltinTemplate::ChatMl,
+            &text(bos),
+            &text(eos),
+        )?;
+        let trained = llama.cfg.context_length as u32;
+        let context_length = options
+            .context_length
+            .unwrap_or(DEFAULT_CONTEXT)
+            .min(trained)
+            .max(1);
+        let params: u64 = file.tensors.iter().map(|t| t.elements()).sum();
+        let quantization = file
+            .tensor("blk.0.ffn_down.weight")
+            .and_then(|t| t.type_name())
+            .unwrap_or("F32")
+            .to_string();
+        let info = ModelInfo {
+            architecture: "llama".into(),
+            name: file.get_str("general.name").map(str::to_string),
+            parameters: params,
+            quantization,
+            vocab_size: llama.cfg.vocab as u32,
+            trained_context_length: trained,
+            context_length,
+            // Everything is held as f32 on the device, plus host embeddings.
+            resident_bytes: params * 4 + (llama.cfg.vocab * llama.cfg.n_embd * 4) as u64,
+            file_bytes: bytes.len() as u64,
+            engine: ENGINE_ID.into(),
+            device: device_name,
+            capabilities: Capabilities {
+                logits: true,
+                ..Capabilities::default()
+            },
+        };
+        tracing::info!(model = %name, ?backend, "burn model loaded");
+        Ok(Arc::new(BurnModel(Arc::new(Inner {
+            llama,
+            tokenizer,
+            template,
+            special,
+            info,
+            lock: Mutex::new(()),
+        }))))
+    }
+}
+
+struct Inner {
+    llama: Llama,
+    tokenizer: GgufTokenizer,
+    template: ChatTemplate,
+    special: SpecialTokens,
+    info: ModelInfo,
+    /// One forward pass at a time per model: backends queue work anyway,
+    /// and the CPU backend already uses every core.
+    lock: Mutex<()>,
+}
+
+pub struct BurnModel(Arc<Inner>);
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+impl Model for BurnModel {
+    fn info(&self) -> &ModelInfo {
+        &self.0.info
+    }
+
+    fn special_tokens(&self) -> &SpecialTokens {
+        &self.0.special
+    }
+
+    fn chat_template(&self) -> &ChatTemplate {
+        &self.0.template
+    }
+
+    fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<TokenId>> {
+        let mut ids = self
+            .0
+            .tokenizer
+            .encode(text, parse_special)
+            .map_err(|e| EngineError::InvalidInput(e.to_string()))?;
+        if add_special
+            && self.0.special.add_bos
+            && let Some(b) = self.0.special.bos
+        {
+            ids.insert(0, b);
+        }
+        Ok(ids)
+    }
+
+    fn token_bytes(&self, token: TokenId) -> Result<&[u8]> {
+        self.0.tokenizer.token_bytes(token).ok_or_else(|| {
+            EngineError::InvalidInput(format!("token {token} is not in the vocabulary"))
+        })
+    }
+
+    async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>> {
+        let ctx = options.context_length.unwrap_or(self.0.info.context_length);
+        if ctx == 0 || ctx > self.0.info.trained_context_length {
+            return Err(EngineError::InvalidInput(format!(
+                "context length {ctx} is not in 1..={}",
+                self.0.info.trained_context_length
+            )));
+        }
+        Ok(Box::new(BurnSession {
+            model: self.0.clone(),
+            cache: KvCache::new(self.0.llama.cfg.n_layer),
+            tokens: Vec::new(),
+            context: ctx as usize,
+        }))
+    }
+}
+
+pub struct BurnSession {
+    model: Arc<Inner>,
+    cache: KvCache,
+    tokens: Vec<TokenId>,
+    context: usize,
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+impl Session for BurnSession {
+    fn context_length(&self) -> usize {
+        self.context
+    }
+
+    fn tokens(&self) -> &[TokenId] {
+        &self.tokens
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.tokens.len() {
+            return Err(EngineError::InvalidInput(format!(
+                "cannot truncate {} tokens to {len}",
+                self.tokens.len()
+            )));
+        }
+        self.tokens.truncate(len);
+        self.cache.truncate(len);
+        Ok(())
+    }
+
+    fn preferred_batch(&self) -> usize {
+        BATCH
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        // K and V, f32, for the whole context once it fills.
+        let c = &self.model.llama.cfg;
+        (2 * c.n_layer * c.n_head_kv * c.head_dim * self.context * 4) as u64
+    }
+
+    async fn eval(&mut self, tokens: &[TokenId], logits: LogitsRequest) -> Result<Logits> {
+        let vocab = self.model.llama.cfg.vocab;
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidInput("no tokens to evaluate".into()));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidInput(format!(
+                "token {bad} is not in the vocabulary"
+            )));
+        }
+        check_fits(self.tokens.len(), tokens.len(), self.context)?;
+        let _one_at_a_time = self.model.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut data = Vec::new();
+        let chunks: Vec<&[TokenId]> = tokens.chunks(BATCH).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let rows = match logits {
+                LogitsRequest::All => chunk.len(),
+                LogitsRequest::Last if last => 1,
+                _ => 1,
+            };
+            let out = self.model.llama.forward(chunk, &mut self.cache, rows);
+            let wanted = matches!(logits, LogitsRequest::All)
+                || (last && matches!(logits, LogitsRequest::Last));
+            if wanted {
+                let d = out.into_data();
+                let s = d.as_slice::<f32>().map_err(|e| {
+                    EngineError::engine(ENGINE_ID, format!("reading logits: {e:?}"))
+                })?;
+                data.extend_from_slice(s);
+            }
+            self.tokens.extend_from_slice(chunk);
+        }
+        Ok(Logits { vocab, data })
+    }
+}
+
+/// Whether `path` looks like a model this engine reads (by extension).
+pub fn handles(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}

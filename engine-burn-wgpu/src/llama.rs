@@ -1,0 +1,350 @@
+//! The Llama architecture as SmolLM2 uses it, on Burn: token embeddings,
+//! `n_layer` blocks of (RMSNorm → grouped-query attention with RoPE →
+//! residual, RMSNorm → SwiGLU MLP → residual), a final RMSNorm and the
+//! output projection (tied to the embeddings when the file has no
+//! `output.weight`). One file, top to bottom, like candle-transformers'.
+//!
+//! Weights come from a GGUF file, dequantized to f32. GGUF stores Q and K
+//! already permuted for llama.cpp's "normal" RoPE, which rotates adjacent
+//! pairs (x[2i], x[2i+1]); the rotation here does the same.
+
+use arny_engine_api::EngineError;
+use arny_gguf_file::GgufFile;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// Hyperparameters from the GGUF metadata (`llama.*`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub vocab: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+    pub context_length: usize,
+}
+
+impl Config {
+    pub fn from_gguf(f: &GgufFile, name: &str) -> Result<Self, EngineError> {
+        let corrupt = |reason: String| EngineError::Corrupt {
+            source_name: name.to_string(),
+            reason,
+        };
+        let arch = f.architecture().unwrap_or("");
+        if arch != "llama" {
+            return Err(EngineError::UnsupportedArchitecture(arch.to_string()));
+        }
+        let u = |k: &str| {
+            f.get_u64(&format!("llama.{k}"))
+                .map(|v| v as usize)
+                .ok_or_else(|| corrupt(format!("missing llama.{k}")))
+        };
+        let fl = |k: &str, d: f64| {
+            f.get(&format!("llama.{k}"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(d) as f32
+        };
+        let n_embd = u("embedding_length")?;
+        let n_head = u("attention.head_count")?;
+        let n_head_kv = f
+            .get_u64("llama.attention.head_count_kv")
+            .map(|v| v as usize)
+            .unwrap_or(n_head);
+        let vocab = f
+            .tensor("token_embd.weight")
+            .map(|t| t.dims.get(1).copied().unwrap_or(0) as usize)
+            .ok_or_else(|| corrupt("no token_embd.weight".into()))?;
+        let cfg = Self {
+            n_layer: u("block_count")?,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim: n_embd.checked_div(n_head).unwrap_or(0),
+            n_ff: u("feed_forward_length")?,
+            vocab,
+            rope_theta: fl("rope.freq_base", 10_000.0),
+            rms_eps: fl("attention.layer_norm_rms_epsilon", 1e-5),
+            context_length: u("context_length")?,
+        };
+        let ok = cfg.n_layer > 0
+            && cfg.n_layer <= 512
+            && cfg.n_head > 0
+            && cfg.n_head_kv > 0
+            && cfg.n_head.is_multiple_of(cfg.n_head_kv)
+            && cfg.head_dim.is_multiple_of(2)
+            && cfg.head_dim * cfg.n_head == cfg.n_embd
+            && cfg.rms_eps.is_finite()
+            && cfg.rms_eps >= 0.0
+            && cfg.rope_theta.is_finite()
+            && cfg.rope_theta > 0.0;
+        if !ok {
+            return Err(corrupt(format!("inconsistent hyperparameters: {cfg:?}")));
+        }
+        Ok(cfg)
+    }
+}
+
+struct Block {
+    attn_norm: Tensor<1>,
+    /// Projections stored as `[in, out]`, so `x.matmul(w)`.
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    wo: Tensor<2>,
+    ffn_norm: Tensor<1>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    w_down: Tensor<2>,
+}
+
+pub struct Llama {
+    pub cfg: Config,
+    device: Device,
+    /// `[vocab, n_embd]`, rows looked up on the host.
+    embeddings: Vec<f32>,
+    blocks: Vec<Block>,
+    out_norm: Tensor<1>,
+    /// `[n_embd, vocab]`.
+    lm_head: Tensor<2>,
+    pub weight_bytes: u64,
+}
+
+/// One sequence's keys and values per layer: `[n_head_kv, len, head_dim]`.
+pub struct KvCache {
+    k: Vec<Option<Tensor<3>>>,
+    v: Vec<Option<Tensor<3>>>,
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layer: usize) -> Self {
+        Self {
+            k: vec![None; n_layer],
+            v: vec![None; n_layer],
+            len: 0,
+        }
+    }
+
+    /// Keeps the first `len` positions.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            *t = if len == 0 {
+                None
+            } else {
+                t.take().map(|x| x.narrow(1, 0, len))
+            };
+        }
+        self.len = len;
+    }
+}
+
+fn load(
+    f: &GgufFile,
+    bytes: &[u8],
+    source: &str,
+    name: &str,
+    expect: &[usize],
+) -> Result<(Vec<f32>, usize), EngineError> {
+    let corrupt = |reason: String| EngineError::Corrupt {
+        source_name: source.to_string(),
+        reason,
+    };
+    let t = f
+        .tensor(name)
+        .ok_or_else(|| corrupt(format!("missing tensor {name}")))?;
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    if dims != expect {
+        return Err(corrupt(format!(
+            "tensor {name} has shape {dims:?}, expected {expect:?}"
+        )));
+    }
+    if !arny_gguf_file::dequant::SUPPORTED.contains(&t.ggml_type) {
+        return Err(EngineError::UnsupportedQuantization(
+            t.type_name().unwrap_or("unknown").to_string(),
+        ));
+    }
+    let v = f.dequantize(bytes, t).map_err(|e| corrupt(e.to_string()))?;
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(corrupt(format!("tensor {name} holds non-finite values")));
+    }
+    Ok((v, t.bytes.unwrap_or(0) as usize))
+}
+
+impl Llama {
+    pub fn load(
+        f: &GgufFile,
+        bytes: &[u8],
+        source: &str,
+        device: &Device,
+        progress: &dyn Fn(f32),
+    ) -> Result<Self, EngineError> {
+        let cfg = Config::from_gguf(f, source)?;
+        let (e, kv) = (cfg.n_embd, cfg.n_head_kv * cfg.head_dim);
+        let total = std::cell::Cell::new(0usize);
+        let vec1 = |name: &str, n: usize| -> Result<Tensor<1>, EngineError> {
+            let (v, b) = load(f, bytes, source, name, &[n])?;
+            total.set(total.get() + b);
+            Ok(Tensor::from_data(TensorData::new(v, [n]), device))
+        };
+        // GGUF dims are innermost first: [in, out] there is `out` rows of `in`.
+        let mat = |name: &str, n_in: usize, n_out: usize| -> Result<Tensor<2>, EngineError> {
+            let (v, b) = load(f, bytes, source, name, &[n_in, n_out])?;
+            total.set(total.get() + b);
+            Ok(Tensor::<2>::from_data(TensorData::new(v, [n_out, n_in]), device).transpose())
+        };
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            blocks.push(Block {
+                attn_norm: vec1(&p("attn_norm"), e)?,
+                wq: mat(&p("attn_q"), e, e)?,
+                wk: mat(&p("attn_k"), e, kv)?,
+                wv: mat(&p("attn_v"), e, kv)?,
+                wo: mat(&p("attn_output"), e, e)?,
+                ffn_norm: vec1(&p("ffn_norm"), e)?,
+                w_gate: mat(&p("ffn_gate"), e, cfg.n_ff)?,
+                w_up: mat(&p("ffn_up"), e, cfg.n_ff)?,
+                w_down: mat(&p("ffn_down"), cfg.n_ff, e)?,
+            });
+            progress((i + 1) as f32 / (cfg.n_layer + 1) as f32);
+        }
+        let out_norm = vec1("output_norm.weight", e)?;
+        let (embeddings, b) = load(f, bytes, source, "token_embd.weight", &[e, cfg.vocab])?;
+        total.set(total.get() + b);
+        let lm_head = if f.tensor("output.weight").is_some() {
+            mat("output.weight", e, cfg.vocab)?
+        } else {
+            Tensor::<2>::from_data(TensorData::new(embeddings.clone(), [cfg.vocab, e]), device)
+                .transpose()
+        };
+        progress(1.0);
+        Ok(Self {
+            cfg,
+            device: device.clone(),
+            embeddings,
+            blocks,
+            out_norm,
+            lm_head,
+            weight_bytes: total.get() as u64,
+        })
+    }
+
+    fn rms_norm(&self, x: Tensor<2>, w: &Tensor<1>) -> Tensor<2> {
+        let rms = x
+            .clone()
+            .square()
+            .mean_dim(1)
+            .add_scalar(self.cfg.rms_eps)
+            .sqrt();
+        (x / rms) * w.clone().unsqueeze_dim::<2>(0)
+    }
+
+    /// RoPE on `x: [heads, seq, head_dim]` for positions `start..start+seq`,
+    /// rotating adjacent pairs.
+    fn rope(&self, x: Tensor<3>, start: usize) -> Tensor<3> {
+        let [h, s, d] = x.dims();
+        let half = d / 2;
+        let mut cos = Vec::with_capacity(s * half);
+        let mut sin = Vec::with_capacity(s * half);
+        for p in start..start + s {
+            for i in 0..half {
+                let freq = self.cfg.rope_theta.powf(-(2.0 * i as f32) / d as f32);
+                let a = p as f32 * freq;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::<4>::from_data(TensorData::new(cos, [1, s, half, 1]), &self.device);
+        let sin = Tensor::<4>::from_data(TensorData::new(sin, [1, s, half, 1]), &self.device);
+        let x = x.reshape([h, s, half, 2]);
+        let x0 = x.clone().narrow(3, 0, 1);
+        let x1 = x.narrow(3, 1, 1);
+        let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
+        let r1 = x0 * sin + x1 * cos;
+        Tensor::cat(vec![r0, r1], 3).reshape([h, s, d])
+    }
+
+    /// Runs `tokens` (appended after what `cache` holds) and returns the
+    /// logits of the last `rows` positions: `[rows, vocab]`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: usize) -> Tensor<2> {
+        let c = &self.cfg;
+        let (s, past) = (tokens.len(), cache.len);
+        let (e, hd) = (c.n_embd, c.head_dim);
+        let mut emb = Vec::with_capacity(s * e);
+        for &t in tokens {
+            emb.extend_from_slice(&self.embeddings[t as usize * e..(t as usize + 1) * e]);
+        }
+        let mut x = Tensor::<2>::from_data(TensorData::new(emb, [s, e]), &self.device);
+        let total = past + s;
+        // Query i (absolute past + i) sees keys 0..=past + i.
+        let mut mask = vec![0f32; s * total];
+        for i in 0..s {
+            for j in past + i + 1..total {
+                mask[i * total + j] = f32::NEG_INFINITY;
+            }
+        }
+        let mask = Tensor::<3>::from_data(TensorData::new(mask, [1, s, total]), &self.device);
+        let group = c.n_head / c.n_head_kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (l, b) in self.blocks.iter().enumerate() {
+            let h = self.rms_norm(x.clone(), &b.attn_norm);
+            let q = h
+                .clone()
+                .matmul(b.wq.clone())
+                .reshape([s, c.n_head, hd])
+                .swap_dims(0, 1);
+            let k = h
+                .clone()
+                .matmul(b.wk.clone())
+                .reshape([s, c.n_head_kv, hd])
+                .swap_dims(0, 1);
+            let v = h
+                .matmul(b.wv.clone())
+                .reshape([s, c.n_head_kv, hd])
+                .swap_dims(0, 1);
+            let q = self.rope(q, past);
+            let k = self.rope(k, past);
+            let k = match cache.k[l].take() {
+                Some(prev) => Tensor::cat(vec![prev, k], 1),
+                None => k,
+            };
+            let v = match cache.v[l].take() {
+                Some(prev) => Tensor::cat(vec![prev, v], 1),
+                None => v,
+            };
+            cache.k[l] = Some(k.clone());
+            cache.v[l] = Some(v.clone());
+            // Each KV head serves `group` consecutive query heads.
+            let expand = |t: Tensor<3>| {
+                t.unsqueeze_dim::<4>(1)
+                    .repeat_dim(1, group)
+                    .reshape([c.n_head, total, hd])
+            };
+            let (k, v) = (expand(k), expand(v));
+            let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(scale) + mask.clone();
+            let attn = softmax(scores, 2).matmul(v); // [n_head, s, hd]
+            let attn = attn.swap_dims(0, 1).reshape([s, e]).matmul(b.wo.clone());
+            x = x + attn;
+            let h = self.rms_norm(x.clone(), &b.ffn_norm);
+            let gate = silu(h.clone().matmul(b.w_gate.clone()));
+            let up = h.matmul(b.w_up.clone());
+            x = x + (gate * up).matmul(b.w_down.clone());
+        }
+        cache.len = total;
+        let rows = rows.min(s);
+        let x = x.narrow(0, s - rows, rows);
+        self.rms_norm(x, &self.out_norm)
+            .matmul(self.lm_head.clone())
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
