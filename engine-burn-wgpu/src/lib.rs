@@ -2,7 +2,8 @@
 //!
 //! Two backends behind one engine, chosen at load time: Burn's CPU backend
 //! (`flex`) and wgpu (Vulkan, Metal, DX12; WebGPU in a browser). Weights
-//! come from the same GGUF files llama.cpp reads, dequantized to f32; the
+//! come from the same GGUF files llama.cpp reads, dequantized to f32 (f16 on
+//! a GPU with shader f16, or 8-bit blocks on request); the
 //! tokenizer is built from the file's vocabulary (`arny-gguf-tokenizer`) and
 //! gives llama.cpp's token ids. Sampling, templates and streaming are
 //! engine-api's, as for every engine.
@@ -21,7 +22,7 @@ use arny_gguf_file::{GgufError, GgufFile};
 use arny_gguf_tokenizer::GgufTokenizer;
 use burn::tensor::Device;
 
-pub use llama::{Config, KvCache, Llama};
+pub use llama::{Config, KvCache, Llama, WeightPrecision};
 
 /// The id manifests and the CLI use.
 pub const ENGINE_ID: &str = "burn";
@@ -39,27 +40,120 @@ pub enum Backend {
 }
 
 #[derive(Debug, Default, Clone)]
-pub struct BurnEngine;
+pub struct BurnEngine {
+    precision: Option<WeightPrecision>,
+}
 
 impl BurnEngine {
+    /// Weights in f16 on a wgpu device that has shader f16, else f32.
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// Holds weights in `precision` whatever the device (f16 on the CPU
+    /// backend is slower than f32: it has no f16 arithmetic).
+    pub fn with_precision(precision: WeightPrecision) -> Self {
+        Self {
+            precision: Some(precision),
+        }
     }
 }
 
-/// The device for a request. `Auto` takes the CPU backend: wgpu's default
-/// adapter may itself be a CPU rasterizer (lavapipe), slower than `flex`.
-fn device(request: DeviceRequest) -> Result<(Device, Backend, String)> {
+/// The wgpu runtime, initialised once per process: Burn registers one
+/// runtime per adapter selector and refuses a second `init`, so every model
+/// shares this device (and a failure is remembered rather than retried).
+#[derive(Clone)]
+struct Gpu {
+    device: Device,
+    /// Adapter name, graphics API and type, for `ModelInfo::device`.
+    name: String,
+    /// A software rasterizer such as lavapipe or SwiftShader.
+    software: bool,
+    /// The device runs f16 arithmetic in shaders.
+    f16: bool,
+}
+
+static GPU: Mutex<Option<std::result::Result<Gpu, String>>> = Mutex::new(None);
+
+fn describe(device: Device, setup: &burn::tensor::wgpu::WgpuSetup) -> Gpu {
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    let info = setup.adapter.get_info();
+    let software = info.device_type == DeviceType::Cpu;
+    let f16 = setup
+        .device
+        .features()
+        .contains(burn::tensor::wgpu::wgpu::Features::SHADER_F16);
+    Gpu {
+        device,
+        f16,
+        name: format!(
+            "wgpu: {} ({:?}, {:?})",
+            info.name, info.backend, info.device_type
+        ),
+        software,
+    }
+}
+
+#[cfg(not(target_family = "wasm"))]
+async fn gpu() -> std::result::Result<Gpu, String> {
+    let mut slot = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = slot.as_ref() {
+        return r.clone();
+    }
+    let r = Device::wgpu_options()
+        .init_with_setup()
+        .map(|(d, setup)| describe(d, &setup))
+        .map_err(|e| e.to_string());
+    match &r {
+        Ok(g) => tracing::info!(adapter = %g.name, software = g.software, "wgpu ready"),
+        Err(e) => tracing::info!(error = %e, "no wgpu adapter"),
+    }
+    *slot = Some(r.clone());
+    r
+}
+
+/// In a browser the adapter can only be requested asynchronously. The page
+/// is single-threaded, so the lock is never held across the await.
+#[cfg(target_family = "wasm")]
+async fn gpu() -> std::result::Result<Gpu, String> {
+    if let Some(r) = GPU.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        return r.clone();
+    }
+    let r = Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map(|(d, setup)| describe(d, &setup))
+        .map_err(|e| e.to_string());
+    *GPU.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.clone());
+    r
+}
+
+/// The device for a request. `Auto` takes wgpu only on a hardware adapter:
+/// a software one (lavapipe) is several times slower than the CPU backend.
+/// `Gpu` is honoured on any wgpu adapter, software included, so that the
+/// wgpu path can be exercised on machines without a GPU; the adapter's type
+/// is in the device name for anyone reading `ModelInfo`.
+async fn device(request: DeviceRequest) -> Result<(Device, Backend, String, bool)> {
+    let cpu = || {
+        (
+            Device::flex(),
+            Backend::Cpu,
+            "cpu (burn flex)".to_string(),
+            false,
+        )
+    };
     match request {
-        DeviceRequest::Auto | DeviceRequest::Cpu => {
-            Ok((Device::flex(), Backend::Cpu, "cpu (burn flex)".into()))
-        }
-        DeviceRequest::Gpu => {
-            let d = Device::wgpu_options()
-                .init()
-                .map_err(|e| EngineError::Unsupported(format!("no wgpu device: {e}")))?;
-            Ok((d, Backend::Wgpu, "gpu (burn wgpu)".into()))
-        }
+        DeviceRequest::Cpu => Ok(cpu()),
+        DeviceRequest::Auto => Ok(match gpu().await {
+            Ok(g) if !g.software => (g.device, Backend::Wgpu, g.name, g.f16),
+            _ => cpu(),
+        }),
+        DeviceRequest::Gpu => match gpu().await {
+            Ok(g) => Ok((g.device, Backend::Wgpu, g.name, g.f16)),
+            Err(e) => Err(EngineError::Unsupported(format!(
+                "a GPU was requested but wgpu found no usable adapter: {e}"
+            ))),
+        },
     }
 }
 
@@ -126,14 +220,30 @@ impl InferenceEngine for BurnEngine {
                 reason: other.to_string(),
             },
         })?;
-        let (device, backend, device_name) = device(options.device)?;
+        let (device, backend, device_name, has_f16) = device(options.device).await?;
+        let precision = self.precision.unwrap_or(if has_f16 {
+            WeightPrecision::F16
+        } else {
+            WeightPrecision::F32
+        });
         let progress = options.progress.clone();
         let report = move |p: f32| {
             if let Some(f) = &progress {
                 f(p);
             }
         };
-        let llama = Llama::load(&file, &bytes, &name, &device, &report)?;
+        let llama = Llama::load(&file, &bytes, &name, &device, precision, &report)?;
+        #[cfg(not(target_family = "wasm"))]
+        let pool = match (backend, options.threads) {
+            (Backend::Cpu, Some(n)) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n.max(1) as usize)
+                    .thread_name(|i| format!("arny-burn-{i}"))
+                    .build()
+                    .map_err(|e| EngineError::engine(ENGINE_ID, format!("thread pool: {e}")))?,
+            ),
+            _ => None,
+        };
         if tokenizer.vocab_size() != llama.cfg.vocab {
             return Err(EngineError::Corrupt {
                 source_name: name,
@@ -212,17 +322,19 @@ impl InferenceEngine for BurnEngine {
             vocab_size: llama.cfg.vocab as u32,
             trained_context_length: trained,
             context_length,
-            // Everything is held as f32 on the device, plus host embeddings.
-            resident_bytes: params * 4 + (llama.cfg.vocab * llama.cfg.n_embd * 4) as u64,
+            // Weights on the device in their precision (a tied output
+            // matrix is a second copy), plus the f32 embeddings on the host.
+            resident_bytes: params * precision.bytes() as u64
+                + (llama.cfg.vocab * llama.cfg.n_embd * 4) as u64,
             file_bytes: bytes.len() as u64,
             engine: ENGINE_ID.into(),
-            device: device_name,
+            device: format!("{device_name}, {precision:?} weights"),
             capabilities: Capabilities {
                 logits: true,
                 ..Capabilities::default()
             },
         };
-        tracing::info!(model = %name, ?backend, "burn model loaded");
+        tracing::info!(model = %name, ?backend, ?precision, "burn model loaded");
         Ok(Arc::new(BurnModel(Arc::new(Inner {
             llama,
             tokenizer,
@@ -230,6 +342,8 @@ impl InferenceEngine for BurnEngine {
             special,
             info,
             lock: Mutex::new(()),
+            #[cfg(not(target_family = "wasm"))]
+            pool,
         }))))
     }
 }
@@ -243,6 +357,26 @@ struct Inner {
     /// One forward pass at a time per model: backends queue work anyway,
     /// and the CPU backend already uses every core.
     lock: Mutex<()>,
+    /// The CPU backend's threads when the caller set a count; otherwise
+    /// rayon's global pool (every core).
+    #[cfg(not(target_family = "wasm"))]
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Inner {
+    fn forward(
+        &self,
+        tokens: &[TokenId],
+        cache: &mut KvCache,
+        rows: usize,
+    ) -> burn::tensor::Tensor<2> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        #[cfg(not(target_family = "wasm"))]
+        if let Some(pool) = &self.pool {
+            return pool.install(|| self.llama.forward(tokens, cache, rows));
+        }
+        self.llama.forward(tokens, cache, rows)
+    }
 }
 
 pub struct BurnModel(Arc<Inner>);
@@ -351,27 +485,29 @@ impl Session for BurnSession {
             )));
         }
         check_fits(self.tokens.len(), tokens.len(), self.context)?;
-        let _one_at_a_time = self.model.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut data = Vec::new();
         let chunks: Vec<&[TokenId]> = tokens.chunks(BATCH).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
-            let rows = match logits {
-                LogitsRequest::All => chunk.len(),
-                LogitsRequest::Last if last => 1,
-                _ => 1,
-            };
-            let out = self.model.llama.forward(chunk, &mut self.cache, rows);
             let wanted = matches!(logits, LogitsRequest::All)
                 || (last && matches!(logits, LogitsRequest::Last));
+            let rows = if matches!(logits, LogitsRequest::All) {
+                chunk.len()
+            } else {
+                1
+            };
+            let out = self.model.forward(chunk, &mut self.cache, rows);
+            self.tokens.extend_from_slice(chunk);
             if wanted {
-                let d = out.into_data();
+                // Async readback: the only kind a browser's WebGPU offers.
+                let d = out.into_data_async().await.map_err(|e| {
+                    EngineError::engine(ENGINE_ID, format!("reading logits: {e:?}"))
+                })?;
                 let s = d.as_slice::<f32>().map_err(|e| {
                     EngineError::engine(ENGINE_ID, format!("reading logits: {e:?}"))
                 })?;
                 data.extend_from_slice(s);
             }
-            self.tokens.extend_from_slice(chunk);
         }
         Ok(Logits { vocab, data })
     }

@@ -11,7 +11,7 @@
 use arny_engine_api::EngineError;
 use arny_gguf_file::GgufFile;
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
 /// Hyperparameters from the GGUF metadata (`llama.*`).
 #[derive(Debug, Clone)]
@@ -101,8 +101,31 @@ struct Block {
     w_down: Tensor<2>,
 }
 
+/// How the projection weights are held on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightPrecision {
+    F32,
+    /// Half the memory and bandwidth; each matmul takes f16 inputs and the
+    /// rest of the block (norms, softmax, residuals) stays in f32.
+    F16,
+    /// Burn's block quantization: 8-bit symmetric values with one f16 scale
+    /// per 32 inputs, GGUF Q8_0's layout. Matmuls take f32 inputs.
+    Q8,
+}
+
+impl WeightPrecision {
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 => 2,
+            Self::Q8 => 1,
+        }
+    }
+}
+
 pub struct Llama {
     pub cfg: Config,
+    pub precision: WeightPrecision,
     device: Device,
     /// `[vocab, n_embd]`, rows looked up on the host.
     embeddings: Vec<f32>,
@@ -183,6 +206,7 @@ impl Llama {
         bytes: &[u8],
         source: &str,
         device: &Device,
+        precision: WeightPrecision,
         progress: &dyn Fn(f32),
     ) -> Result<Self, EngineError> {
         let cfg = Config::from_gguf(f, source)?;
@@ -197,7 +221,10 @@ impl Llama {
         let mat = |name: &str, n_in: usize, n_out: usize| -> Result<Tensor<2>, EngineError> {
             let (v, b) = load(f, bytes, source, name, &[n_in, n_out])?;
             total.set(total.get() + b);
-            Ok(Tensor::<2>::from_data(TensorData::new(v, [n_out, n_in]), device).transpose())
+            Ok(Self::weight(
+                Tensor::<2>::from_data(TensorData::new(v, [n_out, n_in]), device),
+                precision,
+            ))
         };
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
@@ -221,12 +248,15 @@ impl Llama {
         let lm_head = if f.tensor("output.weight").is_some() {
             mat("output.weight", e, cfg.vocab)?
         } else {
-            Tensor::<2>::from_data(TensorData::new(embeddings.clone(), [cfg.vocab, e]), device)
-                .transpose()
+            Self::weight(
+                Tensor::<2>::from_data(TensorData::new(embeddings.clone(), [cfg.vocab, e]), device),
+                precision,
+            )
         };
         progress(1.0);
         Ok(Self {
             cfg,
+            precision,
             device: device.clone(),
             embeddings,
             blocks,
@@ -234,6 +264,34 @@ impl Llama {
             lm_head,
             weight_bytes: total.get() as u64,
         })
+    }
+
+    /// `[out, in]` as read from the file → `[in, out]` in `precision`.
+    fn weight(w: Tensor<2>, precision: WeightPrecision) -> Tensor<2> {
+        match precision {
+            WeightPrecision::F32 => w.transpose(),
+            WeightPrecision::F16 => w.cast(FloatDType::F16).transpose(),
+            WeightPrecision::Q8 => {
+                use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
+                let scheme = QuantScheme::default()
+                    .with_value(QuantValue::Q8S)
+                    .with_store(QuantStore::PackedU32(0))
+                    .per_block([1, 32], ScaleDtype::F16);
+                w.quantize_dynamic(&scheme).transpose()
+            }
+        }
+    }
+
+    /// `x @ w` with `x` in f32; f16 weights get f16 inputs, and the product
+    /// comes back as f32.
+    fn mm(&self, x: Tensor<2>, w: &Tensor<2>) -> Tensor<2> {
+        match self.precision {
+            WeightPrecision::F32 | WeightPrecision::Q8 => x.matmul(w.clone()),
+            WeightPrecision::F16 => x
+                .cast(FloatDType::F16)
+                .matmul(w.clone())
+                .cast(FloatDType::F32),
+        }
     }
 
     fn rms_norm(&self, x: Tensor<2>, w: &Tensor<1>) -> Tensor<2> {
@@ -246,14 +304,15 @@ impl Llama {
         (x / rms) * w.clone().unsqueeze_dim::<2>(0)
     }
 
-    /// RoPE on `x: [heads, seq, head_dim]` for positions `start..start+seq`,
-    /// rotating adjacent pairs.
-    fn rope(&self, x: Tensor<3>, start: usize) -> Tensor<3> {
-        let [h, s, d] = x.dims();
+    /// RoPE's cosines and sines for positions `start..start + seq`, shaped
+    /// `[1, seq, head_dim / 2, 1]` to broadcast over heads and pairs. Built
+    /// once per forward pass: an upload per layer costs a GPU dearly.
+    fn rope_tables(&self, start: usize, seq: usize) -> (Tensor<4>, Tensor<4>) {
+        let d = self.cfg.head_dim;
         let half = d / 2;
-        let mut cos = Vec::with_capacity(s * half);
-        let mut sin = Vec::with_capacity(s * half);
-        for p in start..start + s {
+        let mut cos = Vec::with_capacity(seq * half);
+        let mut sin = Vec::with_capacity(seq * half);
+        for p in start..start + seq {
             for i in 0..half {
                 let freq = self.cfg.rope_theta.powf(-(2.0 * i as f32) / d as f32);
                 let a = p as f32 * freq;
@@ -261,13 +320,20 @@ impl Llama {
                 sin.push(a.sin());
             }
         }
-        let cos = Tensor::<4>::from_data(TensorData::new(cos, [1, s, half, 1]), &self.device);
-        let sin = Tensor::<4>::from_data(TensorData::new(sin, [1, s, half, 1]), &self.device);
-        let x = x.reshape([h, s, half, 2]);
+        let t = |v: Vec<f32>| {
+            Tensor::<4>::from_data(TensorData::new(v, [1, seq, half, 1]), &self.device)
+        };
+        (t(cos), t(sin))
+    }
+
+    /// RoPE on `x: [heads, seq, head_dim]`, rotating adjacent pairs.
+    fn rope(x: Tensor<3>, (cos, sin): &(Tensor<4>, Tensor<4>)) -> Tensor<3> {
+        let [h, s, d] = x.dims();
+        let x = x.reshape([h, s, d / 2, 2]);
         let x0 = x.clone().narrow(3, 0, 1);
         let x1 = x.narrow(3, 1, 1);
         let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
-        let r1 = x0 * sin + x1 * cos;
+        let r1 = x0 * sin.clone() + x1 * cos.clone();
         Tensor::cat(vec![r0, r1], 3).reshape([h, s, d])
     }
 
@@ -291,26 +357,25 @@ impl Llama {
             }
         }
         let mask = Tensor::<3>::from_data(TensorData::new(mask, [1, s, total]), &self.device);
+        let rope = self.rope_tables(past, s);
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
         for (l, b) in self.blocks.iter().enumerate() {
             let h = self.rms_norm(x.clone(), &b.attn_norm);
-            let q = h
-                .clone()
-                .matmul(b.wq.clone())
+            let q = self
+                .mm(h.clone(), &b.wq)
                 .reshape([s, c.n_head, hd])
                 .swap_dims(0, 1);
-            let k = h
-                .clone()
-                .matmul(b.wk.clone())
+            let k = self
+                .mm(h.clone(), &b.wk)
                 .reshape([s, c.n_head_kv, hd])
                 .swap_dims(0, 1);
-            let v = h
-                .matmul(b.wv.clone())
+            let v = self
+                .mm(h, &b.wv)
                 .reshape([s, c.n_head_kv, hd])
                 .swap_dims(0, 1);
-            let q = self.rope(q, past);
-            let k = self.rope(k, past);
+            let q = Self::rope(q, &rope);
+            let k = Self::rope(k, &rope);
             let k = match cache.k[l].take() {
                 Some(prev) => Tensor::cat(vec![prev, k], 1),
                 None => k,
@@ -330,18 +395,18 @@ impl Llama {
             let (k, v) = (expand(k), expand(v));
             let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(scale) + mask.clone();
             let attn = softmax(scores, 2).matmul(v); // [n_head, s, hd]
-            let attn = attn.swap_dims(0, 1).reshape([s, e]).matmul(b.wo.clone());
+            let attn = self.mm(attn.swap_dims(0, 1).reshape([s, e]), &b.wo);
             x = x + attn;
             let h = self.rms_norm(x.clone(), &b.ffn_norm);
-            let gate = silu(h.clone().matmul(b.w_gate.clone()));
-            let up = h.matmul(b.w_up.clone());
-            x = x + (gate * up).matmul(b.w_down.clone());
+            let gate = silu(self.mm(h.clone(), &b.w_gate));
+            let up = self.mm(h, &b.w_up);
+            x = x + self.mm(gate * up, &b.w_down);
         }
         cache.len = total;
         let rows = rows.min(s);
         let x = x.narrow(0, s - rows, rows);
-        self.rms_norm(x, &self.out_norm)
-            .matmul(self.lm_head.clone())
+        let x = self.rms_norm(x, &self.out_norm);
+        self.mm(x, &self.lm_head)
     }
 
     pub fn device(&self) -> &Device {

@@ -1,11 +1,15 @@
-//! Burn (CPU) against llama.cpp on the same GGUF file, on a subset of the
+//! Burn (CPU backend, f32 weights; wgpu backend, f16 weights where the
+//! adapter has shader f16) against llama.cpp on the same GGUF file, on a subset of the
 //! comparison's prompts, and the greedy answer to "What is 2+2?" token for
 //! token.
 //!
 //! The bar is top-1 ≥ 98% and mean KL ≤ 0.02 nats. Measured on all
 //! 20 × 64 positions: top-1 0.970, mean KL 0.0028, so the KL bar holds and
-//! the top-1 bar does not yet (the disagreements are near-ties; emulating
-//! llama.cpp's 8-bit activations and f16 KV cache did not close the gap).
+//! the top-1 bar does not yet (the same on wgpu with f16 weights). The
+//! disagreements are near-ties: where the engines differ, llama.cpp itself
+//! preferred its token by a median 0.043 nats, against a median top-2 gap
+//! of 1.33 nats everywhere. Emulating llama.cpp's 8-bit activations and f16
+//! KV cache, or turning its flash attention off (0.969), did not close it.
 //! This test guards what is reached: top-1 ≥ 0.95, KL ≤ 0.02.
 
 use arny_conformance::compare::{CompareOptions, PROMPTS, compare};
@@ -15,7 +19,17 @@ use arny_engine_api::{
 };
 
 #[test]
-fn burn_agrees_with_llama_cpp() {
+fn burn_cpu_agrees_with_llama_cpp() {
+    agrees_with_llama_cpp(DeviceRequest::Cpu);
+}
+
+/// On lavapipe without a GPU (scripts/setup.sh installs it).
+#[test]
+fn burn_wgpu_agrees_with_llama_cpp() {
+    agrees_with_llama_cpp(DeviceRequest::Gpu);
+}
+
+fn agrees_with_llama_cpp(device: DeviceRequest) {
     let path =
         arny_model_store::require_default_model().expect("the default model; run scripts/setup.sh");
     let reference = futures::executor::block_on(
@@ -26,7 +40,7 @@ fn burn_agrees_with_llama_cpp() {
     let burn = futures::executor::block_on(arny_engine_burn_wgpu::BurnEngine::new().load(
         ModelSource::Path(path),
         LoadOptions {
-            device: DeviceRequest::Cpu,
+            device,
             ..LoadOptions::default()
         },
     ))

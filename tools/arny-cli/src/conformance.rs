@@ -5,13 +5,14 @@ use anyhow::Result;
 use arny_conformance::compare::{CompareOptions, PROMPTS, compare};
 use arny_engine_api::{LoadOptions, ModelSource};
 
-use crate::runtime::{ModelArgs, engine, model_path};
+use crate::runtime::{ModelArgs, device, engine, model_path};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Reference engine, then the candidate (`gguf,burn` once Burn lands).
+    /// Reference engine, then the candidate. `--device` applies to the
+    /// candidate; the reference runs where its engine runs by default.
     #[arg(long, default_value = "gguf,gguf", value_delimiter = ',')]
     engines: Vec<String>,
     /// Threads for the candidate (default: the same as the reference).
@@ -42,21 +43,24 @@ pub fn run(args: Args) -> Result<()> {
         PROMPTS.len()
     );
     let path = model_path(&args.model)?;
-    let load = |id: &str, threads: Option<u32>| {
+    let candidate_device = device(&args.model.device)?;
+    let load = |id: &str, threads: Option<u32>, device: arny_engine_api::DeviceRequest| {
         let e = engine(id)?;
         let options = LoadOptions {
             context_length: args.model.ctx,
             threads,
+            device,
             ..LoadOptions::default()
         };
         anyhow::Ok(futures::executor::block_on(
             e.load(ModelSource::Path(path.clone()), options),
         )?)
     };
-    let reference = load(&args.engines[0], args.model.threads)?;
+    let reference = load(&args.engines[0], args.model.threads, Default::default())?;
     let candidate = load(
         &args.engines[1],
         args.candidate_threads.or(args.model.threads),
+        candidate_device,
     )?;
     let opts = CompareOptions {
         prompts: PROMPTS[..args.prompts]
@@ -95,5 +99,12 @@ pub fn run(args: Args) -> Result<()> {
         report.greedy_identical,
         report.prompts.len()
     );
+    if let Some(gap) = report.disagreement_gap_median {
+        println!(
+            "where top-1 differs, the reference preferred its token by a median {gap:.3} nats \
+             (its median top-2 gap everywhere: {:.3})",
+            report.top2_gap_median
+        );
+    }
     Ok(())
 }
