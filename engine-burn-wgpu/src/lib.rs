@@ -322,10 +322,9 @@ impl InferenceEngine for BurnEngine {
             vocab_size: llama.cfg.vocab as u32,
             trained_context_length: trained,
             context_length,
-            // Weights on the device in their precision (a tied output
-            // matrix is a second copy), plus the f32 embeddings on the host.
-            resident_bytes: params * precision.bytes() as u64
-                + (llama.cfg.vocab * llama.cfg.n_embd * 4) as u64,
+            // Weights on the device plus the f32 embeddings on the host.
+            resident_bytes: llama.device_bytes
+                + WeightPrecision::F32.bytes(llama.cfg.vocab * llama.cfg.n_embd),
             file_bytes: bytes.len() as u64,
             engine: ENGINE_ID.into(),
             device: format!("{device_name}, {precision:?} weights"),

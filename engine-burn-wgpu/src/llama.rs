@@ -114,12 +114,14 @@ pub enum WeightPrecision {
 }
 
 impl WeightPrecision {
-    pub fn bytes(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::F16 => 2,
-            Self::Q8 => 1,
-        }
+    /// Bytes that `elements` weights take on the device.
+    pub fn bytes(self, elements: usize) -> u64 {
+        let per_32 = match self {
+            Self::F32 => 128,
+            Self::F16 => 64,
+            Self::Q8 => 34, // 32 values and an f16 scale
+        };
+        (elements as u64 * per_32).div_ceil(32)
     }
 }
 
@@ -131,9 +133,15 @@ pub struct Llama {
     embeddings: Vec<f32>,
     blocks: Vec<Block>,
     out_norm: Tensor<1>,
-    /// `[n_embd, vocab]`.
+    /// `[n_embd, vocab]`. Never f16: an f16 matmul writes f16, and logits
+    /// rounded to f16 (steps of 1/64 around 20) would differ between a
+    /// one-row and a many-row pass.
     lm_head: Tensor<2>,
+    head_precision: WeightPrecision,
+    /// Tensor bytes in the file.
     pub weight_bytes: u64,
+    /// Bytes the weights take on the device.
+    pub device_bytes: u64,
 }
 
 /// One sequence's keys and values per layer: `[n_head_kv, len, head_dim]`.
@@ -212,15 +220,22 @@ impl Llama {
         let cfg = Config::from_gguf(f, source)?;
         let (e, kv) = (cfg.n_embd, cfg.n_head_kv * cfg.head_dim);
         let total = std::cell::Cell::new(0usize);
+        let on_device = std::cell::Cell::new(0u64);
         let vec1 = |name: &str, n: usize| -> Result<Tensor<1>, EngineError> {
             let (v, b) = load(f, bytes, source, name, &[n])?;
             total.set(total.get() + b);
+            on_device.set(on_device.get() + WeightPrecision::F32.bytes(n));
             Ok(Tensor::from_data(TensorData::new(v, [n]), device))
         };
         // GGUF dims are innermost first: [in, out] there is `out` rows of `in`.
-        let mat = |name: &str, n_in: usize, n_out: usize| -> Result<Tensor<2>, EngineError> {
+        let mat = |name: &str,
+                   n_in: usize,
+                   n_out: usize,
+                   precision: WeightPrecision|
+         -> Result<Tensor<2>, EngineError> {
             let (v, b) = load(f, bytes, source, name, &[n_in, n_out])?;
             total.set(total.get() + b);
+            on_device.set(on_device.get() + precision.bytes(n_in * n_out));
             Ok(Self::weight(
                 Tensor::<2>::from_data(TensorData::new(v, [n_out, n_in]), device),
                 precision,
@@ -231,26 +246,31 @@ impl Llama {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
             blocks.push(Block {
                 attn_norm: vec1(&p("attn_norm"), e)?,
-                wq: mat(&p("attn_q"), e, e)?,
-                wk: mat(&p("attn_k"), e, kv)?,
-                wv: mat(&p("attn_v"), e, kv)?,
-                wo: mat(&p("attn_output"), e, e)?,
+                wq: mat(&p("attn_q"), e, e, precision)?,
+                wk: mat(&p("attn_k"), e, kv, precision)?,
+                wv: mat(&p("attn_v"), e, kv, precision)?,
+                wo: mat(&p("attn_output"), e, e, precision)?,
                 ffn_norm: vec1(&p("ffn_norm"), e)?,
-                w_gate: mat(&p("ffn_gate"), e, cfg.n_ff)?,
-                w_up: mat(&p("ffn_up"), e, cfg.n_ff)?,
-                w_down: mat(&p("ffn_down"), cfg.n_ff, e)?,
+                w_gate: mat(&p("ffn_gate"), e, cfg.n_ff, precision)?,
+                w_up: mat(&p("ffn_up"), e, cfg.n_ff, precision)?,
+                w_down: mat(&p("ffn_down"), cfg.n_ff, e, precision)?,
             });
             progress((i + 1) as f32 / (cfg.n_layer + 1) as f32);
         }
         let out_norm = vec1("output_norm.weight", e)?;
         let (embeddings, b) = load(f, bytes, source, "token_embd.weight", &[e, cfg.vocab])?;
         total.set(total.get() + b);
+        let head_precision = match precision {
+            WeightPrecision::F16 => WeightPrecision::F32,
+            p => p,
+        };
         let lm_head = if f.tensor("output.weight").is_some() {
-            mat("output.weight", e, cfg.vocab)?
+            mat("output.weight", e, cfg.vocab, head_precision)?
         } else {
+            on_device.set(on_device.get() + head_precision.bytes(cfg.vocab * e));
             Self::weight(
                 Tensor::<2>::from_data(TensorData::new(embeddings.clone(), [cfg.vocab, e]), device),
-                precision,
+                head_precision,
             )
         };
         progress(1.0);
@@ -262,7 +282,9 @@ impl Llama {
             blocks,
             out_norm,
             lm_head,
+            head_precision,
             weight_bytes: total.get() as u64,
+            device_bytes: on_device.get(),
         })
     }
 
@@ -282,10 +304,10 @@ impl Llama {
         }
     }
 
-    /// `x @ w` with `x` in f32; f16 weights get f16 inputs, and the product
-    /// comes back as f32.
-    fn mm(&self, x: Tensor<2>, w: &Tensor<2>) -> Tensor<2> {
-        match self.precision {
+    /// `x @ w` with `x` in f32 and `w` in `precision`; f16 weights get f16
+    /// inputs, and the product comes back as f32.
+    fn mm(x: Tensor<2>, w: &Tensor<2>, precision: WeightPrecision) -> Tensor<2> {
+        match precision {
             WeightPrecision::F32 | WeightPrecision::Q8 => x.matmul(w.clone()),
             WeightPrecision::F16 => x
                 .cast(FloatDType::F16)
@@ -362,16 +384,13 @@ impl Llama {
         let scale = 1.0 / (hd as f32).sqrt();
         for (l, b) in self.blocks.iter().enumerate() {
             let h = self.rms_norm(x.clone(), &b.attn_norm);
-            let q = self
-                .mm(h.clone(), &b.wq)
+            let q = Self::mm(h.clone(), &b.wq, self.precision)
                 .reshape([s, c.n_head, hd])
                 .swap_dims(0, 1);
-            let k = self
-                .mm(h.clone(), &b.wk)
+            let k = Self::mm(h.clone(), &b.wk, self.precision)
                 .reshape([s, c.n_head_kv, hd])
                 .swap_dims(0, 1);
-            let v = self
-                .mm(h, &b.wv)
+            let v = Self::mm(h, &b.wv, self.precision)
                 .reshape([s, c.n_head_kv, hd])
                 .swap_dims(0, 1);
             let q = Self::rope(q, &rope);
@@ -395,18 +414,18 @@ impl Llama {
             let (k, v) = (expand(k), expand(v));
             let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(scale) + mask.clone();
             let attn = softmax(scores, 2).matmul(v); // [n_head, s, hd]
-            let attn = self.mm(attn.swap_dims(0, 1).reshape([s, e]), &b.wo);
+            let attn = Self::mm(attn.swap_dims(0, 1).reshape([s, e]), &b.wo, self.precision);
             x = x + attn;
             let h = self.rms_norm(x.clone(), &b.ffn_norm);
-            let gate = silu(self.mm(h.clone(), &b.w_gate));
-            let up = self.mm(h, &b.w_up);
-            x = x + self.mm(gate * up, &b.w_down);
+            let gate = silu(Self::mm(h.clone(), &b.w_gate, self.precision));
+            let up = Self::mm(h, &b.w_up, self.precision);
+            x = x + Self::mm(gate * up, &b.w_down, self.precision);
         }
         cache.len = total;
         let rows = rows.min(s);
         let x = x.narrow(0, s - rows, rows);
         let x = self.rms_norm(x, &self.out_norm);
-        self.mm(x, &self.lm_head)
+        Self::mm(x, &self.lm_head, self.head_precision)
     }
 
     pub fn device(&self) -> &Device {
