@@ -18,7 +18,7 @@ use arny_engine_api::{
     LoadOptions, Logits, LogitsRequest, Model, ModelInfo, ModelSource, Result, Session,
     SessionOptions, SpecialTokens, TokenId, check_fits,
 };
-use arny_gguf_file::{GgufError, GgufFile};
+use arny_gguf_file::GgufFile;
 use arny_gguf_tokenizer::GgufTokenizer;
 use burn::tensor::Device;
 
@@ -157,20 +157,6 @@ async fn device(request: DeviceRequest) -> Result<(Device, Backend, String, bool
     }
 }
 
-fn classify(e: GgufError, name: &str) -> EngineError {
-    match e {
-        GgufError::BadMagic(_) | GgufError::UnsupportedVersion(_) => EngineError::WrongFormat {
-            source_name: name.to_string(),
-            expected: "GGUF",
-            reason: e.to_string(),
-        },
-        other => EngineError::Corrupt {
-            source_name: name.to_string(),
-            reason: other.to_string(),
-        },
-    }
-}
-
 fn read(source: &ModelSource) -> Result<(Arc<[u8]>, String)> {
     match source {
         ModelSource::Path(p) => {
@@ -212,7 +198,7 @@ impl InferenceEngine for BurnEngine {
 
     async fn load(&self, source: ModelSource, options: LoadOptions) -> Result<Arc<dyn Model>> {
         let (bytes, name) = read(&source)?;
-        let file = GgufFile::from_bytes(&bytes).map_err(|e| classify(e, &name))?;
+        let file = GgufFile::from_bytes(&bytes).map_err(|e| e.into_engine_error(&name))?;
         let tokenizer = GgufTokenizer::from_gguf(&file).map_err(|e| match e {
             arny_gguf_tokenizer::TokenizerError::Unsupported(m) => EngineError::Unsupported(m),
             other => EngineError::Corrupt {

@@ -11,7 +11,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 use arny_engine_api::{EngineError, Result};
-use arny_gguf_file::{GgufError, GgufFile, ReadOptions};
+use arny_gguf_file::{GgufFile, ReadOptions};
 
 /// The merges and scores are checked but not kept (llama.cpp reads them);
 /// the vocabulary is kept for the uniqueness check below.
@@ -40,30 +40,16 @@ pub fn check_gguf_file(path: &Path) -> Result<u64> {
     let file = std::fs::File::open(path)
         .map_err(|e| EngineError::io(format!("open {}", path.display()), e))?;
     let gguf = GgufFile::read_with(BufReader::with_capacity(1 << 16, file), meta.len(), OPTIONS)
-        .map_err(|e| classify(e, &name))?;
+        .map_err(|e| e.into_engine_error(&name))?;
     check_hparams(&gguf, &name)?;
     Ok(meta.len())
 }
 
 /// Same checks for an in-memory model.
 pub fn check_gguf_bytes(bytes: &[u8], name: &str) -> Result<()> {
-    let gguf =
-        GgufFile::read_with(bytes, bytes.len() as u64, OPTIONS).map_err(|e| classify(e, name))?;
+    let gguf = GgufFile::read_with(bytes, bytes.len() as u64, OPTIONS)
+        .map_err(|e| e.into_engine_error(name))?;
     check_hparams(&gguf, name)
-}
-
-fn classify(e: GgufError, name: &str) -> EngineError {
-    match e {
-        GgufError::BadMagic(_) | GgufError::UnsupportedVersion(_) => EngineError::WrongFormat {
-            source_name: name.to_string(),
-            expected: "GGUF",
-            reason: e.to_string(),
-        },
-        GgufError::Truncated { .. } | GgufError::Invalid(_) => EngineError::Corrupt {
-            source_name: name.to_string(),
-            reason: e.to_string(),
-        },
-    }
 }
 
 /// The hyperparameters llama.cpp would otherwise assert on.

@@ -37,6 +37,25 @@ pub enum GgufError {
 
 type Result<T> = std::result::Result<T, GgufError>;
 
+impl GgufError {
+    /// What an engine reports for a file it cannot read: another format is
+    /// `WrongFormat`, a damaged GGUF file is `Corrupt`.
+    pub fn into_engine_error(self, source_name: &str) -> arny_engine_api::EngineError {
+        use arny_engine_api::EngineError;
+        match self {
+            Self::BadMagic(_) | Self::UnsupportedVersion(_) => EngineError::WrongFormat {
+                source_name: source_name.to_string(),
+                expected: "GGUF",
+                reason: self.to_string(),
+            },
+            Self::Truncated { .. } | Self::Invalid(_) => EngineError::Corrupt {
+                source_name: source_name.to_string(),
+                reason: self.to_string(),
+            },
+        }
+    }
+}
+
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
