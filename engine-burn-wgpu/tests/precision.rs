@@ -1,0 +1,31 @@
+//! Weights kept as 8-bit blocks (`WeightPrecision::Q8`, opt-in): the model
+//! still answers, and takes under 40% of the f32 engine's memory.
+
+use arny_engine_api::{
+    DeviceRequest, GenerateRequest, InferenceEngine, LoadOptions, ModelSource, SessionOptions,
+    generate,
+};
+use arny_engine_burn_wgpu::{BurnEngine, WeightPrecision};
+use futures::executor::block_on;
+
+#[test]
+fn q8_weights_answer_in_less_memory() {
+    let path =
+        arny_model_store::require_default_model().expect("the default model; run scripts/setup.sh");
+    let load = |p| {
+        let opts = LoadOptions {
+            device: DeviceRequest::Cpu,
+            ..LoadOptions::default()
+        };
+        block_on(BurnEngine::with_precision(p).load(ModelSource::Path(path.clone()), opts)).unwrap()
+    };
+    let (f32m, q8) = (load(WeightPrecision::F32), load(WeightPrecision::Q8));
+    assert!(q8.info().device.contains("Q8"), "{}", q8.info().device);
+    let (a, b) = (f32m.info().resident_bytes, q8.info().resident_bytes);
+    assert!(b * 5 < a * 2, "Q8 {b} bytes vs f32 {a}");
+    let mut s = block_on(q8.new_session(SessionOptions::default())).unwrap();
+    let mut req = GenerateRequest::chat("What is 2+2?");
+    req.max_tokens = 12;
+    let done = block_on(generate(q8.as_ref(), s.as_mut(), req, |_| {})).unwrap();
+    assert!(done.text.contains('4'), "{:?}", done.text);
+}
