@@ -3,15 +3,24 @@
 # `arny` CLI and puts the default model in the cache. Idempotent: anything
 # already present is left alone, so rerunning costs seconds.
 #
-#   scripts/setup.sh             # system packages, Rust targets, build, model
+#   scripts/setup.sh             # system packages, Rust targets, runtimes,
+#                                # venvs, build, model
 #   scripts/setup.sh --deps-only # everything but the build and the model
 #                                # (scripts/test.sh builds with test features
 #                                # and fetches the model itself)
+#   ARNY_SKIP_PTE_VENV=1 scripts/setup.sh
+#                                # without the 6 GB export venv (the pte
+#                                # engine still builds and runs programs
+#                                # exported elsewhere; tests need the venv)
 #
 # Environment:
-#   CARGO_TARGET_DIR   where cargo builds (CI points it at a cache)
-#   ARNY_MODELS_DIR    the model cache (default ~/.cache/arny/models)
-#   ARNY_VENV          Python venv for the test clients (default ~/.cache/arny/venv)
+#   CARGO_TARGET_DIR     where cargo builds (CI points it at a cache)
+#   ARNY_MODELS_DIR      the model cache (default ~/.cache/arny/models)
+#   ARNY_VENV            Python venv for the test clients (default ~/.cache/arny/venv)
+#   ARNY_EXECUTORCH_DIR  the unpacked ExecuTorch runtime (default
+#                        ~/.cache/arny/executorch-1.5.1/executorch)
+#   ARNY_PTE_VENV        the export venv (default: pte-venv beside the models
+#                        folder, ~/.cache/arny/pte-venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,6 +78,55 @@ if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '
   say "installing openai==$OPENAI_VERSION into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "openai==$OPENAI_VERSION"
+fi
+
+# --- ExecuTorch runtime -----------------------------------------------------------
+# engine-pte links the runtime that ships in the `executorch` wheel: its
+# lib/ and include/ are all that is needed (no torch, no Python at run
+# time). The wheel is fetched with pip, checked against a pinned SHA-256 and
+# unpacked; engine-pte's build.rs finds it here.
+ET_VERSION="1.5.1"
+ET_WHEEL="executorch-1.5.1-cp311-cp311-manylinux_2_28_x86_64.whl"
+ET_WHEEL_SHA256="274c28c2fe2b76acb03f9fa381537425c40e0098dcf886baf6d97a1a55ffe300"
+cache_home="${XDG_CACHE_HOME:-$HOME/.cache}"
+et_dir="${ARNY_EXECUTORCH_DIR:-$cache_home/arny/executorch-$ET_VERSION/executorch}"
+if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
+  say "skipping the ExecuTorch runtime: the wheel's runtime is Linux x86-64 only"
+elif [ ! -f "$et_dir/lib/libexecutorch.so" ] || [ ! -f "$et_dir/include/executorch/extension/module/module.h" ]; then
+  say "fetching the ExecuTorch runtime ($ET_WHEEL) into $et_dir"
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    --implementation cp --python-version 3.11 --platform manylinux_2_28_x86_64 \
+    "executorch==$ET_VERSION" -d "$tmp"
+  echo "$ET_WHEEL_SHA256  $tmp/$ET_WHEEL" | sha256sum -c --quiet -
+  python3 - "$tmp/$ET_WHEEL" "$tmp/unpacked" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for m in z.namelist():
+        if m.startswith(("executorch/lib/", "executorch/include/", "executorch/share/")):
+            z.extract(m, sys.argv[2])
+PY
+  mkdir -p "$(dirname "$et_dir")"
+  rm -rf "$et_dir"
+  mv "$tmp/unpacked/executorch" "$et_dir"
+  rm -rf "$tmp"
+fi
+
+# --- PTE export venv ------------------------------------------------------------
+# `arny export pte` runs tools/pte-export/export_pte.py in this venv, pinned
+# by tools/pte-export/requirements.txt (PyPI's torch brings CUDA libraries:
+# about 6 GB). The marker records which requirements built it; `arny export
+# pte` checks the same marker and builds the venv itself if it is missing.
+models_dir="${ARNY_MODELS_DIR:-$cache_home/arny/models}"
+pte_venv="${ARNY_PTE_VENV:-$(dirname "$models_dir")/pte-venv}"
+req_sha=$(sha256sum tools/pte-export/requirements.txt | cut -d' ' -f1)
+if [ -n "${ARNY_SKIP_PTE_VENV:-}" ]; then
+  say "skipping the PTE export venv (ARNY_SKIP_PTE_VENV)"
+elif [ "$(cat "$pte_venv/arny-requirements.sha256" 2>/dev/null)" != "$req_sha" ]; then
+  say "creating the PTE export venv in $pte_venv (about 6 GB, several minutes)"
+  python3 -m venv "$pte_venv"
+  "$pte_venv/bin/pip" install -q --disable-pip-version-check -r tools/pte-export/requirements.txt
+  echo "$req_sha" > "$pte_venv/arny-requirements.sha256"
 fi
 
 # --- Build and model ----------------------------------------------------------

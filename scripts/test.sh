@@ -21,6 +21,11 @@ say "building the workspace and its tests (the first build compiles llama.cpp an
 cargo test --release --locked --workspace --no-run
 say "fetching the default model"
 "${CARGO_TARGET_DIR:-target}/release/arny" models fetch >/dev/null
+# The pte engine's tests run the fp32 export of the default model. It is
+# cached under a key covering the model, the exporter and its pinned
+# requirements; a fresh machine exports it here (about 5 min).
+say "exporting the default model to ExecuTorch (cached after the first run)"
+"${CARGO_TARGET_DIR:-target}/release/arny" export pte --quant fp32 >/dev/null
 say "clippy (warnings are errors)"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 say "engine-api, the gateway router, the GGUF reader and tokenizer and the Burn engine build for wasm32-unknown-unknown"
@@ -28,5 +33,5 @@ cargo build --locked -p arny-engine-api -p arny-router -p arny-gguf-file -p arny
   -p arny-engine-burn-wgpu --target wasm32-unknown-unknown
 say "tests"
 # The SDK's app-level test runs once per engine listed here.
-export ARNY_TEST_ENGINES="${ARNY_TEST_ENGINES:-gguf,burn}"
+export ARNY_TEST_ENGINES="${ARNY_TEST_ENGINES:-gguf,burn,pte}"
 cargo test --release --locked --workspace

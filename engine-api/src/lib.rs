@@ -19,6 +19,7 @@ mod error;
 mod generate;
 pub mod sampler;
 mod text;
+mod threads;
 mod types;
 
 pub use chat_template::{BuiltinTemplate, ChatTemplate, TemplateOrigin};
@@ -30,6 +31,7 @@ pub use generate::{
 };
 pub use sampler::{Sampler, SamplingParams};
 pub use text::{StopMatcher, StopScan, Utf8Stream};
+pub use threads::default_threads;
 pub use types::{
     CancelToken, Capabilities, ChatMessage, DeviceRequest, LoadOptions, Logits, LogitsRequest,
     ModelInfo, ModelSource, ProgressFn, Role, SpecialTokens, TokenId,

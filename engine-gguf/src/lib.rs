@@ -16,12 +16,12 @@
 mod backend;
 mod model;
 mod session;
-mod threads;
 mod validate;
 
+/// The thread policy every CPU engine shares (see `arny_engine_api`).
+pub use arny_engine_api::default_threads;
 pub use backend::{backend, last_llama_error};
 pub use model::{GgufEngine, GgufModel};
-pub use threads::default_threads;
 
 /// The engine id used in configs and on the command line.
 pub const ENGINE_ID: &str = "gguf";

@@ -42,6 +42,10 @@ impl Engines {
         {
             e = e.with(Arc::new(arny_engine_burn_wgpu::BurnEngine::new()));
         }
+        #[cfg(feature = "pte")]
+        {
+            e = e.with(Arc::new(arny_engine_pte::PteEngine::new()));
+        }
         e
     }
 

@@ -402,15 +402,24 @@ async fn universal_plan_switches_roles_on_one_resident_model() {
 }
 
 /// The same app code on every engine named in ARNY_TEST_ENGINES (default:
-/// gguf, the one that exists today). Engines join by config alone.
+/// gguf; CI runs gguf, burn and pte). Engines join by config alone: the
+/// pte engine gets the default model's fp32 ExecuTorch export.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_app_runs_on_every_configured_engine() {
     let engines = std::env::var("ARNY_TEST_ENGINES").unwrap_or_else(|_| "gguf".into());
     for engine in engines.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let dir = tempfile::tempdir().unwrap();
-        copies(dir.path(), &["m.gguf"]);
+        let path = if engine == "pte" {
+            arny_model_store::pte::require_default_export(arny_model_store::pte::PteQuant::Fp32)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .display()
+                .to_string()
+        } else {
+            copies(dir.path(), &["m.gguf"]);
+            "m.gguf".to_string()
+        };
         let text = format!(
-            "[[models]]\nid = \"m\"\nengine = \"{engine}\"\npath = \"m.gguf\"\ncontext_length = 512\n{}",
+            "[[models]]\nid = \"m\"\nengine = \"{engine}\"\npath = {path:?}\ncontext_length = 512\n{}",
             SPECIALISTS
                 .replace("\"MATH\"", "\"m\"")
                 .replace("\"WELL\"", "\"m\"")

@@ -77,6 +77,24 @@ fn byte_to_char() -> [char; 256] {
     table
 }
 
+fn byte_inverse() -> HashMap<char, u8> {
+    byte_to_char()
+        .iter()
+        .enumerate()
+        .map(|(b, c)| (*c, b as u8))
+        .collect()
+}
+
+/// A byte-level token's bytes. A token outside the byte alphabet is kept
+/// as its UTF-8.
+fn byte_level_bytes(token: &str, inverse: &HashMap<char, u8>) -> Vec<u8> {
+    token
+        .chars()
+        .map(|c| inverse.get(&c).copied())
+        .collect::<Option<Vec<u8>>>()
+        .unwrap_or_else(|| token.as_bytes().to_vec())
+}
+
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` value.
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     let byte_level =
@@ -182,12 +200,7 @@ impl GgufTokenizer {
             Ok(tk)
         };
 
-        let table = byte_to_char();
-        let inverse: HashMap<char, u8> = table
-            .iter()
-            .enumerate()
-            .map(|(b, c)| (*c, b as u8))
-            .collect();
+        let inverse = byte_inverse();
         let special: Vec<bool> = types
             .iter()
             .map(|t| matches!(*t, CONTROL | USER_DEFINED))
@@ -199,17 +212,59 @@ impl GgufTokenizer {
                 if sp {
                     t.as_bytes().to_vec()
                 } else {
-                    // A token outside the byte alphabet is kept as its UTF-8.
-                    t.chars()
-                        .map(|c| inverse.get(&c).copied())
-                        .collect::<Option<Vec<u8>>>()
-                        .unwrap_or_else(|| t.as_bytes().to_vec())
+                    byte_level_bytes(t, &inverse)
                 }
             })
             .collect();
         Ok(Self {
             with_special: build(true)?,
             plain: build(false)?,
+            bytes,
+            special,
+        })
+    }
+
+    /// The same tokenizer from a Hugging Face `tokenizer.json` (what
+    /// transformers writes, e.g. beside an exported ExecuTorch program).
+    /// Byte-level BPE only, as for GGUF files; added tokens marked special
+    /// are parsed when `parse_special` asks for it.
+    pub fn from_tokenizer_json(json: &[u8]) -> Result<Self> {
+        let with_special =
+            Tokenizer::from_bytes(json).map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+        // transformers writes byte-level decoders inside a `Sequence`; the
+        // serialized form is the one stable place to look for it.
+        let byte_level = with_special
+            .get_decoder()
+            .and_then(|d| serde_json::to_string(d).ok())
+            .is_some_and(|d| d.contains("\"ByteLevel\""));
+        if !byte_level {
+            return Err(TokenizerError::Unsupported(
+                "tokenizer.json without a byte-level decoder (only byte-level BPE is built here)"
+                    .into(),
+            ));
+        }
+        let mut plain = with_special.clone();
+        plain.set_encode_special_tokens(true);
+        let n = with_special.get_vocab_size(true);
+        let added = with_special.get_added_tokens_decoder();
+        let inverse = byte_inverse();
+        let mut bytes = Vec::with_capacity(n);
+        let mut special = Vec::with_capacity(n);
+        for id in 0..n as u32 {
+            let text = with_special.id_to_token(id).ok_or_else(|| {
+                TokenizerError::Invalid(format!("token ids are not contiguous: {id} is missing"))
+            })?;
+            let sp = added.get(&id).is_some_and(|t| t.special);
+            bytes.push(if sp {
+                text.into_bytes()
+            } else {
+                byte_level_bytes(&text, &inverse)
+            });
+            special.push(sp);
+        }
+        Ok(Self {
+            with_special,
+            plain,
             bytes,
             special,
         })

@@ -16,6 +16,8 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
+pub mod pte;
+
 /// A model Arny knows how to obtain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownModel {
@@ -93,6 +95,16 @@ pub enum StoreError {
     BadPackage { path: PathBuf, reason: String },
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
+    #[error(
+        "no {quant} ExecuTorch export of the default model in {dir}; run `arny export pte --quant {quant}` (about 5 min)"
+    )]
+    ExportMissing { quant: String, dir: PathBuf },
+    #[error("{what} failed ({status}):\n{detail}")]
+    ExportFailed {
+        what: String,
+        status: String,
+        detail: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -121,9 +121,8 @@ pub fn run(args: Args) -> Result<()> {
     if args.n_prompt == 0 || args.n_gen < 2 || args.reps == 0 {
         bail!("invalid input: need -p >= 1, -n >= 2 and -r >= 1");
     }
-    if args.engine_is_not_gguf() && !args.no_raw {
-        bail!("the raw baseline exists for the gguf engine only; add --no-raw");
-    }
+    // The raw baseline is llama.cpp's own API: it exists for gguf only.
+    let no_raw = args.no_raw || args.engine_is_not_gguf();
     let load_average = read_loadavg();
     let path = model_path(&args.model)?;
     let engine = engine(&args.model.engine)?;
@@ -145,9 +144,28 @@ pub fn run(args: Args) -> Result<()> {
     let threads = args
         .model
         .threads
-        .unwrap_or_else(arny_engine_gguf::default_threads);
-    let tokens = workload(model.as_ref(), args.n_prompt);
-    let raw = if args.no_raw {
+        .unwrap_or_else(arny_engine_api::default_threads);
+    // A program with a fixed context (an ExecuTorch export) may hold fewer
+    // tokens than -p + -n: the prompt shrinks to fit, and the report says so.
+    let capacity = model.info().context_length as usize;
+    let n_prompt = if args.n_prompt + args.n_gen + 1 > capacity {
+        if args.n_gen + 2 > capacity {
+            bail!(
+                "invalid input: -n {} does not fit the model's context of {capacity}",
+                args.n_gen
+            );
+        }
+        let n = capacity - args.n_gen - 1;
+        eprintln!(
+            "note: the model holds {capacity} tokens; prompt shortened from {} to {n}",
+            args.n_prompt
+        );
+        n
+    } else {
+        args.n_prompt
+    };
+    let tokens = workload(model.as_ref(), n_prompt);
+    let raw = if no_raw {
         None
     } else {
         Some(crate::bench_raw::RawBench::new(&path, threads, ctx)?)
@@ -199,7 +217,7 @@ pub fn run(args: Args) -> Result<()> {
         quantization: info.quantization.clone(),
         parameters: info.parameters,
         threads,
-        n_prompt: args.n_prompt,
+        n_prompt,
         n_gen: args.n_gen,
         reps: args.reps,
         pp_tok_s: Pair::new(pp, with_raw(rpp)),

@@ -5,7 +5,7 @@ use anyhow::Result;
 use arny_conformance::compare::{CompareOptions, PROMPTS, compare};
 use arny_engine_api::{LoadOptions, ModelSource};
 
-use crate::runtime::{ModelArgs, device, engine, model_path};
+use crate::runtime::{ModelArgs, device, engine, model_path_for};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -18,6 +18,10 @@ pub struct Args {
     /// Threads for the candidate (default: the same as the reference).
     #[arg(long)]
     candidate_threads: Option<u32>,
+    /// The candidate's model file, when it differs from the reference's
+    /// (default: the candidate engine's default model).
+    #[arg(long)]
+    candidate_model: Option<std::path::PathBuf>,
     /// How many of the 20 built-in prompts to use.
     #[arg(long, default_value_t = 20)]
     prompts: usize,
@@ -42,9 +46,19 @@ pub fn run(args: Args) -> Result<()> {
         "invalid input: need 1 <= --prompts <= {}, --positions >= 1, --greedy >= 1",
         PROMPTS.len()
     );
-    let path = model_path(&args.model)?;
+    // Each engine gets its own format of the model: --model for the
+    // reference, --candidate-model for the candidate, else each engine's
+    // default (the GGUF, or its ExecuTorch export for pte).
+    let reference_path = model_path_for(&args.engines[0], args.model.model.as_deref())?;
+    let candidate_path = match (&args.candidate_model, args.engines[0] == args.engines[1]) {
+        (None, true) => reference_path.clone(),
+        (m, _) => model_path_for(&args.engines[1], m.as_deref())?,
+    };
     let candidate_device = device(&args.model.device)?;
-    let load = |id: &str, threads: Option<u32>, device: arny_engine_api::DeviceRequest| {
+    let load = |id: &str,
+                path: &std::path::Path,
+                threads: Option<u32>,
+                device: arny_engine_api::DeviceRequest| {
         let e = engine(id)?;
         let options = LoadOptions {
             context_length: args.model.ctx,
@@ -53,12 +67,18 @@ pub fn run(args: Args) -> Result<()> {
             ..LoadOptions::default()
         };
         anyhow::Ok(futures::executor::block_on(
-            e.load(ModelSource::Path(path.clone()), options),
+            e.load(ModelSource::Path(path.to_path_buf()), options),
         )?)
     };
-    let reference = load(&args.engines[0], args.model.threads, Default::default())?;
+    let reference = load(
+        &args.engines[0],
+        &reference_path,
+        args.model.threads,
+        Default::default(),
+    )?;
     let candidate = load(
         &args.engines[1],
+        &candidate_path,
         args.candidate_threads.or(args.model.threads),
         candidate_device,
     )?;

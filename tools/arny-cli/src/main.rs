@@ -7,6 +7,7 @@ mod bench_raw;
 mod bench_switch;
 mod chat;
 mod conformance;
+mod export;
 mod generate;
 mod info;
 mod models;
@@ -55,6 +56,9 @@ enum Command {
     /// List and fetch the models Arny knows.
     #[command(subcommand)]
     Models(models::Command),
+    /// Convert a model for another engine (GGUF to ExecuTorch `.pte`).
+    #[command(subcommand)]
+    Export(export::Command),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::run(a),
         Command::Conformance(a) => conformance::run(a),
         Command::Models(c) => models::run(c),
+        Command::Export(c) => export::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

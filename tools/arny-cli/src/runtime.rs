@@ -13,15 +13,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Engine and model flags shared by the model-running commands.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Inference engine: gguf (llama.cpp) or burn (pure Rust on Burn). pte
-    /// arrives with its issue.
+    /// Inference engine: gguf (llama.cpp), burn (pure Rust on Burn) or pte
+    /// (ExecuTorch programs, XNNPACK).
     #[arg(long, default_value = "gguf")]
     pub engine: String,
-    /// Device: auto, cpu or gpu (the burn engine; gguf runs on the CPU).
+    /// Device: auto, cpu or gpu (the burn engine; gguf and pte run on the
+    /// CPU).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Model file. Default: $ARNY_MODEL, else the default model in the cache
-    /// (fetched on first use).
+    /// (fetched on first use); for the pte engine, the cached fp32 export of
+    /// the default model (exported on first use, about 5 min). A folder
+    /// means its model.pte.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Context length in tokens (default: 4096 or the model's, if smaller).
@@ -38,10 +41,8 @@ pub fn engine(id: &str) -> Result<Box<dyn InferenceEngine>> {
     match id {
         arny_engine_gguf::ENGINE_ID => Ok(Box::new(arny_engine_gguf::GgufEngine::new())),
         arny_engine_burn_wgpu::ENGINE_ID => Ok(Box::new(arny_engine_burn_wgpu::BurnEngine::new())),
-        "pte" => bail!(
-            "engine `{id}` is not available in this build yet (see the status table in the README)"
-        ),
-        other => bail!("unknown engine `{other}`; available: gguf, burn"),
+        arny_engine_pte::ENGINE_ID => Ok(Box::new(arny_engine_pte::PteEngine::new())),
+        other => bail!("unknown engine `{other}`; available: gguf, burn, pte"),
     }
 }
 
@@ -58,8 +59,21 @@ pub fn device(name: &str) -> Result<arny_engine_api::DeviceRequest> {
 
 /// The model file to use, fetching the default model if it is missing.
 pub fn model_path(args: &ModelArgs) -> Result<PathBuf> {
-    if let Some(p) = &args.model {
-        return Ok(p.clone());
+    model_path_for(&args.engine, args.model.as_deref())
+}
+
+/// The model file for `engine`: `model` if given, else that engine's
+/// default (fetched or exported when missing).
+pub fn model_path_for(engine: &str, model: Option<&std::path::Path>) -> Result<PathBuf> {
+    if engine == arny_engine_pte::ENGINE_ID {
+        return match model {
+            Some(p) if p.is_dir() => Ok(p.join("model.pte")),
+            Some(p) => Ok(p.to_path_buf()),
+            None => crate::export::default_export(store::pte::PteQuant::Fp32),
+        };
+    }
+    if let Some(p) = model {
+        return Ok(p.to_path_buf());
     }
     match store::require_default_model() {
         Ok(p) => Ok(p),

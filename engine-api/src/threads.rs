@@ -1,8 +1,9 @@
-//! How many threads llama.cpp gets when the caller does not say.
+//! How many compute threads a CPU engine uses when the caller does not say.
 //!
-//! ggml's workers spin while they wait for each other. With more threads
-//! than idle cores, a spinning worker steals the core a working one needs,
-//! and a busy 2-core machine ran 10-100x slower with 2 threads than with 1.
+//! Thread pools spin while workers wait for each other (ggml's and
+//! XNNPACK's pthreadpool alike). With more threads than idle cores, a
+//! spinning worker steals the core a working one needs, and a busy 2-core
+//! machine ran llama.cpp 10-100x slower with 2 threads than with 1.
 //! So: one thread on machines with 2 cores or fewer; otherwise half the
 //! logical cores (roughly the physical or performance cores on phones and
 //! desktops), capped at 8, past which a small model gains nothing.

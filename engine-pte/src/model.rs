@@ -1,0 +1,658 @@
+//! A loaded `.pte` program as an engine [`Model`], and its sessions.
+//!
+//! An exported decoder keeps its KV cache inside the program (a static
+//! cache in a mutable buffer), so one loaded program has exactly one cache.
+//! Sessions therefore take turns: the model remembers which session's
+//! tokens are in the cache, and a session that finds someone else's there
+//! runs its own tokens again first. The replay reuses the session's own
+//! chunk boundaries, so the cache it rebuilds is the one it had, bit for
+//! bit, and interleaved sessions give the same answers as sequential ones.
+//! Truncation is free: positions are explicit inputs and the program's
+//! causal mask hides cache entries past the current position.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arny_engine_api::{
+    Capabilities, ChatTemplate, EngineError, LoadOptions, Logits, LogitsRequest, Model, ModelInfo,
+    ModelSource, Result, Session, SessionOptions, SpecialTokens, TokenId, check_fits,
+};
+use arny_gguf_tokenizer::GgufTokenizer;
+use serde::Deserialize;
+
+use crate::ENGINE_ID;
+use crate::ffi::{self, Constant, DTYPE_FLOAT, DTYPE_LONG, Program, TAG_TENSOR};
+use crate::header;
+
+const FORWARD: &str = "forward";
+
+/// What `arny export pte` stores in the program (`get_arny_config`).
+#[derive(Debug, Clone, Deserialize)]
+struct ExportConfig {
+    name: Option<String>,
+    architecture: String,
+    parameters: u64,
+    trained_context_length: u32,
+    quantization: String,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<u32>,
+    #[serde(default)]
+    end_of_generation_ids: Vec<u32>,
+    #[serde(default)]
+    add_bos_token: bool,
+}
+
+/// How `forward` takes positions and returns logits; read from the method
+/// signature, because the two exporters differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Signature {
+    /// Most tokens one call takes.
+    max_chunk: usize,
+    /// `cache_position` holds one position per token (optimum-executorch);
+    /// otherwise `input_pos` holds the first position only (export_llm).
+    position_per_token: bool,
+    /// Logits for every position (`[1, seq, vocab]`) or only the last
+    /// (`[1, vocab]`).
+    all_rows: bool,
+}
+
+impl Signature {
+    fn read(program: &mut Program, source_name: &str) -> Result<Self> {
+        let bad = |reason: String| EngineError::Unsupported(format!("{source_name}: {reason}"));
+        let inputs = program.inputs(FORWARD)?;
+        let outputs = program.outputs(FORWARD)?;
+        let [tokens, positions] = inputs.as_slice() else {
+            return Err(bad(format!(
+                "`forward` takes {} inputs; a decoder takes tokens and positions",
+                inputs.len()
+            )));
+        };
+        for s in [tokens, positions] {
+            if s.tag != TAG_TENSOR || s.dtype != DTYPE_LONG {
+                return Err(bad(format!("`forward` input {s:?} is not an int64 tensor")));
+            }
+        }
+        let (&[1, max_chunk], &[pos_len]) = (tokens.dims(), positions.dims()) else {
+            return Err(bad(format!(
+                "`forward` inputs have shapes {:?} and {:?}; expected [1, seq] and [seq] or [1]",
+                tokens.dims(),
+                positions.dims()
+            )));
+        };
+        let Some(out) = outputs.first().filter(|o| o.tag == TAG_TENSOR) else {
+            return Err(bad("`forward` returns no tensor".into()));
+        };
+        if out.dtype != DTYPE_FLOAT {
+            return Err(bad(format!(
+                "`forward` returns dtype {}, not f32",
+                out.dtype
+            )));
+        }
+        let all_rows = match out.dims() {
+            [1, _, _] => true,
+            [1, _] => false,
+            d => return Err(bad(format!("`forward` returns logits of shape {d:?}"))),
+        };
+        Ok(Self {
+            max_chunk: max_chunk.max(1) as usize,
+            position_per_token: pos_len > 1 || max_chunk == 1,
+            all_rows,
+        })
+    }
+}
+
+/// The program and whose tokens are in its cache.
+struct Runner {
+    program: Program,
+    /// Session id whose tokens the cache holds; 0: nobody's.
+    owner: u64,
+    /// Reused output buffer.
+    out: Vec<f32>,
+}
+
+/// ExecuTorch's thread pool is one per process, and XNNPACK keeps a
+/// pointer to it in every program it initialises: resizing it (which
+/// replaces it) while a program is loaded left that program waiting on a
+/// freed pool, measured as a hang. So the pool is sized only while no
+/// program is loaded, by the next load; a load that asks for another size
+/// while programs are loaded gets the current one (its `ModelInfo::device`
+/// says which). Runs of all programs are serialised on the pool.
+struct Pool {
+    live_programs: usize,
+    threads: u32,
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    live_programs: 0,
+    threads: 0,
+});
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the runner inconsistent
+    // in a way a later run trusts: ownership is reset before any run.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Inner {
+    runner: Mutex<Runner>,
+    sig: Signature,
+    vocab: usize,
+    info: ModelInfo,
+    special: SpecialTokens,
+    template: ChatTemplate,
+    tokenizer: GgufTokenizer,
+    seed: u64,
+    next_session: AtomicU64,
+}
+
+pub struct PteModel {
+    inner: Arc<Inner>,
+}
+
+/// Reads a string metadata method, `None` when the program lacks it.
+fn string_constant(p: &mut Program, names: &[String], method: &str) -> Result<Option<String>> {
+    if !names.iter().any(|n| n == method) {
+        return Ok(None);
+    }
+    match p.constant(method)? {
+        Constant::Str(s) => Ok(Some(s)),
+        other => Err(EngineError::Unsupported(format!(
+            "`{method}` returned {other:?}, not a string"
+        ))),
+    }
+}
+
+fn int_constant(p: &mut Program, names: &[String], method: &str) -> Result<Option<i64>> {
+    if !names.iter().any(|n| n == method) {
+        return Ok(None);
+    }
+    match p.constant(method)? {
+        Constant::Int(i) => Ok(Some(i)),
+        Constant::Bool(b) => Ok(Some(i64::from(b))),
+        _ => Ok(None),
+    }
+}
+
+fn read_sibling(path: Option<&Path>, file: &str) -> Option<String> {
+    let dir = path?.parent()?;
+    std::fs::read_to_string(dir.join(file)).ok()
+}
+
+impl PteModel {
+    pub fn load(source: ModelSource, options: &LoadOptions) -> Result<Self> {
+        let progress = |f: f32| {
+            if let Some(p) = &options.progress {
+                p(f)
+            }
+        };
+        if options.device == arny_engine_api::DeviceRequest::Gpu {
+            return Err(EngineError::Unsupported(
+                "the pte engine runs XNNPACK on the CPU; the executorch wheel's runtime has no GPU delegate"
+                    .into(),
+            ));
+        }
+        progress(0.0);
+        let wanted = options
+            .threads
+            .unwrap_or_else(arny_engine_api::default_threads)
+            .max(1);
+        // Held until the program is loaded, so no other load can resize
+        // the pool in between.
+        let mut pool = lock(&POOL);
+        if pool.live_programs == 0 && pool.threads != wanted {
+            ffi::set_threads(wanted)?;
+            pool.threads = wanted;
+        }
+        if pool.threads == 0 {
+            pool.threads = ffi::threads()?;
+        }
+        if pool.threads != wanted {
+            tracing::warn!(
+                wanted,
+                threads = pool.threads,
+                "ExecuTorch's thread pool is shared by every loaded program and cannot be resized while one is loaded"
+            );
+        }
+        let threads = pool.threads;
+        let name = source.display_name();
+        let (mut program, file_bytes, path) = match source {
+            ModelSource::Path(path) => {
+                let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => EngineError::NotFound(path.clone()),
+                    _ => EngineError::io(format!("reading {}", path.display()), e),
+                })?;
+                if !meta.is_file() {
+                    return Err(EngineError::NotAFile(path));
+                }
+                let mut head = Vec::with_capacity(64);
+                use std::io::Read;
+                std::fs::File::open(&path)
+                    .and_then(|f| f.take(64).read_to_end(&mut head))
+                    .map_err(|e| EngineError::io(format!("reading {}", path.display()), e))?;
+                header::check(&head, meta.len(), &name)?;
+                let program = if options.use_mmap {
+                    Program::open_file(&path, FORWARD)?
+                } else {
+                    let bytes: Arc<[u8]> = std::fs::read(&path)
+                        .map_err(|e| EngineError::io(format!("reading {}", path.display()), e))?
+                        .into();
+                    Program::open_bytes(&name, bytes, FORWARD)?
+                };
+                (program, meta.len(), Some(path))
+            }
+            ModelSource::Bytes { name, bytes } => {
+                let head = &bytes[..bytes.len().min(64)];
+                header::check(head, bytes.len() as u64, &name)?;
+                let len = bytes.len() as u64;
+                (Program::open_bytes(&name, bytes, FORWARD)?, len, None)
+            }
+        };
+        progress(0.7);
+
+        let names = program.method_names()?;
+        let sig = Signature::read(&mut program, &name)?;
+        let config = match string_constant(&mut program, &names, "get_arny_config")? {
+            Some(json) => Some(serde_json::from_str::<ExportConfig>(&json).map_err(|e| {
+                EngineError::Corrupt {
+                    source_name: name.clone(),
+                    reason: format!("get_arny_config: {e}"),
+                }
+            })?),
+            None => None,
+        };
+        // The tokenizer travels inside programs Arny exported; other
+        // programs (ExecuTorch's export_llm, optimum-cli) need the
+        // tokenizer.json the exporter wrote beside them.
+        let tokenizer_json = match string_constant(&mut program, &names, "get_arny_tokenizer_json")?
+        {
+            Some(t) => t,
+            None => read_sibling(path.as_deref(), "tokenizer.json").ok_or_else(|| {
+                EngineError::Unsupported(format!(
+                    "{name}: the program carries no tokenizer and no tokenizer.json is beside it \
+                     (export with `arny export pte`)"
+                ))
+            })?,
+        };
+        let tokenizer = GgufTokenizer::from_tokenizer_json(tokenizer_json.as_bytes())
+            .map_err(|e| EngineError::Unsupported(format!("{name}: {e}")))?;
+        let template_src = match string_constant(&mut program, &names, "get_arny_chat_template")? {
+            Some(t) => Some(t),
+            None => read_sibling(path.as_deref(), "chat_template.jinja").or_else(|| {
+                read_sibling(path.as_deref(), "tokenizer_config.json")
+                    .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
+                    .and_then(|c| c.get("chat_template")?.as_str().map(String::from))
+            }),
+        };
+
+        let max_seq_len = int_constant(&mut program, &names, "get_max_seq_len")?
+            .filter(|&n| n > 0)
+            .ok_or_else(|| EngineError::Unsupported(format!("{name}: no get_max_seq_len")))?
+            as u32;
+        let vocab = tokenizer.vocab_size();
+        if let Some(v) = int_constant(&mut program, &names, "get_vocab_size")?
+            && v as usize != vocab
+        {
+            return Err(EngineError::Corrupt {
+                source_name: name,
+                reason: format!("program vocabulary {v}, tokenizer {vocab}"),
+            });
+        }
+        let meta_id = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+        let bos = match &config {
+            Some(c) => c.bos_token_id,
+            None => meta_id(int_constant(&mut program, &names, "get_bos_id")?),
+        };
+        let eos = match &config {
+            Some(c) => c.eos_token_id,
+            None => meta_id(int_constant(&mut program, &names, "get_eos_id")?),
+        };
+        let mut end_of_generation: Vec<TokenId> = config
+            .as_ref()
+            .map(|c| c.end_of_generation_ids.clone())
+            .unwrap_or_default();
+        end_of_generation.extend(eos);
+        end_of_generation.sort_unstable();
+        end_of_generation.dedup();
+        let special = SpecialTokens {
+            bos,
+            eos,
+            end_of_generation,
+            add_bos: config.as_ref().is_some_and(|c| c.add_bos_token),
+        };
+        let text = |t: Option<TokenId>| {
+            t.and_then(|t| tokenizer.token_bytes(t))
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        let template = ChatTemplate::from_model(
+            template_src.as_deref(),
+            arny_engine_api::BuiltinTemplate::ChatMl,
+            &text(bos),
+            &text(eos),
+        )?;
+
+        let planned_bytes = program.planned_bytes(FORWARD)?;
+        let context_length = options
+            .context_length
+            .map_or(max_seq_len, |c| c.clamp(1, max_seq_len));
+        let info = ModelInfo {
+            architecture: config
+                .as_ref()
+                .map_or_else(|| "unknown".into(), |c| c.architecture.clone()),
+            name: config.as_ref().and_then(|c| c.name.clone()),
+            parameters: config.as_ref().map_or(0, |c| c.parameters),
+            quantization: config
+                .as_ref()
+                .map_or_else(|| "unknown".into(), |c| c.quantization.clone()),
+            vocab_size: vocab as u32,
+            trained_context_length: config
+                .as_ref()
+                .map_or(max_seq_len, |c| c.trained_context_length),
+            context_length,
+            // The mapped program plus the method's planned buffers (the KV
+            // cache and activations). XNNPACK's packed copies of the
+            // weights come on top; `arny bench` reports the process's
+            // peak RSS.
+            resident_bytes: file_bytes + planned_bytes,
+            file_bytes,
+            engine: ENGINE_ID.into(),
+            device: format!(
+                "cpu (XNNPACK, {threads} thread{})",
+                if threads == 1 { "" } else { "s" }
+            ),
+            capabilities: Capabilities {
+                logits: true,
+                ..Capabilities::default()
+            },
+        };
+        tracing::info!(
+            model = %name,
+            max_seq_len,
+            chunk = sig.max_chunk,
+            all_rows = sig.all_rows,
+            planned_bytes,
+            "pte program loaded"
+        );
+        pool.live_programs += 1;
+        drop(pool);
+        progress(1.0);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                runner: Mutex::new(Runner {
+                    program,
+                    owner: 0,
+                    out: Vec::new(),
+                }),
+                sig,
+                vocab,
+                info,
+                special,
+                template,
+                tokenizer,
+                seed: options.seed,
+                next_session: AtomicU64::new(1),
+            }),
+        })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        lock(&POOL).live_programs -= 1;
+    }
+}
+
+impl Inner {
+    /// One call of `forward` on `tokens` at `start`; returns the rows of
+    /// logits the program gives (all or the last).
+    fn forward(&self, runner: &mut Runner, tokens: &[TokenId], start: usize) -> Result<usize> {
+        let _pool = lock(&POOL);
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let n = tokens.len();
+        let positions: Vec<i64> = if self.sig.position_per_token {
+            (start..start + n).map(|p| p as i64).collect()
+        } else {
+            vec![start as i64]
+        };
+        let ids_shape = [1, n as i32];
+        let pos_shape = [positions.len() as i32];
+        let want = if self.sig.all_rows { n } else { 1 } * self.vocab;
+        if runner.out.len() < want {
+            runner.out.resize(want, 0.0);
+        }
+        let Runner { program, out, .. } = runner;
+        let output = program.run(
+            FORWARD,
+            &[(&ids, &ids_shape), (&positions, &pos_shape)],
+            out,
+        )?;
+        let rows = out.len() / self.vocab.max(1);
+        if out.len() % self.vocab != 0 || output.dims.last() != Some(&self.vocab) {
+            return Err(EngineError::engine(
+                ENGINE_ID,
+                format!("`forward` returned logits of shape {:?}", output.dims),
+            ));
+        }
+        Ok(rows)
+    }
+
+    /// Runs `tokens` from `start` in chunks (`segments` lengths when
+    /// given), collecting the logits `request` asks for.
+    fn run(
+        &self,
+        runner: &mut Runner,
+        tokens: &[TokenId],
+        start: usize,
+        segments: &[usize],
+        request: LogitsRequest,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let mut at = 0;
+        let mut segments = segments.iter().copied();
+        while at < tokens.len() {
+            let want = segments.next().unwrap_or(self.sig.max_chunk);
+            let n = want.min(self.sig.max_chunk).min(tokens.len() - at).max(1);
+            let last_chunk = at + n == tokens.len();
+            let chunk = &tokens[at..at + n];
+            if request == LogitsRequest::All && !self.sig.all_rows && n > 1 {
+                // The program only returns the last row: one token a call.
+                for (i, &t) in chunk.iter().enumerate() {
+                    self.forward(runner, &[t], start + at + i)?;
+                    logits.extend_from_slice(&runner.out[..self.vocab]);
+                }
+            } else {
+                let rows = self.forward(runner, chunk, start + at)?;
+                match request {
+                    LogitsRequest::None => {}
+                    LogitsRequest::Last if !last_chunk => {}
+                    LogitsRequest::Last => logits
+                        .extend_from_slice(&runner.out[(rows - 1) * self.vocab..rows * self.vocab]),
+                    LogitsRequest::All => {
+                        logits.extend_from_slice(&runner.out[..rows * self.vocab])
+                    }
+                }
+            }
+            at += n;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Model for PteModel {
+    fn info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    fn special_tokens(&self) -> &SpecialTokens {
+        &self.inner.special
+    }
+
+    fn chat_template(&self) -> &ChatTemplate {
+        &self.inner.template
+    }
+
+    fn default_seed(&self) -> u64 {
+        self.inner.seed
+    }
+
+    fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<TokenId>> {
+        let mut ids = Vec::new();
+        if add_special
+            && self.inner.special.add_bos
+            && let Some(bos) = self.inner.special.bos
+        {
+            ids.push(bos);
+        }
+        ids.extend(
+            self.inner
+                .tokenizer
+                .encode(text, parse_special)
+                .map_err(|e| EngineError::engine(ENGINE_ID, e.to_string()))?,
+        );
+        Ok(ids)
+    }
+
+    fn token_bytes(&self, token: TokenId) -> Result<&[u8]> {
+        self.inner.tokenizer.token_bytes(token).ok_or_else(|| {
+            EngineError::InvalidInput(format!(
+                "token {token} is outside the vocabulary of {}",
+                self.inner.vocab
+            ))
+        })
+    }
+
+    async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>> {
+        let max = self.inner.info.context_length;
+        let context_length = options.context_length.map_or(max, |c| c.clamp(1, max)) as usize;
+        Ok(Box::new(PteSession {
+            inner: self.inner.clone(),
+            id: self.inner.next_session.fetch_add(1, Ordering::Relaxed),
+            context_length,
+            tokens: Vec::new(),
+            segments: Vec::new(),
+        }))
+    }
+}
+
+pub struct PteSession {
+    inner: Arc<Inner>,
+    id: u64,
+    context_length: usize,
+    tokens: Vec<TokenId>,
+    /// Lengths of the chunks the cached tokens were run in, for replay.
+    segments: Vec<usize>,
+}
+
+impl PteSession {
+    fn eval_sync(&mut self, tokens: &[TokenId], request: LogitsRequest) -> Result<Logits> {
+        let vocab = self.inner.vocab;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::InvalidInput(format!(
+                "token {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        check_fits(self.tokens.len(), tokens.len(), self.context_length)?;
+        let mut logits = Vec::new();
+        if tokens.is_empty() {
+            return Ok(Logits {
+                vocab,
+                data: logits,
+            });
+        }
+        let inner = self.inner.clone();
+        let mut runner = lock(&inner.runner);
+        if runner.owner != self.id {
+            // Someone else's tokens are in the cache: rebuild ours first,
+            // chunked as they were first run.
+            runner.owner = 0;
+            inner.run(
+                &mut runner,
+                &self.tokens,
+                0,
+                &self.segments,
+                LogitsRequest::None,
+                &mut Vec::new(),
+            )?;
+            runner.owner = self.id;
+        }
+        // On failure, entries past our tokens may be half-written; they are
+        // masked and overwritten by the next run, so the cache stays ours.
+        inner.run(
+            &mut runner,
+            tokens,
+            self.tokens.len(),
+            &[],
+            request,
+            &mut logits,
+        )?;
+        let max = inner.sig.max_chunk;
+        let mut left = tokens.len();
+        while left > 0 {
+            let n = left.min(max);
+            self.segments.push(n);
+            left -= n;
+        }
+        self.tokens.extend_from_slice(tokens);
+        Ok(Logits {
+            vocab,
+            data: logits,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Session for PteSession {
+    fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    fn tokens(&self) -> &[TokenId] {
+        &self.tokens
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.tokens.len() {
+            return Err(EngineError::InvalidInput(format!(
+                "cannot truncate {} cached tokens to {len}",
+                self.tokens.len()
+            )));
+        }
+        self.tokens.truncate(len);
+        // Keep the segment list in step: whole segments up to `len`, then
+        // what is left of the one it cuts.
+        let mut kept = 0;
+        let mut segments = Vec::new();
+        for &s in &self.segments {
+            if kept + s <= len {
+                segments.push(s);
+                kept += s;
+            } else {
+                if len > kept {
+                    segments.push(len - kept);
+                }
+                break;
+            }
+        }
+        self.segments = segments;
+        Ok(())
+    }
+
+    fn preferred_batch(&self) -> usize {
+        self.inner.sig.max_chunk
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        // The cache lives in the program's planned memory, which the
+        // model's sessions share (and the model's resident bytes count); a
+        // session holds only its token history.
+        (std::mem::size_of::<Self>()
+            + self.tokens.capacity() * std::mem::size_of::<TokenId>()
+            + self.segments.capacity() * std::mem::size_of::<usize>()) as u64
+    }
+
+    async fn eval(&mut self, tokens: &[TokenId], logits: LogitsRequest) -> Result<Logits> {
+        self.eval_sync(tokens, logits)
+    }
+}

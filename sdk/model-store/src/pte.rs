@@ -1,0 +1,300 @@
+//! ExecuTorch exports of cached models: where they live, whether one is
+//! current, and how to make one (`tools/pte-export/export_pte.py` in a
+//! pinned venv).
+//!
+//! An export is a folder `pte/<model>-<quant>-<key>/` in the models folder,
+//! holding `model.pte`, the tokenizer files and the `arny-export.json`
+//! sidecar. `key` hashes everything the program's bytes depend on: the
+//! source model's SHA-256, the quantization, the maximum length, the
+//! exporter script and its pinned requirements. Changing any of them names
+//! a different folder, so a stale export is never picked up; it is simply
+//! not found, and made again.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+use crate::{KnownModel, StoreError, models_dir};
+
+/// The exporter, compiled in so that the binary and the cache key agree.
+pub const EXPORTER: &str = include_str!("../../../tools/pte-export/export_pte.py");
+/// The export venv's pinned requirements.
+pub const REQUIREMENTS: &str = include_str!("../../../tools/pte-export/requirements.txt");
+/// The program's context (tokens) when none is asked for.
+pub const DEFAULT_MAX_LEN: u32 = 512;
+/// Env var naming the export venv.
+pub const VENV_ENV: &str = "ARNY_PTE_VENV";
+/// File in the venv recording which requirements it was built from.
+const VENV_MARKER: &str = "arny-requirements.sha256";
+
+/// How the exported program stores its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PteQuant {
+    /// float32 weights and activations: the reference.
+    Fp32,
+    /// int4 weights in groups, int8 dynamic activations (linear layers),
+    /// int8 embeddings.
+    A8W4,
+    /// int8 weights, int8 dynamic activations, int8 embeddings.
+    A8W8,
+}
+
+impl PteQuant {
+    pub const ALL: [PteQuant; 3] = [Self::Fp32, Self::A8W4, Self::A8W8];
+
+    /// The exporter's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::A8W4 => "8da4w",
+            Self::A8W8 => "8da8w",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|q| q.name() == name)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The cache key of an export of the file with `source_sha256`.
+pub fn export_key(source_sha256: &str, quant: PteQuant, max_len: u32) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        source_sha256.as_bytes(),
+        quant.name().as_bytes(),
+        max_len.to_string().as_bytes(),
+        EXPORTER.as_bytes(),
+        REQUIREMENTS.as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    hex(&h.finalize())[..12].to_string()
+}
+
+/// The export folder of a known model, whether or not it exists.
+pub fn export_dir(model: &KnownModel, quant: PteQuant, max_len: u32) -> PathBuf {
+    let stem = model.file_name.split('.').next().unwrap_or(model.file_name);
+    models_dir().join("pte").join(format!(
+        "{stem}-{}-{}",
+        quant.name(),
+        export_key(model.sha256, quant, max_len)
+    ))
+}
+
+/// The program of a known model's export, if it is complete.
+pub fn locate_export(model: &KnownModel, quant: PteQuant, max_len: u32) -> Option<PathBuf> {
+    let dir = export_dir(model, quant, max_len);
+    // The sidecar is written last: without it the export did not finish.
+    let complete = dir.join("model.pte").is_file() && dir.join("arny-export.json").is_file();
+    complete.then(|| dir.join("model.pte"))
+}
+
+/// The default model's export with `quant` at the default length, or an
+/// error naming the command that makes it.
+pub fn require_default_export(quant: PteQuant) -> Result<PathBuf, StoreError> {
+    locate_export(&crate::DEFAULT_MODEL, quant, DEFAULT_MAX_LEN).ok_or_else(|| {
+        StoreError::ExportMissing {
+            quant: quant.name().to_string(),
+            dir: export_dir(&crate::DEFAULT_MODEL, quant, DEFAULT_MAX_LEN),
+        }
+    })
+}
+
+/// The export venv's folder: `$ARNY_PTE_VENV`, else `pte-venv` beside the
+/// models folder's parent cache (`~/.cache/arny/pte-venv`).
+pub fn venv_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os(VENV_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let models = models_dir();
+    models
+        .parent()
+        .map_or_else(|| models.join("pte-venv"), |p| p.join("pte-venv"))
+}
+
+fn requirements_sha() -> String {
+    hex(&Sha256::digest(REQUIREMENTS.as_bytes()))
+}
+
+/// Whether the venv exists and was built from the current requirements.
+pub fn venv_ready(venv: &Path) -> bool {
+    venv.join("bin/python").is_file()
+        && std::fs::read_to_string(venv.join(VENV_MARKER))
+            .is_ok_and(|s| s.trim() == requirements_sha())
+}
+
+/// Which of a child's streams carries its progress lines.
+#[derive(Clone, Copy)]
+enum Lines {
+    Stdout,
+    Stderr,
+}
+
+/// Runs `cmd`, handing each line of the `lines` stream to `on_line` as it
+/// arrives; on failure the error carries the last lines of both streams.
+fn run_logged(
+    cmd: &mut Command,
+    what: &str,
+    lines: Lines,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<(), StoreError> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| StoreError::Io {
+            context: format!("starting {what}"),
+            source: e,
+        })?;
+    let (watched, other): (Box<dyn std::io::Read + Send>, Box<dyn std::io::Read + Send>) =
+        match lines {
+            Lines::Stdout => (
+                Box::new(child.stdout.take().expect("piped")),
+                Box::new(child.stderr.take().expect("piped")),
+            ),
+            Lines::Stderr => (
+                Box::new(child.stderr.take().expect("piped")),
+                Box::new(child.stdout.take().expect("piped")),
+            ),
+        };
+    // The other stream is drained on a thread so that neither pipe can
+    // fill up and stall the child.
+    let drain = std::thread::spawn(move || {
+        tail_of(BufReader::new(other).lines().map_while(Result::ok), |_| {})
+    });
+    let tail = tail_of(
+        BufReader::new(watched).lines().map_while(Result::ok),
+        on_line,
+    );
+    let status = child.wait().map_err(|e| StoreError::Io {
+        context: format!("waiting for {what}"),
+        source: e,
+    })?;
+    let other_tail = drain.join().unwrap_or_default();
+    if !status.success() {
+        return Err(StoreError::ExportFailed {
+            what: what.to_string(),
+            status: status.to_string(),
+            detail: [other_tail, tail].concat().join("\n"),
+        });
+    }
+    Ok(())
+}
+
+/// The last 30 lines, each also handed to `each`.
+fn tail_of(lines: impl Iterator<Item = String>, mut each: impl FnMut(&str)) -> Vec<String> {
+    let mut tail = std::collections::VecDeque::new();
+    for line in lines {
+        each(&line);
+        tail.push_back(line);
+        if tail.len() > 30 {
+            tail.pop_front();
+        }
+    }
+    tail.into()
+}
+
+/// Creates (or rebuilds) the export venv from the pinned requirements.
+/// About 6 GB: PyPI's torch brings the CUDA libraries along.
+pub fn ensure_venv(venv: &Path, log: &mut dyn FnMut(&str)) -> Result<(), StoreError> {
+    if venv_ready(venv) {
+        return Ok(());
+    }
+    let python = std::env::var("ARNY_PYTHON").unwrap_or_else(|_| "python3".into());
+    log(&format!("creating the export venv in {}", venv.display()));
+    run_logged(
+        Command::new(&python).arg("-m").arg("venv").arg(venv),
+        "python3 -m venv",
+        Lines::Stdout,
+        log,
+    )?;
+    let req = tempfile::Builder::new()
+        .suffix(".txt")
+        .tempfile()
+        .map_err(crate::io("writing the requirements"))?;
+    std::fs::write(req.path(), REQUIREMENTS).map_err(crate::io("writing the requirements"))?;
+    log("installing executorch, torch, optimum-executorch (about 6 GB, several minutes)");
+    run_logged(
+        Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--disable-pip-version-check",
+                "--progress-bar",
+                "off",
+                "-r",
+            ])
+            .arg(req.path()),
+        "pip install",
+        Lines::Stdout,
+        log,
+    )?;
+    std::fs::write(venv.join(VENV_MARKER), requirements_sha() + "\n")
+        .map_err(crate::io("marking the venv"))?;
+    Ok(())
+}
+
+/// Exports `source` (a GGUF file) into `out` with the venv's Python.
+/// `stage` receives the exporter's progress lines ("2/5 tracing ...").
+pub fn export(
+    venv: &Path,
+    source: &Path,
+    out: &Path,
+    quant: PteQuant,
+    max_len: u32,
+    stage: &mut dyn FnMut(&str),
+) -> Result<PathBuf, StoreError> {
+    let mut script = tempfile::Builder::new()
+        .prefix("arny-export-pte-")
+        .suffix(".py")
+        .tempfile()
+        .map_err(crate::io("writing the exporter"))?;
+    script
+        .write_all(EXPORTER.as_bytes())
+        .map_err(crate::io("writing the exporter"))?;
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.arg(script.path())
+        .arg("--from")
+        .arg(source)
+        .arg("--out")
+        .arg(out)
+        .arg("--quant")
+        .arg(quant.name())
+        .arg("--max-len")
+        .arg(max_len.to_string());
+    run_logged(&mut cmd, "the PTE exporter", Lines::Stderr, &mut |line| {
+        if let Some(s) = line.strip_prefix("ARNY-STAGE ") {
+            stage(s);
+        }
+    })?;
+    Ok(out.join("model.pte"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_changes_with_every_input() {
+        let sha = crate::DEFAULT_MODEL.sha256;
+        let base = export_key(sha, PteQuant::Fp32, 512);
+        assert_eq!(base, export_key(sha, PteQuant::Fp32, 512));
+        assert_ne!(base, export_key(sha, PteQuant::A8W4, 512));
+        assert_ne!(base, export_key(sha, PteQuant::Fp32, 256));
+        assert_ne!(base, export_key(&"0".repeat(64), PteQuant::Fp32, 512));
+    }
+
+    #[test]
+    fn quant_names_round_trip() {
+        for q in PteQuant::ALL {
+            assert_eq!(PteQuant::from_name(q.name()), Some(q));
+        }
+        assert_eq!(PteQuant::from_name("int3"), None);
+    }
+}

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""GGUF -> ExecuTorch `.pte`, offline: the export step of Strategy B.
+
+    python export_pte.py --from MODEL.gguf --out DIR [--quant fp32|8da4w|8da8w]
+                         [--max-len 512]
+
+Writes DIR/model.pte, DIR/tokenizer.json, DIR/tokenizer_config.json and
+DIR/arny-export.json (the sidecar: source SHA-256, quantization, max length,
+tool versions). `arny export pte` runs this in the pinned venv from
+requirements.txt; running it by hand in that venv is the same.
+
+The program is a single self-contained file: besides optimum-executorch's
+metadata methods (get_max_seq_len, get_bos_id, ...), it carries three string
+methods the Arny engine reads, so a `.pte` loaded from memory (an app
+bundle, a download) needs nothing beside it:
+
+    get_arny_tokenizer_json   tokenizer.json, as transformers wrote it
+    get_arny_chat_template    the model's chat template (Jinja)
+    get_arny_config           JSON: name, architecture, parameters, trained
+                              context length, quantization, special tokens
+
+Only standard ATen ops are used (no custom_sdpa / update_cache), because
+the runtime libraries in the executorch wheel do not carry the custom LLM
+ops. Progress lines on stderr start with "ARNY-STAGE k/n " so that the CLI
+can show them; everything else on stderr is the libraries' own logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Nothing in an export may touch the network: the model is the local GGUF.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+STAGES = 5
+QUANTS = {
+    # qlinear, qembedding (optimum-executorch's names)
+    "fp32": (None, None),
+    "8da4w": ("8da4w", "8w"),
+    "8da8w": ("8da8w", "8w"),
+}
+# Tokens that end a turn in the common chat formats (llama.cpp treats the
+# same texts as end-of-generation).
+END_OF_TURN_TEXTS = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"]
+
+
+def stage(k: int, text: str) -> None:
+    print(f"ARNY-STAGE {k}/{STAGES} {text}", file=sys.stderr, flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def gguf_scalar(reader, key: str):
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    value = field.parts[field.data[0]]
+    if field.types and field.types[0].name == "STRING":
+        return bytes(value).decode("utf-8")
+    return value.tolist()[0]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--from", dest="source", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--quant", default="fp32", choices=sorted(QUANTS))
+    ap.add_argument("--max-len", type=int, default=512)
+    args = ap.parse_args()
+
+    started = time.time()
+    source: Path = args.source.resolve()
+    if not source.is_file():
+        print(f"error: {source} is not a file", file=sys.stderr)
+        return 2
+    if args.max_len < 16:
+        print("error: --max-len must be at least 16", file=sys.stderr)
+        return 2
+
+    stage(1, "reading the GGUF (transformers dequantizes it to float32)")
+    import gguf
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    source_sha = sha256_file(source)
+    reader = gguf.GGUFReader(str(source))
+    arch = gguf_scalar(reader, "general.architecture")
+    bos = gguf_scalar(reader, "tokenizer.ggml.bos_token_id")
+    eos = gguf_scalar(reader, "tokenizer.ggml.eos_token_id")
+    add_bos = gguf_scalar(reader, "tokenizer.ggml.add_bos_token")
+    name = gguf_scalar(reader, "general.name")
+    trained_ctx = gguf_scalar(reader, f"{arch}.context_length")
+    del reader
+
+    work = Path(tempfile.mkdtemp(prefix="arny-pte-export-"))
+    try:
+        # transformers wants the GGUF in a directory with a generation config.
+        src_dir = work / "gguf"
+        src_dir.mkdir()
+        (src_dir / source.name).symlink_to(source)
+        gen = {"bos_token_id": bos, "eos_token_id": eos}
+        (src_dir / "generation_config.json").write_text(json.dumps(gen))
+        # AutoTokenizer with gguf_file, or a directory with gguf_file, raise
+        # UnboundLocalError in this transformers version; the fast tokenizer
+        # class given the file itself loads it.
+        gguf_path = str(src_dir / source.name)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(gguf_path, gguf_file=gguf_path)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(src_dir), gguf_file=source.name, dtype=torch.float32
+        )
+        model.eval()
+        parameters = sum(p.numel() for p in model.parameters())
+        hf_dir = work / "hf"
+        model.save_pretrained(hf_dir)
+        tokenizer.save_pretrained(hf_dir)
+        del model
+
+        chat_template = tokenizer.chat_template
+        if chat_template is None:
+            print("error: the GGUF has no chat template", file=sys.stderr)
+            return 2
+        vocab = tokenizer.get_vocab()
+        eot = sorted({eos} | {vocab[t] for t in END_OF_TURN_TEXTS if t in vocab} - {None})
+        arny_config = {
+            "format": 1,
+            "name": name,
+            "architecture": arch,
+            "parameters": parameters,
+            "trained_context_length": trained_ctx,
+            "max_seq_len": args.max_len,
+            "quantization": args.quant,
+            "vocab_size": len(tokenizer),
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "end_of_generation_ids": eot,
+            "add_bos_token": bool(add_bos) if add_bos is not None else False,
+            "source_sha256": source_sha,
+        }
+        tokenizer_json = (hf_dir / "tokenizer.json").read_text(encoding="utf-8")
+
+        stage(2, f"tracing with torch.export ({args.quant}, max length {args.max_len})")
+        import optimum.exporters.executorch.__main__ as opt_main
+
+        lower = opt_main.export_to_executorch
+
+        def lower_with_arny_metadata(model, **kwargs):
+            stage(3, "lowering to XNNPACK and writing the program (the long step)")
+            model.metadata.update(
+                {
+                    "get_arny_tokenizer_json": tokenizer_json,
+                    "get_arny_chat_template": chat_template,
+                    "get_arny_config": json.dumps(arny_config),
+                }
+            )
+            return lower(model=model, **kwargs)
+
+        opt_main.export_to_executorch = lower_with_arny_metadata
+        qlinear, qembedding = QUANTS[args.quant]
+        extra = {}
+        if qlinear:
+            extra["qlinear"] = qlinear
+        if qembedding:
+            extra["qembedding"] = qembedding
+        out_tmp = work / "out"
+        opt_main.main_export(
+            model_name_or_path=str(hf_dir),
+            task="text-generation",
+            recipe="xnnpack",
+            output_dir=str(out_tmp),
+            max_seq_len=args.max_len,
+            local_files_only=True,
+            **extra,
+        )
+
+        stage(4, "writing the tokenizer files and the sidecar")
+        out: Path = args.out
+        out.mkdir(parents=True, exist_ok=True)
+        pte = out / "model.pte"
+        # Written under a temporary name and renamed, so an interrupted
+        # export never leaves a half-written program under the real name.
+        shutil.move(str(out_tmp / "model.pte"), str(out / "model.pte.partial"))
+        for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]:
+            if (hf_dir / f).exists():
+                shutil.copy(hf_dir / f, out / f)
+        import executorch
+        import optimum.executorch as oe
+
+        def version(mod, dist):
+            try:
+                from importlib.metadata import version as v
+
+                return v(dist)
+            except Exception:
+                return getattr(mod, "__version__", "unknown")
+
+        os.replace(out / "model.pte.partial", pte)
+        stage(5, "hashing the program")
+        sidecar = {
+            "format": 1,
+            "program": "model.pte",
+            "program_sha256": sha256_file(pte),
+            "program_bytes": pte.stat().st_size,
+            "source": source.name,
+            "source_sha256": source_sha,
+            "quantization": args.quant,
+            "qlinear": qlinear,
+            "qembedding": qembedding,
+            "max_seq_len": args.max_len,
+            "recipe": "xnnpack",
+            "signature": "forward(input_ids i64[1, seq], cache_position i64[seq]) -> f32[1, seq, vocab]",
+            "exporter_sha256": sha256_file(Path(__file__)),
+            "versions": {
+                "python": sys.version.split()[0],
+                "torch": torch.__version__,
+                "executorch": version(executorch, "executorch"),
+                "optimum-executorch": version(oe, "optimum-executorch"),
+                "transformers": transformers.__version__,
+                "gguf": version(gguf, "gguf"),
+            },
+            "export_seconds": round(time.time() - started, 1),
+        }
+        (out / "arny-export.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        print(json.dumps(sidecar))
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
