@@ -28,9 +28,9 @@ say "exporting the default model to ExecuTorch (cached after the first run)"
 "${CARGO_TARGET_DIR:-target}/release/arny" export pte --quant fp32 >/dev/null
 say "clippy (warnings are errors)"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
-say "engine-api, the gateway router, the GGUF reader and tokenizer and the Burn engine build for wasm32-unknown-unknown"
+say "engine-api, the gateway router, the GGUF reader and tokenizer, the Burn engine and the PTE engine (which reports itself unavailable there) build for wasm32-unknown-unknown"
 cargo build --locked -p arny-engine-api -p arny-router -p arny-gguf-file -p arny-gguf-tokenizer \
-  -p arny-engine-burn-wgpu --target wasm32-unknown-unknown
+  -p arny-engine-burn-wgpu -p arny-engine-pte --target wasm32-unknown-unknown
 say "tests"
 # The SDK's app-level test runs once per engine listed here.
 export ARNY_TEST_ENGINES="${ARNY_TEST_ENGINES:-gguf,burn,pte}"

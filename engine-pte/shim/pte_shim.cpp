@@ -85,6 +85,20 @@ ArnyPte* finish_open(std::unique_ptr<Module> m, const char* method, ArnyPteStatu
   return new ArnyPte{std::move(m)};
 }
 
+// Runs `f`, turning any C++ exception into a status and `on_error`: no
+// exception may cross into Rust.
+template <typename T, typename F>
+T guarded(ArnyPteStatus* st, T on_error, F&& f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    set(st, kShimError, std::string("C++ exception: ") + e.what());
+  } catch (...) {
+    set(st, kShimError, "unknown C++ exception");
+  }
+  return on_error;
+}
+
 bool slot_of(const et::Result<et::Tag>& tag, const et::Result<et::TensorInfo>& info,
              ArnyPteSlot* slot) {
   std::memset(slot, 0, sizeof *slot);
@@ -111,29 +125,19 @@ void arny_pte_set_log_sink(ArnyPteLogSink sink) {
 }
 
 ArnyPte* arny_pte_open_file(const char* path, const char* method, ArnyPteStatus* st) {
-  try {
+  return guarded(st, static_cast<ArnyPte*>(nullptr), [&]() -> ArnyPte* {
     auto m = std::make_unique<Module>(path, Module::LoadMode::Mmap);
     return finish_open(std::move(m), method, st);
-  } catch (const std::exception& e) {
-    set(st, kShimError, std::string("C++ exception: ") + e.what());
-  } catch (...) {
-    set(st, kShimError, "unknown C++ exception");
-  }
-  return nullptr;
+  });
 }
 
 ArnyPte* arny_pte_open_buffer(const uint8_t* data, size_t len, const char* method,
                               ArnyPteStatus* st) {
-  try {
+  return guarded(st, static_cast<ArnyPte*>(nullptr), [&]() -> ArnyPte* {
     auto loader = std::make_unique<executorch::extension::BufferDataLoader>(data, len);
     auto m = std::make_unique<Module>(std::move(loader));
     return finish_open(std::move(m), method, st);
-  } catch (const std::exception& e) {
-    set(st, kShimError, std::string("C++ exception: ") + e.what());
-  } catch (...) {
-    set(st, kShimError, "unknown C++ exception");
-  }
-  return nullptr;
+  });
 }
 
 void arny_pte_close(ArnyPte* h) {
@@ -144,7 +148,7 @@ void arny_pte_close(ArnyPte* h) {
 }
 
 size_t arny_pte_method_names(ArnyPte* h, char* buf, size_t cap, ArnyPteStatus* st) {
-  try {
+  return guarded(st, static_cast<size_t>(0), [&]() -> size_t {
     auto names = h->module->method_names();
     if (!names.ok()) {
       fail(st, names.error(), "reading the method names failed");
@@ -158,15 +162,12 @@ size_t arny_pte_method_names(ArnyPte* h, char* buf, size_t cap, ArnyPteStatus* s
     if (all.size() <= cap) std::memcpy(buf, all.data(), all.size());
     ok(st);
     return all.size();
-  } catch (const std::exception& e) {
-    set(st, kShimError, std::string("C++ exception: ") + e.what());
-  }
-  return 0;
+  });
 }
 
 static int32_t slots(ArnyPte* h, const char* method, bool inputs, ArnyPteSlot* out,
                      uint32_t cap, ArnyPteStatus* st) {
-  try {
+  return guarded(st, static_cast<int32_t>(-1), [&]() -> int32_t {
     auto meta = h->module->method_meta(method);
     if (!meta.ok()) {
       fail(st, meta.error(), std::string("no metadata for method `") + method + "`");
@@ -184,10 +185,7 @@ static int32_t slots(ArnyPte* h, const char* method, bool inputs, ArnyPteSlot* o
     }
     ok(st);
     return static_cast<int32_t>(n);
-  } catch (const std::exception& e) {
-    set(st, kShimError, std::string("C++ exception: ") + e.what());
-  }
-  return -1;
+  });
 }
 
 int32_t arny_pte_inputs(ArnyPte* h, const char* method, ArnyPteSlot* out, uint32_t cap,
@@ -202,7 +200,7 @@ int32_t arny_pte_outputs(ArnyPte* h, const char* method, ArnyPteSlot* out, uint3
 
 int64_t arny_pte_constant(ArnyPte* h, const char* method, uint32_t* kind, double* num,
                           int64_t* inum, char* buf, size_t cap, ArnyPteStatus* st) {
-  try {
+  return guarded(st, static_cast<int64_t>(-1), [&]() -> int64_t {
     auto r = h->module->execute(method);
     if (!r.ok()) {
       fail(st, r.error(), std::string("running `") + method + "` failed");
@@ -238,17 +236,14 @@ int64_t arny_pte_constant(ArnyPte* h, const char* method, uint32_t* kind, double
     }
     set(st, kShimError, std::string("`") + method + "` returned an unsupported value");
     return -1;
-  } catch (const std::exception& e) {
-    set(st, kShimError, std::string("C++ exception: ") + e.what());
-  }
-  return -1;
+  });
 }
 
 int64_t arny_pte_run_i64(ArnyPte* h, const char* method, uint32_t n_inputs,
                          const int64_t* const* data, const int32_t* const* sizes,
                          const uint32_t* ranks, float* out, size_t cap, int32_t* out_sizes,
                          uint32_t* out_rank, ArnyPteStatus* st) {
-  try {
+  return guarded(st, static_cast<int64_t>(-1), [&]() -> int64_t {
     std::vector<executorch::extension::TensorPtr> keep;
     std::vector<et::EValue> inputs;
     for (uint32_t i = 0; i < n_inputs; i++) {
@@ -280,14 +275,11 @@ int64_t arny_pte_run_i64(ArnyPte* h, const char* method, uint32_t n_inputs,
     if (n <= cap) std::memcpy(out, t.const_data_ptr<float>(), n * sizeof(float));
     ok(st);
     return static_cast<int64_t>(n);
-  } catch (const std::exception& e) {
-    set(st, kShimError, std::string("C++ exception: ") + e.what());
-  }
-  return -1;
+  });
 }
 
 int64_t arny_pte_planned_bytes(ArnyPte* h, const char* method, ArnyPteStatus* st) {
-  try {
+  return guarded(st, static_cast<int64_t>(-1), [&]() -> int64_t {
     auto meta = h->module->method_meta(method);
     if (!meta.ok()) {
       fail(st, meta.error(), std::string("no metadata for method `") + method + "`");
@@ -300,10 +292,7 @@ int64_t arny_pte_planned_bytes(ArnyPte* h, const char* method, ArnyPteStatus* st
     }
     ok(st);
     return total;
-  } catch (const std::exception& e) {
-    set(st, kShimError, std::string("C++ exception: ") + e.what());
-  }
-  return -1;
+  });
 }
 
 uint32_t arny_pte_threads(void) {

@@ -6,6 +6,10 @@
 //! A missing or mismatched shim is an [`EngineError::Unsupported`] at load
 //! time, never a binary that fails to start.
 
+// In a browser there is no shim to open: the loader is compiled out and
+// what only it uses is unused there.
+#![cfg_attr(target_arch = "wasm32", allow(dead_code))]
+
 use std::ffi::{CStr, CString, c_char};
 use std::sync::OnceLock;
 
@@ -101,6 +105,7 @@ type SetThreads = unsafe extern "C" fn(u32) -> i32;
 /// The shim's entry points. The library stays loaded for the process's
 /// lifetime (it lives in a `static`), so the function pointers stay valid.
 struct Runtime {
+    #[cfg(not(target_arch = "wasm32"))]
     _lib: libloading::Library,
     open_file: OpenFile,
     open_buffer: OpenBuffer,
@@ -150,6 +155,15 @@ fn shim_path() -> Option<String> {
         .or_else(|| Some(env!("ARNY_PTE_SHIM").to_string()).filter(|p| !p.is_empty()))
 }
 
+#[cfg(target_arch = "wasm32")]
+fn load_runtime() -> std::result::Result<Runtime, String> {
+    Err(
+        "ExecuTorch programs do not run in a browser through this engine (use the burn engine)"
+            .into(),
+    )
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 fn load_runtime() -> std::result::Result<Runtime, String> {
     let path = shim_path().ok_or_else(|| {
         "this build has no ExecuTorch runtime (the wheel's runtime is Linux x86-64)".to_string()

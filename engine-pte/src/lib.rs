@@ -56,7 +56,8 @@ impl PteEngine {
     }
 }
 
-#[async_trait::async_trait]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
 impl InferenceEngine for PteEngine {
     fn id(&self) -> &'static str {
         ENGINE_ID

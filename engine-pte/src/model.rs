@@ -479,7 +479,8 @@ impl Inner {
     }
 }
 
-#[async_trait::async_trait]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
 impl Model for PteModel {
     fn info(&self) -> &ModelInfo {
         &self.inner.info
@@ -602,7 +603,8 @@ impl PteSession {
     }
 }
 
-#[async_trait::async_trait]
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
 impl Session for PteSession {
     fn context_length(&self) -> usize {
         self.context_length
