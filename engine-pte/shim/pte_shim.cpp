@@ -241,8 +241,8 @@ int64_t arny_pte_constant(ArnyPte* h, const char* method, uint32_t* kind, double
 
 int64_t arny_pte_run_i64(ArnyPte* h, const char* method, uint32_t n_inputs,
                          const int64_t* const* data, const int32_t* const* sizes,
-                         const uint32_t* ranks, float* out, size_t cap, int32_t* out_sizes,
-                         uint32_t* out_rank, ArnyPteStatus* st) {
+                         const uint32_t* ranks, uint32_t copy, float* out, size_t cap,
+                         int32_t* out_sizes, uint32_t* out_rank, ArnyPteStatus* st) {
   return guarded(st, static_cast<int64_t>(-1), [&]() -> int64_t {
     std::vector<executorch::extension::TensorPtr> keep;
     std::vector<et::EValue> inputs;
@@ -271,8 +271,13 @@ int64_t arny_pte_run_i64(ArnyPte* h, const char* method, uint32_t n_inputs,
     if (rank > ARNY_PTE_MAX_RANK) rank = ARNY_PTE_MAX_RANK;
     for (uint32_t i = 0; i < rank; i++) out_sizes[i] = static_cast<int32_t>(t.size(i));
     *out_rank = rank;
-    size_t n = static_cast<size_t>(t.numel());
-    if (n <= cap) std::memcpy(out, t.const_data_ptr<float>(), n * sizeof(float));
+    size_t total = static_cast<size_t>(t.numel());
+    size_t row = rank > 0 ? static_cast<size_t>(t.size(rank - 1)) : total;
+    size_t n = copy == ARNY_PTE_COPY_ALL ? total : copy == ARNY_PTE_COPY_LAST_ROW ? row : 0;
+    if (n > total) n = total;
+    if (n > 0 && n <= cap) {
+      std::memcpy(out, t.const_data_ptr<float>() + (total - n), n * sizeof(float));
+    }
     ok(st);
     return static_cast<int64_t>(n);
   });

@@ -13,7 +13,7 @@
 extern "C" {
 #endif
 
-#define ARNY_PTE_ABI_VERSION 1
+#define ARNY_PTE_ABI_VERSION 2
 #define ARNY_PTE_MAX_RANK 8
 
 typedef struct ArnyPte ArnyPte;
@@ -69,14 +69,19 @@ int32_t arny_pte_outputs(ArnyPte* h, const char* method, ArnyPteSlot* out, uint3
 int64_t arny_pte_constant(ArnyPte* h, const char* method, uint32_t* kind, double* num,
                           int64_t* inum, char* buf, size_t cap, ArnyPteStatus* st);
 
-/* Runs `method` with int64 tensor inputs and copies its first output (a
- * float tensor) into `out`. `out_sizes`/`out_rank` receive its shape.
- * Returns the number of floats in the output (which may exceed cap: then
- * nothing is copied), or -1 on failure. */
+/* What arny_pte_run_i64 copies out of the output tensor. */
+#define ARNY_PTE_COPY_NONE 0     /* nothing: the run only fills the cache */
+#define ARNY_PTE_COPY_LAST_ROW 1 /* the last row (the last dimension) */
+#define ARNY_PTE_COPY_ALL 2      /* the whole tensor */
+
+/* Runs `method` with int64 tensor inputs; its first output must be a float
+ * tensor, whose shape lands in `out_sizes`/`out_rank` and whose part
+ * chosen by `copy` is copied into `out`. Returns the number of floats that
+ * part holds (when it exceeds cap nothing is copied), or -1 on failure. */
 int64_t arny_pte_run_i64(ArnyPte* h, const char* method, uint32_t n_inputs,
                          const int64_t* const* data, const int32_t* const* sizes,
-                         const uint32_t* ranks, float* out, size_t cap, int32_t* out_sizes,
-                         uint32_t* out_rank, ArnyPteStatus* st);
+                         const uint32_t* ranks, uint32_t copy, float* out, size_t cap,
+                         int32_t* out_sizes, uint32_t* out_rank, ArnyPteStatus* st);
 
 /* Bytes of memory-planned buffers (activations, KV cache) a method
  * allocates when loaded. -1 on failure. */

@@ -17,7 +17,7 @@ use arny_engine_api::{EngineError, Result};
 
 use crate::ENGINE_ID;
 
-const ABI_VERSION: u32 = 1;
+const ABI_VERSION: u32 = 2;
 const MAX_RANK: usize = 8;
 /// `code` the shim uses for its own checks and C++ exceptions.
 const SHIM_ERROR: u32 = 0x1000;
@@ -91,6 +91,7 @@ type RunI64 = unsafe extern "C" fn(
     *const *const i64,
     *const *const i32,
     *const u32,
+    u32,
     *mut f32,
     usize,
     *mut i32,
@@ -250,7 +251,17 @@ pub enum Constant {
     Str(String),
 }
 
-/// The shape and values of a float output.
+/// Which part of a method's float output [`Program::run`] copies out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Nothing (a prefill chunk whose logits nobody asked for).
+    None = 0,
+    /// The last row: the next-token logits.
+    Last = 1,
+    All = 2,
+}
+
+/// The shape of a float output.
 pub struct Output {
     pub dims: Vec<usize>,
 }
@@ -424,12 +435,15 @@ impl Program {
         }
     }
 
-    /// Runs `method` on int64 tensors; the first output (float) lands in
-    /// `out`, which is resized to fit.
+    /// Runs `method` on int64 tensors and appends the `rows` part of its
+    /// first output (float) to `out`; `hint` is the expected number of
+    /// floats (room is made for it up front).
     pub fn run(
         &mut self,
         method: &str,
         inputs: &[(&[i64], &[i32])],
+        rows: Rows,
+        hint: usize,
         out: &mut Vec<f32>,
     ) -> Result<Output> {
         let cmethod = cstring(method)?;
@@ -445,12 +459,15 @@ impl Program {
                 ));
             }
         }
+        let base = out.len();
+        let mut room = hint;
         loop {
+            out.resize(base + room, 0.0);
             let mut dims = [0i32; MAX_RANK];
             let mut rank = 0u32;
             let mut st = Status::new();
             // SAFETY: every input pointer covers its shape (checked above);
-            // `out` is writable for its length.
+            // `out` is writable for `room` floats from `base`.
             let n = unsafe {
                 (self.rt.run_i64)(
                     self.handle,
@@ -459,25 +476,26 @@ impl Program {
                     data.as_ptr(),
                     sizes.as_ptr(),
                     ranks.as_ptr(),
-                    out.as_mut_ptr(),
-                    out.len(),
+                    rows as u32,
+                    out.as_mut_ptr().add(base),
+                    room,
                     dims.as_mut_ptr(),
                     &mut rank,
                     &mut st,
                 )
             };
             if n < 0 {
+                out.truncate(base);
                 return Err(error(&st, &self.source_name));
             }
             let n = n as usize;
-            if n > out.len() {
-                // Rare: the caller sized `out` from the signature. Running
-                // again is correct because the cache positions are explicit:
-                // the second run rewrites the same cache entries.
-                out.resize(n, 0.0);
+            if n > room {
+                // The hint was short. Running again is correct because cache
+                // positions are explicit: the run rewrites the same entries.
+                room = n;
                 continue;
             }
-            out.truncate(n);
+            out.truncate(base + n);
             let dims = dims[..(rank as usize).min(MAX_RANK)]
                 .iter()
                 .map(|&d| d.max(0) as usize)

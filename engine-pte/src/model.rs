@@ -22,7 +22,7 @@ use arny_gguf_tokenizer::GgufTokenizer;
 use serde::Deserialize;
 
 use crate::ENGINE_ID;
-use crate::ffi::{self, Constant, DTYPE_FLOAT, DTYPE_LONG, Program, TAG_TENSOR};
+use crate::ffi::{self, Constant, DTYPE_FLOAT, DTYPE_LONG, Program, Rows, TAG_TENSOR};
 use crate::header;
 
 const FORWARD: &str = "forward";
@@ -107,8 +107,6 @@ struct Runner {
     program: Program,
     /// Session id whose tokens the cache holds; 0: nobody's.
     owner: u64,
-    /// Reused output buffer.
-    out: Vec<f32>,
 }
 
 /// ExecuTorch's thread pool is one per process, and XNNPACK keeps a
@@ -379,11 +377,7 @@ impl PteModel {
         progress(1.0);
         Ok(Self {
             inner: Arc::new(Inner {
-                runner: Mutex::new(Runner {
-                    program,
-                    owner: 0,
-                    out: Vec::new(),
-                }),
+                runner: Mutex::new(Runner { program, owner: 0 }),
                 sig,
                 vocab,
                 info,
@@ -404,9 +398,16 @@ impl Drop for Inner {
 }
 
 impl Inner {
-    /// One call of `forward` on `tokens` at `start`; returns the rows of
-    /// logits the program gives (all or the last).
-    fn forward(&self, runner: &mut Runner, tokens: &[TokenId], start: usize) -> Result<usize> {
+    /// One call of `forward` on `tokens` at `start`, appending the logits
+    /// `rows` selects to `logits`.
+    fn forward(
+        &self,
+        program: &mut Program,
+        tokens: &[TokenId],
+        start: usize,
+        rows: Rows,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         let _pool = lock(&POOL);
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let n = tokens.len();
@@ -417,31 +418,39 @@ impl Inner {
         };
         let ids_shape = [1, n as i32];
         let pos_shape = [positions.len() as i32];
-        let want = if self.sig.all_rows { n } else { 1 } * self.vocab;
-        if runner.out.len() < want {
-            runner.out.resize(want, 0.0);
-        }
-        let Runner { program, out, .. } = runner;
+        let expected = match rows {
+            Rows::None => 0,
+            Rows::Last => 1,
+            Rows::All if self.sig.all_rows => n,
+            Rows::All => 1,
+        };
+        let before = logits.len();
         let output = program.run(
             FORWARD,
             &[(&ids, &ids_shape), (&positions, &pos_shape)],
-            out,
+            rows,
+            expected * self.vocab,
+            logits,
         )?;
-        let rows = out.len() / self.vocab.max(1);
-        if out.len() % self.vocab != 0 || output.dims.last() != Some(&self.vocab) {
+        if output.dims.last() != Some(&self.vocab) || logits.len() - before != expected * self.vocab
+        {
+            logits.truncate(before);
             return Err(EngineError::engine(
                 ENGINE_ID,
-                format!("`forward` returned logits of shape {:?}", output.dims),
+                format!(
+                    "`forward` on {n} tokens returned logits of shape {:?}",
+                    output.dims
+                ),
             ));
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// Runs `tokens` from `start` in chunks (`segments` lengths when
-    /// given), collecting the logits `request` asks for.
+    /// given), appending the logits `request` asks for.
     fn run(
         &self,
-        runner: &mut Runner,
+        program: &mut Program,
         tokens: &[TokenId],
         start: usize,
         segments: &[usize],
@@ -455,23 +464,20 @@ impl Inner {
             let n = want.min(self.sig.max_chunk).min(tokens.len() - at).max(1);
             let last_chunk = at + n == tokens.len();
             let chunk = &tokens[at..at + n];
-            if request == LogitsRequest::All && !self.sig.all_rows && n > 1 {
-                // The program only returns the last row: one token a call.
-                for (i, &t) in chunk.iter().enumerate() {
-                    self.forward(runner, &[t], start + at + i)?;
-                    logits.extend_from_slice(&runner.out[..self.vocab]);
-                }
-            } else {
-                let rows = self.forward(runner, chunk, start + at)?;
-                match request {
-                    LogitsRequest::None => {}
-                    LogitsRequest::Last if !last_chunk => {}
-                    LogitsRequest::Last => logits
-                        .extend_from_slice(&runner.out[(rows - 1) * self.vocab..rows * self.vocab]),
-                    LogitsRequest::All => {
-                        logits.extend_from_slice(&runner.out[..rows * self.vocab])
+            match request {
+                LogitsRequest::All if !self.sig.all_rows => {
+                    // The program returns the last row only: one token a call.
+                    for (i, &t) in chunk.iter().enumerate() {
+                        self.forward(program, &[t], start + at + i, Rows::Last, logits)?;
                     }
                 }
+                LogitsRequest::All => {
+                    self.forward(program, chunk, start + at, Rows::All, logits)?
+                }
+                LogitsRequest::Last if last_chunk => {
+                    self.forward(program, chunk, start + at, Rows::Last, logits)?
+                }
+                _ => self.forward(program, chunk, start + at, Rows::None, logits)?,
             }
             at += n;
         }
@@ -569,7 +575,7 @@ impl PteSession {
             // chunked as they were first run.
             runner.owner = 0;
             inner.run(
-                &mut runner,
+                &mut runner.program,
                 &self.tokens,
                 0,
                 &self.segments,
@@ -581,7 +587,7 @@ impl PteSession {
         // On failure, entries past our tokens may be half-written; they are
         // masked and overwritten by the next run, so the cache stays ours.
         inner.run(
-            &mut runner,
+            &mut runner.program,
             tokens,
             self.tokens.len(),
             &[],
