@@ -568,7 +568,7 @@ impl PteSession {
                 data: logits,
             });
         }
-        let inner = self.inner.clone();
+        let inner = &*self.inner;
         let mut runner = lock(&inner.runner);
         if runner.owner != self.id {
             // Someone else's tokens are in the cache: rebuild ours first,

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-use crate::{KnownModel, StoreError, models_dir};
+use crate::{KnownModel, StoreError, hex, models_dir};
 
 /// The exporter, compiled in so that the binary and the cache key agree.
 pub const EXPORTER: &str = include_str!("../../../tools/pte-export/export_pte.py");
@@ -56,10 +56,6 @@ impl PteQuant {
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|q| q.name() == name)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The cache key of an export of the file with `source_sha256`.
