@@ -388,8 +388,7 @@ pub async fn logits_agree_across_paths(t: &Tck) {
         .await
         .expect("prefix");
     assert_eq!(argmax(all.row(i)), argmax(&prefix));
-    let diff = max_abs_diff(all.row(i), &prefix);
-    assert!(diff < 0.05, "row {i} differs from its prefix by {diff}");
+    assert_same_distribution(all.row(i), &prefix, &format!("row {i} vs its prefix alone"));
     assert!(all.data.iter().all(|x| x.is_finite()));
 }
 
@@ -416,8 +415,7 @@ pub async fn truncate_then_continue_matches_fresh(t: &Tck) {
         .await
         .expect("fresh");
     assert_eq!(argmax(cont.last()), argmax(reference.last()));
-    let diff = max_abs_diff(cont.last(), reference.last());
-    assert!(diff < 0.05, "continued logits differ from fresh by {diff}");
+    assert_same_distribution(cont.last(), reference.last(), "continued vs fresh");
 }
 
 pub async fn context_overflow_is_typed_and_recoverable(t: &Tck) {
@@ -566,6 +564,27 @@ pub async fn sessions_run_concurrently(t: &Tck) {
             .collect()
     });
     assert_eq!(sequential, parallel);
+}
+
+/// Two runs of one computation in different batch shapes (a prefix alone,
+/// a cache reused after truncation) agree up to the rounding of the
+/// precision the engine computes in. An absolute bound on logits does not
+/// capture that: with f16 activations (wgpu on a device with shader f16)
+/// the largest of 49152 logits moves by 0.04–0.05 between batch shapes
+/// while the distributions' KL divergence stays under 1e-5 nats. So the
+/// check is on the distribution (KL < 1e-4 nats, ten times the f16 figure;
+/// a stale or misplaced cache entry changes the context the model sees and
+/// moves it by far more) and on logits relative to their scale (1% of the
+/// largest magnitude; f32 engines stay under 1e-5 of it).
+fn assert_same_distribution(a: &[f32], b: &[f32], what: &str) {
+    let kl = crate::compare::kl_divergence(b, a);
+    assert!(kl < 1e-4, "{what}: KL divergence {kl} nats");
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = max_abs_diff(a, b);
+    assert!(
+        diff <= 0.01 * scale,
+        "{what}: logits differ by {diff} (largest |logit| {scale})"
+    );
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
