@@ -326,6 +326,8 @@ impl InferenceEngine for BurnEngine {
             template,
             special,
             info,
+            #[cfg(target_family = "wasm")]
+            backend,
             lock: Mutex::new(()),
             #[cfg(not(target_family = "wasm"))]
             pool,
@@ -339,6 +341,8 @@ struct Inner {
     template: ChatTemplate,
     special: SpecialTokens,
     info: ModelInfo,
+    #[cfg(target_family = "wasm")]
+    backend: Backend,
     /// One forward pass at a time per model: backends queue work anyway,
     /// and the CPU backend already uses every core.
     lock: Mutex<()>,
@@ -494,8 +498,29 @@ impl Session for BurnSession {
                 data.extend_from_slice(s);
             }
         }
+        // In a page the CPU backend computes without awaiting anything, so
+        // nothing else (a click on "stop", a repaint) would run until the
+        // whole answer is done. Hand the event loop a turn per call.
+        #[cfg(target_family = "wasm")]
+        if self.model.backend == Backend::Cpu {
+            yield_to_event_loop().await;
+        }
         Ok(Logits { vocab, data })
     }
+}
+
+/// Resolves on a later task (`setTimeout(0)`), after pending events.
+#[cfg(target_family = "wasm")]
+async fn yield_to_event_loop() {
+    use wasm_bindgen::{JsCast, JsValue};
+    let timeout = js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("setTimeout"))
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+    let Some(set_timeout) = timeout else { return };
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let _ = set_timeout.call2(&JsValue::NULL, &resolve, &JsValue::from(0));
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
 
 /// Whether `path` looks like a model this engine reads (by extension).

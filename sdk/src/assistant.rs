@@ -64,6 +64,14 @@ pub struct AssistantOptions {
     pub engines: Engines,
     /// Fetch `known` models that are not in the models folder yet.
     pub fetch_missing: bool,
+    /// Weights the app already holds (a browser download, an app bundle),
+    /// by manifest model id. They replace that model's `path`, `known` or
+    /// `url`; nothing is read from disk or the network for it.
+    pub model_bytes: HashMap<String, Arc<[u8]>>,
+    /// Receives every event from the start, including the loads that
+    /// [`Assistant::new`] itself does (the universal plan's model, a model
+    /// gateway), which [`Assistant::events`] subscribes too late to see.
+    pub events: Option<futures::channel::mpsc::UnboundedSender<Event>>,
 }
 
 impl Default for AssistantOptions {
@@ -71,6 +79,8 @@ impl Default for AssistantOptions {
         Self {
             engines: Engines::builtin(),
             fetch_missing: true,
+            model_bytes: HashMap::new(),
+            events: None,
         }
     }
 }
@@ -199,6 +209,9 @@ pub struct Assistant {
 impl Assistant {
     pub async fn new(manifest: Manifest, options: AssistantOptions) -> Result<Self> {
         let events = Arc::new(EventBus::default());
+        if let Some(tx) = options.events.clone() {
+            events.attach(tx);
+        }
         let manager = ModelManager::new(
             manifest.memory_budget.0,
             Duration::from_secs_f64(manifest.idle_unload_secs),
@@ -214,30 +227,46 @@ impl Assistant {
                     engine: spec.engine.id().to_string(),
                 }
             })?;
-            let path = resolve_path(&manifest, spec, options.fetch_missing)?;
-            let key = ModelKey {
-                engine: spec.engine,
-                path: std::fs::canonicalize(&path).unwrap_or(path),
+            let bytes = options.model_bytes.get(&id).cloned();
+            let key = match &bytes {
+                // Not a file: the key only has to be unique per model.
+                Some(_) => ModelKey {
+                    engine: spec.engine,
+                    path: PathBuf::from(format!("memory:{id}")),
+                },
+                None => {
+                    let path = resolve_path(&manifest, spec, options.fetch_missing)?;
+                    let key = ModelKey {
+                        engine: spec.engine,
+                        path: std::fs::canonicalize(&path).unwrap_or(path),
+                    };
+                    if !key.path.is_file() {
+                        // Not fatal: the specialists on this model fail when
+                        // asked, the others keep working.
+                        tracing::warn!(model = %id, path = %key.path.display(), "model file is missing");
+                    }
+                    key
+                }
             };
-            if !key.path.is_file() {
-                // Not fatal: the specialists on this model fail when asked,
-                // the others keep working.
-                tracing::warn!(model = %id, path = %key.path.display(), "model file is missing");
-            }
             // Models naming the same file and engine share one copy.
             let shared_id = by_key
                 .entry(key.clone())
                 .or_insert_with(|| id.clone())
                 .clone();
-            let estimate = std::fs::metadata(&key.path).map(|m| m.len()).unwrap_or(0);
+            let estimate = match &bytes {
+                Some(b) => b.len() as u64,
+                None => std::fs::metadata(&key.path).map(|m| m.len()).unwrap_or(0),
+            };
             refs.insert(
                 id.clone(),
                 ModelRef {
                     id: shared_id,
                     key,
+                    bytes,
                     engine,
                     context_length: spec.context_length,
                     threads: spec.threads,
+                    device: spec.device.unwrap_or_default(),
                     estimate,
                     specialists: Vec::new(),
                 },

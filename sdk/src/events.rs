@@ -34,6 +34,11 @@ pub enum Event {
         model: String,
         specialists: Vec<String>,
     },
+    /// How far a load has got, in `[0, 1]`, for engines that report it.
+    LoadProgress {
+        model: String,
+        fraction: f32,
+    },
     Loaded {
         model: String,
         bytes: u64,
@@ -63,11 +68,16 @@ pub struct EventBus {
 impl EventBus {
     pub fn subscribe(&self) -> UnboundedReceiver<Event> {
         let (tx, rx) = unbounded();
+        self.attach(tx);
+        rx
+    }
+
+    /// Adds a subscriber the caller made.
+    pub fn attach(&self, tx: UnboundedSender<Event>) {
         self.subscribers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(tx);
-        rx
     }
 
     pub fn emit(&self, event: Event) {

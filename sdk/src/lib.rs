@@ -24,7 +24,7 @@ mod events;
 mod manager;
 pub mod manifest;
 
-pub use arny_engine_api::{CancelToken, ChatMessage, Role, SamplingParams, Usage};
+pub use arny_engine_api::{CancelToken, ChatMessage, DeviceRequest, Role, SamplingParams, Usage};
 pub use arny_router::{CLOUD, Decision, LabelScore};
 pub use assistant::{Answer, AskRequest, Assistant, AssistantOptions, Engines, Handler, Status};
 pub use error::{Result, SdkError};

@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arny_engine_api::{
-    EngineError, InferenceEngine, LoadOptions, Model, ModelSource, Session, SessionOptions,
+    DeviceRequest, EngineError, InferenceEngine, LoadOptions, Model, ModelSource, Session,
+    SessionOptions,
 };
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
+use futures::future::Shared;
 use web_time::Instant;
 
 use crate::events::{Event, EventBus, UnloadReason};
@@ -37,9 +38,12 @@ pub struct ModelRef {
     /// The manifest id (the first one, when several share a file).
     pub id: String,
     pub key: ModelKey,
+    /// The weights, when the app supplied them instead of a file.
+    pub bytes: Option<Arc<[u8]>>,
     pub engine: Arc<dyn InferenceEngine>,
     pub context_length: Option<u32>,
     pub threads: Option<u32>,
+    pub device: DeviceRequest,
     /// Bytes it is expected to take before it has loaded (the file size).
     pub estimate: u64,
     /// Specialists served by it, for events.
@@ -47,9 +51,13 @@ pub struct ModelRef {
 }
 
 type LoadResult = std::result::Result<Arc<dyn Model>, Arc<EngineError>>;
+#[cfg(not(target_arch = "wasm32"))]
+type LoadFuture = futures::future::BoxFuture<'static, LoadResult>;
+#[cfg(target_arch = "wasm32")]
+type LoadFuture = futures::future::LocalBoxFuture<'static, LoadResult>;
 
 enum Slot {
-    Loading(Shared<BoxFuture<'static, LoadResult>>),
+    Loading(Shared<LoadFuture>),
     Ready(Arc<dyn Model>),
 }
 
@@ -91,6 +99,9 @@ pub struct LoadedModel {
     pub specialists: Vec<String>,
     /// `loading` or `ready`.
     pub state: &'static str,
+    /// Where it runs (`cpu (4 threads)`, `wgpu: … (Vulkan, DiscreteGpu)`),
+    /// once loaded.
+    pub device: Option<String>,
     pub bytes: u64,
     /// Requests using it now.
     pub active: usize,
@@ -131,10 +142,12 @@ impl ModelManager {
         }
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn downgrade(&self) -> std::sync::Weak<ManagerInner> {
         Arc::downgrade(&self.inner)
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn from_inner(inner: Arc<ManagerInner>) -> Self {
         Self { inner }
     }
@@ -166,7 +179,7 @@ impl ModelManager {
                     },
                     None => {
                         self.make_room(&mut st, &r.id, r.estimate)?;
-                        let fut = load_future(r.clone()).shared();
+                        let fut = load_future(r.clone(), self.inner.events.clone()).shared();
                         st.insert(
                             r.key.clone(),
                             Entry {
@@ -393,6 +406,10 @@ impl ModelManager {
                     Slot::Loading(_) => "loading",
                     Slot::Ready(_) => "ready",
                 },
+                device: match &e.slot {
+                    Slot::Loading(_) => None,
+                    Slot::Ready(m) => Some(m.info().device.clone()),
+                },
                 bytes: e.bytes(),
                 active: e.active,
                 pinned: e.pinned,
@@ -413,20 +430,44 @@ impl ModelManager {
     }
 }
 
-fn load_future(r: ModelRef) -> BoxFuture<'static, LoadResult> {
-    async move {
+fn load_future(r: ModelRef, events: Arc<EventBus>) -> LoadFuture {
+    let load = async move {
         tracing::info!(model = %r.id, path = %r.key.path.display(), "loading model");
+        let model = r.id.clone();
+        // llama.cpp reports once per tensor: pass on whole percents only.
+        let last = Mutex::new(-1i32);
         let options = LoadOptions {
             context_length: r.context_length,
             threads: r.threads,
+            device: r.device,
+            progress: Some(Arc::new(move |fraction: f32| {
+                let percent = (fraction.clamp(0.0, 1.0) * 100.0) as i32;
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                if percent > *last {
+                    *last = percent;
+                    events.emit(Event::LoadProgress {
+                        model: model.clone(),
+                        fraction,
+                    });
+                }
+            })),
             ..LoadOptions::default()
         };
-        r.engine
-            .load(ModelSource::Path(r.key.path.clone()), options)
-            .await
-            .map_err(Arc::new)
-    }
-    .boxed()
+        let source = match &r.bytes {
+            Some(bytes) => ModelSource::Bytes {
+                name: r.id.clone(),
+                bytes: bytes.clone(),
+            },
+            None => ModelSource::Path(r.key.path.clone()),
+        };
+        r.engine.load(source, options).await.map_err(Arc::new)
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    return load.boxed();
+    // In the browser engines' futures are not Send (JS promises); nothing
+    // there moves between threads.
+    #[cfg(target_arch = "wasm32")]
+    return load.boxed_local();
 }
 
 /// A model in use. While any lease on a model is alive, the model is

@@ -131,6 +131,9 @@ pub struct ModelSpec {
     pub chat_template: Option<String>,
     pub context_length: Option<u32>,
     pub threads: Option<u32>,
+    /// `auto` (default: a GPU when the engine has a hardware one), `cpu` or
+    /// `gpu` (fail rather than fall back).
+    pub device: Option<arny_engine_api::DeviceRequest>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -455,6 +455,8 @@ async fn an_engine_missing_from_the_build_is_a_clear_error() {
     let opts = AssistantOptions {
         engines: arny_sdk::Engines::default(),
         fetch_missing: false,
+        model_bytes: Default::default(),
+        events: None,
     };
     let e = Assistant::new(m, opts).await.err().unwrap();
     assert!(matches!(e, SdkError::EngineUnavailable { .. }), "{e}");

@@ -246,6 +246,26 @@ pub fn download(
     sha256: &str,
     progress: &dyn FetchProgress,
 ) -> Result<PathBuf, StoreError> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return download_native(url, sha256, progress);
+    // A page has no models folder: the app fetches the bytes itself
+    // (bindings/wasm does, with progress) and hands them to the SDK.
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = (sha256, progress);
+        Err(StoreError::Download {
+            url: url.to_string(),
+            reason: "the browser build has no models folder; pass the weights as bytes".into(),
+        })
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn download_native(
+    url: &str,
+    sha256: &str,
+    progress: &dyn FetchProgress,
+) -> Result<PathBuf, StoreError> {
     let fail = |reason: String| StoreError::Download {
         url: url.to_string(),
         reason,
@@ -352,12 +372,14 @@ pub fn download(
 
 /// A note beside a checked download: its hash, size and modification time.
 /// Large models are not re-hashed at every start while the file is unchanged.
+#[cfg(not(target_arch = "wasm32"))]
 fn verified_marker(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
     name.push(".verified");
     dest.with_file_name(name)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn file_stamp(path: &Path, sha256: &str) -> Option<String> {
     let m = std::fs::metadata(path).ok()?;
     let mtime = m
@@ -368,6 +390,7 @@ fn file_stamp(path: &Path, sha256: &str) -> Option<String> {
     Some(format!("{sha256} {} {}", m.len(), mtime.as_nanos()))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn verified_before(dest: &Path, sha256: &str) -> bool {
     let (Some(stamp), Ok(note)) = (
         file_stamp(dest, sha256),
@@ -378,6 +401,7 @@ fn verified_before(dest: &Path, sha256: &str) -> bool {
     note.trim() == stamp
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn mark_verified(dest: &Path, sha256: &str) {
     if let Some(stamp) = file_stamp(dest, sha256) {
         // Only an optimisation: without the note the file is hashed again.
