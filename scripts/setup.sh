@@ -21,6 +21,8 @@
 #                        ~/.cache/arny/executorch-1.5.1/executorch)
 #   ARNY_PTE_VENV        the export venv (default: pte-venv beside the models
 #                        folder, ~/.cache/arny/pte-venv)
+#   ARNY_TOOLS_DIR       where `cargo install` puts wasm-bindgen-cli (default
+#                        ~/.cargo; its bin/ is searched by the web scripts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +37,11 @@ deps_only=0
 # loader and Mesa's drivers give the Burn engine's wgpu backend a device on
 # any machine: a GPU's driver where there is one, lavapipe (Vulkan on the
 # CPU) everywhere, which the wgpu tests run on.
-packages=(cmake libclang-dev g++ pkg-config ca-certificates libvulkan1 mesa-vulkan-drivers)
+# Chromium and Node.js run the web demo's browser tests (playwright-core
+# drives Debian's chromium; it never downloads a browser).
+packages=(cmake libclang-dev g++ pkg-config ca-certificates libvulkan1 mesa-vulkan-drivers chromium)
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 python3 -m venv --help >/dev/null 2>&1 || packages+=(python3-venv)
@@ -67,6 +73,26 @@ if command -v rustup >/dev/null 2>&1; then
   for comp in rustfmt clippy; do
     rustup component list --installed | grep -q "^$comp" || rustup component add "$comp" >/dev/null
   done
+fi
+
+# --- wasm-bindgen-cli --------------------------------------------------------
+# Must be exactly the version of the wasm-bindgen crate in Cargo.lock, or the
+# JS it writes refuses the module. Not `--locked`: one of its locked
+# dependencies is no longer in the registry. About 8 minutes, once.
+wb_version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+tools_dir="${ARNY_TOOLS_DIR:-$HOME/.cargo}"
+if [ "$("$tools_dir/bin/wasm-bindgen" --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ]; then
+  say "installing wasm-bindgen-cli $wb_version into $tools_dir (about 8 min)"
+  cargo install -q wasm-bindgen-cli --version "$wb_version" --root "$tools_dir"
+fi
+
+# --- Browser test driver ------------------------------------------------------
+# playwright-core only (no browser download), pinned by package-lock.json.
+lock_sha=$(sha256sum bindings/web-demo/tests/package-lock.json | cut -d' ' -f1)
+if [ "$(cat bindings/web-demo/tests/node_modules/.arny-lock.sha256 2>/dev/null)" != "$lock_sha" ]; then
+  say "installing the browser test driver (npm ci in bindings/web-demo/tests)"
+  (cd bindings/web-demo/tests && npm ci --silent --no-audit --no-fund)
+  echo "$lock_sha" > bindings/web-demo/tests/node_modules/.arny-lock.sha256
 fi
 
 # --- Python test clients --------------------------------------------------------

@@ -14,11 +14,12 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
 fi
 say "cargo fmt --check"
 cargo fmt --all -- --check
-# One build with the test suite's features serves the tests and the CLI;
-# building `-p arny-cli` alone would resolve features differently and
-# compile llama.cpp's and Burn's dependency trees a second time.
+# One build with the test suite's features serves the tests, the CLI and
+# the C library (`--all-targets` also links the cdylib, which `cargo test`
+# alone does not); building `-p arny-cli` alone would resolve features
+# differently and compile llama.cpp's and Burn's dependency trees again.
 say "building the workspace and its tests (the first build compiles llama.cpp and Burn, ~20 min)"
-cargo test --release --locked --workspace --no-run
+cargo build --release --locked --workspace --all-targets
 say "fetching the default model"
 "${CARGO_TARGET_DIR:-target}/release/arny" models fetch >/dev/null
 # The pte engine's tests run the fp32 export of the default model. It is
@@ -28,10 +29,15 @@ say "exporting the default model to ExecuTorch (cached after the first run)"
 "${CARGO_TARGET_DIR:-target}/release/arny" export pte --quant fp32 >/dev/null
 say "clippy (warnings are errors)"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
-say "engine-api, the gateway router, the GGUF reader and tokenizer, the Burn engine and the PTE engine (which reports itself unavailable there) build for wasm32-unknown-unknown"
-cargo build --locked -p arny-engine-api -p arny-router -p arny-gguf-file -p arny-gguf-tokenizer \
-  -p arny-engine-burn-wgpu -p arny-engine-pte --target wasm32-unknown-unknown
+say "the PTE engine (which reports itself unavailable there) builds for wasm32-unknown-unknown"
+cargo build --release --locked -p arny-engine-pte --target wasm32-unknown-unknown
+# The browser package: the SDK with engine-api, the router, the GGUF reader
+# and tokenizer and the Burn engine, for wasm32, plus wasm-bindgen's glue.
+scripts/build-web.sh
 say "tests"
 # The SDK's app-level test runs once per engine listed here.
 export ARNY_TEST_ENGINES="${ARNY_TEST_ENGINES:-gguf,burn,pte}"
 cargo test --release --locked --workspace
+say "browser tests: the web demo in Chromium, WebGPU and CPU paths (screenshots in bindings/web-demo/tests/artifacts)"
+(cd bindings/web-demo/tests &&
+  ARNY_BIN="$(cd ../../.. && realpath "${CARGO_TARGET_DIR:-target}")/release/arny" npm test)

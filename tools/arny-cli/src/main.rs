@@ -14,6 +14,7 @@ mod models;
 mod route;
 mod runtime;
 mod serve;
+mod web;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,9 @@ enum Command {
     Route(route::Args),
     /// Serve the assistant as an OpenAI-compatible API on 127.0.0.1.
     Serve(serve::Args),
+    /// Serve the browser demo (bindings/web-demo) and the default model on
+    /// 127.0.0.1; the page runs the SDK itself through WebAssembly.
+    Web(web::Args),
     /// Answer one prompt, streaming the answer to stdout.
     Generate(generate::Args),
     /// Interactive multi-turn chat that keeps the KV cache between turns.
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         Command::Ask(a) => ask::run(a),
         Command::Route(a) => route::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Web(a) => web::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Chat(a) => chat::run(a),
         Command::Info(a) => info::run(a),

@@ -1,0 +1,148 @@
+// The web demo: Arny's SDK (bindings/wasm) running in the page. `arny web`
+// serves this folder, the wasm package in pkg/, the manifest at arny.toml
+// and the model it names.
+//
+// The page's state is mirrored in data attributes (body[data-state], each
+// answer's data-label / data-done / data-finish) so tests can wait on them.
+
+import init, { Assistant, initLogging, webgpuAdapter } from "./pkg/arny_wasm.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const device = params.get("device") || "auto";
+// Caps every answer (for slow devices); the specialist's own limit otherwise.
+const maxTokens = Number(params.get("max_tokens")) || undefined;
+let assistant = null;
+
+function setState(state) {
+  document.body.dataset.state = state;
+  const ready = state === "ready";
+  $("prompt").disabled = !ready;
+  $("send").disabled = !ready;
+  $("stop").disabled = state !== "generating";
+}
+
+function progress(label, fraction) {
+  $("progress-label").textContent = label;
+  if (fraction == null) $("progress").removeAttribute("value");
+  else $("progress").value = fraction;
+}
+
+function fail(e) {
+  const msg = e && e.message ? e.message : String(e);
+  console.error(e);
+  $("error").textContent = msg;
+  $("error").hidden = false;
+  setState("error");
+}
+
+const mib = (n) => (n / (1 << 20)).toFixed(1);
+// The routing decision for the request in flight: the gateway emits it
+// before the first token.
+let pending = null;
+
+function onEvent(e) {
+  switch (e.event) {
+    case "download":
+      progress(
+        e.total
+          ? `Downloading ${e.model}: ${mib(e.loaded)} of ${mib(e.total)} MiB`
+          : `Downloading ${e.model}: ${mib(e.loaded)} MiB`,
+        e.total ? e.loaded / e.total : null,
+      );
+      break;
+    case "loading":
+      progress(`Loading ${e.model}…`, 0);
+      break;
+    case "load_progress":
+      progress(`Loading ${e.model}: ${Math.round(e.fraction * 100)}%`, e.fraction);
+      break;
+    case "loaded":
+      progress(`Loaded ${e.model} (${mib(e.bytes)} MiB in ${Math.round(e.ms)} ms)`, 1);
+      break;
+    case "routed":
+      if (pending) showRoute(pending, e.label, e.confidence, e.handler);
+      break;
+  }
+}
+
+function showRoute(msg, label, confidence, handler) {
+  const badge = msg.querySelector(".route");
+  badge.dataset.label = label;
+  badge.textContent = `${label} · ${Math.round(confidence * 100)}%`;
+  badge.title = `answered by ${handler}`;
+  msg.dataset.label = label;
+}
+
+function addMessage(role, text) {
+  const div = document.createElement("div");
+  div.className = `msg ${role}`;
+  if (role === "assistant") {
+    div.innerHTML = '<span class="route">routing…</span><div class="text"></div><div class="meta"></div>';
+    div.dataset.done = "false";
+  } else {
+    div.textContent = text;
+  }
+  $("log").append(div);
+  div.scrollIntoView({ block: "end" });
+  return div;
+}
+
+async function ask(text) {
+  addMessage("user", text);
+  const msg = addMessage("assistant");
+  const out = msg.querySelector(".text");
+  pending = msg;
+  setState("generating");
+  try {
+    const answer = await assistant.ask(text, (piece) => {
+      out.textContent += piece;
+      msg.scrollIntoView({ block: "end" });
+    }, { maxTokens });
+    if (answer.decision) {
+      showRoute(msg, answer.decision.label, answer.decision.confidence, answer.handler.name || answer.handler.model);
+    }
+    const u = answer.usage;
+    msg.querySelector(".meta").textContent = u
+      ? `${answer.finish_reason} · ${u.generated_tokens} tokens · prefill ${u.prefill_tok_s.toFixed(1)} tok/s · decode ${u.decode_tok_s.toFixed(1)} tok/s · first token ${Math.round(u.ttft_ms)} ms`
+      : answer.finish_reason;
+    msg.dataset.finish = answer.finish_reason;
+  } catch (e) {
+    msg.dataset.finish = "error";
+    out.textContent += `\n[error] ${e.message || e}`;
+  } finally {
+    pending = null;
+    msg.dataset.done = "true";
+    setState("ready");
+    $("prompt").focus();
+  }
+}
+
+async function main() {
+  setState("loading");
+  progress("Starting the WebAssembly module…", null);
+  await init();
+  initLogging("info");
+  const adapter = await webgpuAdapter().catch(() => null);
+  console.info("WebGPU adapter:", adapter);
+  const manifest = await (await fetch("arny.toml")).text();
+  assistant = await Assistant.create(manifest, { device, onEvent });
+  const model = assistant.status().memory.models[0];
+  $("device").textContent = `engine: ${model.engine} · device: ${model.device} · requested: ${device}`;
+  $("device").dataset.device = model.device;
+  setState("ready");
+  $("prompt").focus();
+}
+
+$("ask").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const text = $("prompt").value.trim();
+  if (!text || !assistant || document.body.dataset.state !== "ready") return;
+  $("prompt").value = "";
+  // Start after this event returns: the first answer on a slow GPU compiles
+  // many kernels, and the click should not wait for that.
+  setTimeout(() => ask(text), 0);
+});
+$("stop").addEventListener("click", () => assistant && assistant.cancel());
+
+main().catch(fail);

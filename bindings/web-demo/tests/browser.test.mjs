@@ -1,0 +1,144 @@
+// The web demo in Debian's Chromium, driven by playwright-core, on both of
+// the page's paths: WebGPU (Chromium's SwiftShader adapter when the machine
+// has no GPU) and the CPU backend. Each path loads the real model in the
+// page, asks a math and a wellness question through the UI, stops an answer
+// mid-stream and saves a screenshot under tests/artifacts/.
+//
+// Needs `arny` built (ARNY_BIN, else $CARGO_TARGET_DIR/release/arny) and the
+// wasm package in ../pkg (scripts/build-web.sh). Run: npm test.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = resolve(here, "../../..");
+const artifacts = join(here, "artifacts");
+const arny =
+  process.env.ARNY_BIN ||
+  join(process.env.CARGO_TARGET_DIR || join(repo, "target"), "release", "arny");
+// Loading and answering on a software GPU or in wasm takes minutes, not
+// seconds; these bound a hang, they do not measure speed.
+const LOAD_MS = 10 * 60_000;
+const ANSWER_MS = 10 * 60_000;
+
+// Flags measured on this kind of machine: no sandbox as root, and nothing
+// that reaches for the network at start.
+const FLAGS = [
+  "--no-sandbox",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+let server;
+let base;
+
+before(async () => {
+  mkdirSync(artifacts, { recursive: true });
+  server = spawn(arny, ["web", "--port", "0", "--dir", resolve(here, "..")], {
+    stdio: ["ignore", "inherit", "pipe"],
+  });
+  base = await new Promise((ok, fail) => {
+    let err = "";
+    server.on("exit", (code) => fail(new Error(`arny web exited (${code}): ${err}`)));
+    server.stderr.on("data", (chunk) => {
+      err += chunk;
+      const m = /on (http:\/\/127\.0\.0\.1:\d+\/)/.exec(err);
+      if (m) ok(m[1]);
+    });
+  });
+});
+
+after(() => server && server.kill());
+
+async function open(device) {
+  const args = device === "gpu" ? [...FLAGS, "--enable-unsafe-webgpu"] : FLAGS;
+  // launch() starts Chromium with a fresh, empty profile directory.
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args });
+  const page = await browser.newPage({ viewport: { width: 900, height: 1100 } });
+  const console_ = [];
+  page.on("console", (m) => console_.push(`[${m.type()}] ${m.text()}`));
+  page.on("pageerror", (e) => console_.push(`[pageerror] ${e.message}`));
+  return { browser, page, console_ };
+}
+
+// Sends `text` through the form; returns the new answer's element handle
+// index (answers are numbered in order).
+async function send(page, text) {
+  const n = await page.locator(".msg.assistant").count();
+  await page.fill("#prompt", text);
+  await page.click("#send", { timeout: ANSWER_MS });
+  await page.locator(".msg.assistant").nth(n).waitFor();
+  return page.locator(".msg.assistant").nth(n);
+}
+
+async function waitDone(msg) {
+  await msg.page().waitForFunction((el) => el.dataset.done === "true", await msg.elementHandle(), {
+    timeout: ANSWER_MS,
+  });
+}
+
+for (const device of ["gpu", "cpu"]) {
+  test(`chat in the page on ${device === "gpu" ? "WebGPU" : "the CPU backend"}`, { timeout: LOAD_MS + 3 * ANSWER_MS }, async () => {
+    const { browser, page, console_ } = await open(device);
+    try {
+      // SwiftShader decodes about one token per 10 s on two cores: the
+      // WebGPU run caps answers at 40 tokens (the answer's 4 comes at 35).
+      await page.goto(`${base}?device=${device}${device === "gpu" ? "&max_tokens=40" : ""}`);
+      if (device === "gpu") {
+        // navigator.gpu exists only in a secure context, such as loopback.
+        const adapter = await page.evaluate(async () => !!(navigator.gpu && (await navigator.gpu.requestAdapter())));
+        assert.ok(adapter, "--enable-unsafe-webgpu gives a WebGPU adapter");
+      }
+      await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, {
+        timeout: LOAD_MS,
+      });
+      const error = await page.locator("#error").textContent();
+      assert.equal(await page.evaluate(() => document.body.dataset.state), "ready", `page failed: ${error}`);
+      const used = await page.locator("#device").getAttribute("data-device");
+      if (device === "gpu") assert.match(used, /^wgpu: /, `WebGPU path, got ${used}`);
+      else assert.match(used, /^cpu/, `CPU path, got ${used}`);
+
+      // Math: the whole streamed answer.
+      const math = await send(page, "What is 2+2?");
+      await waitDone(math);
+      const mathText = await math.locator(".text").textContent();
+      assert.equal(await math.getAttribute("data-label"), "math");
+      assert.match(mathText, /4/, `the answer has 4: ${mathText}`);
+      assert.notEqual(await math.getAttribute("data-finish"), "error", mathText);
+
+      // Wellness, stopped once a few pieces have streamed.
+      const well = await send(page, "I feel anxious and can't sleep at night");
+      await page.waitForFunction(
+        (el) => el.querySelector(".text").textContent.length >= 12,
+        await well.elementHandle(),
+        { timeout: ANSWER_MS },
+      );
+      await page.click("#stop", { timeout: ANSWER_MS });
+      await waitDone(well);
+      assert.equal(await well.getAttribute("data-label"), "wellness");
+      assert.equal(await well.getAttribute("data-finish"), "cancelled");
+      const stopped = await well.locator(".text").textContent();
+      await page.waitForTimeout(1500);
+      assert.equal(await well.locator(".text").textContent(), stopped, "nothing streams after stop");
+      assert.equal(await page.evaluate(() => document.body.dataset.state), "ready");
+
+      await page.screenshot({ path: join(artifacts, `web-demo-${device}.png`), fullPage: true });
+      console.log(`[${device}] ${used}\n  math: ${mathText.slice(0, 120)}…\n  wellness (stopped): ${stopped}`);
+    } catch (e) {
+      await page.screenshot({ path: join(artifacts, `web-demo-${device}-failed.png`), fullPage: true }).catch(() => {});
+      console.error(console_.slice(-60).join("\n"));
+      throw e;
+    } finally {
+      writeFileSync(join(artifacts, `console-${device}.log`), console_.join("\n") + "\n");
+      await browser.close();
+    }
+  });
+}

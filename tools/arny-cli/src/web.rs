@@ -1,0 +1,118 @@
+//! `arny web`: serves the browser demo (bindings/web-demo) on loopback.
+//!
+//! The page runs everything itself (wasm SDK, Burn on WebGPU or the CPU);
+//! this only hands it files: the page, the wasm package, a manifest and the
+//! default model's bytes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::routing::get;
+use tower_http::services::{ServeDir, ServeFile};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+/// Where the page fetches the model; the manifest below names it.
+const MODEL_URL: &str = "models/default.gguf";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Port on 127.0.0.1 (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Address to bind. Anything but loopback exposes the demo to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// The demo's folder (its `pkg/` is built by scripts/build-web.sh).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn demo_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    let candidates = match given {
+        Some(d) => vec![d],
+        None => vec![
+            PathBuf::from("bindings/web-demo"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bindings/web-demo"),
+        ],
+    };
+    let dir = candidates
+        .iter()
+        .find(|d| d.join("index.html").is_file())
+        .with_context(|| format!("no web demo (index.html) in {}", candidates[0].display()))?;
+    if !dir.join("pkg/arny_wasm_bg.wasm").is_file() {
+        bail!(
+            "{} has no wasm package: build it with scripts/build-web.sh",
+            dir.join("pkg").display()
+        );
+    }
+    Ok(dir.clone())
+}
+
+/// The built-in manifest, adapted to a page: one model for every role
+/// (universal plan: loaded once, instant switches), run by the Burn engine,
+/// fetched from this server and checked against its SHA-256.
+pub fn demo_manifest() -> Result<String> {
+    let mut m: toml::Table = arny_sdk::manifest::BUILTIN
+        .parse()
+        .context("built-in manifest")?;
+    let model = arny_model_store::DEFAULT_MODEL;
+    m.insert("plan".into(), "universal".into());
+    m.insert("memory_budget".into(), "2 GiB".into());
+    let models = m
+        .get_mut("models")
+        .and_then(|v| v.as_array_mut())
+        .context("built-in manifest has no [[models]]")?;
+    for spec in models.iter_mut().filter_map(|v| v.as_table_mut()) {
+        spec.insert("engine".into(), "burn".into());
+        spec.remove("known");
+        spec.insert("url".into(), MODEL_URL.into());
+        spec.insert("sha256".into(), model.sha256.into());
+    }
+    let text = format!(
+        "# Served by `arny web`: the built-in manifest for the browser.\n{}",
+        toml::to_string(&m)?
+    );
+    // The page would fail on an invalid one; fail here instead.
+    arny_sdk::Manifest::parse(&text, "web manifest", Path::new("."))?;
+    Ok(text)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let dir = demo_dir(args.dir)?;
+    let model = arny_model_store::require_default_model()?;
+    let manifest = demo_manifest()?;
+    let no_cache = SetResponseHeaderLayer::overriding(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    let app = Router::new()
+        .route(
+            "/arny.toml",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "application/toml; charset=utf-8")],
+                    manifest,
+                )
+            }),
+        )
+        .route_service(&format!("/{MODEL_URL}"), ServeFile::new(&model))
+        .fallback_service(ServeDir::new(&dir))
+        .layer(no_cache);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
+            .await
+            .with_context(|| format!("bind {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        // Scripts wait for this line; it names the real port when --port 0.
+        eprintln!("arny web: serving {} on http://{addr}/", dir.display());
+        tokio::select! {
+            r = axum::serve(listener, app) => r?,
+            _ = tokio::signal::ctrl_c() => eprintln!("arny web: stopping"),
+        }
+        Ok(())
+    })
+}
