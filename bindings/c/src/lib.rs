@@ -116,6 +116,7 @@ impl From<SdkError> for Failure {
             SdkError::Engine(_) => ArnyCode::Engine,
             SdkError::Router(_) => ArnyCode::Router,
             SdkError::Store(_) => ArnyCode::ModelStore,
+            #[cfg(feature = "cloud")]
             SdkError::Cloud(_) => ArnyCode::Cloud,
             SdkError::InvalidRequest(_) => ArnyCode::InvalidRequest,
         };
