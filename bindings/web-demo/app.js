@@ -94,6 +94,8 @@ async function ask(text) {
   const out = msg.querySelector(".text");
   pending = msg;
   setState("generating");
+  // Let the page paint the question before the model takes the thread.
+  await new Promise((r) => setTimeout(r, 20));
   try {
     const answer = await assistant.ask(text, (piece) => {
       out.textContent += piece;

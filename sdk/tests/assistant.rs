@@ -680,3 +680,57 @@ async fn builtin_gateway_generalises_to_held_out_queries() {
     let acc = ok as f64 / n as f64;
     assert!(acc >= 0.9, "accuracy {acc:.3} ({ok}/{n})");
 }
+
+/// Weights handed over as bytes (what the browser does) replace the
+/// manifest's file, which need not exist; the universal plan's load, done
+/// inside `Assistant::new`, reaches the events channel given in the
+/// options, with its progress; status names the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_bytes_replace_the_file_and_early_events_are_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(
+        dir.path(),
+        "plan = \"universal\"",
+        &["absent.gguf"],
+        ["absent", "absent", "absent"],
+        "",
+    );
+    let bytes: Arc<[u8]> = std::fs::read(model()).unwrap().into();
+    let (tx, mut rx) = futures::channel::mpsc::unbounded();
+    let mut opts = options();
+    opts.model_bytes.insert("absent".into(), bytes.clone());
+    opts.events = Some(tx);
+    let a = Assistant::new(m, opts).await.unwrap();
+    let evs = drain(&mut rx);
+    let progress: Vec<f32> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::LoadProgress { fraction, .. } => Some(*fraction),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        evs.iter().any(|e| matches!(e, Event::Loaded { .. })),
+        "{evs:?}"
+    );
+    assert!(
+        !progress.is_empty() && progress.len() <= 101,
+        "{progress:?}"
+    );
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+    let status = a.status();
+    let loaded = &status.memory.models[0];
+    assert_eq!(loaded.path, "memory:absent");
+    assert!(
+        loaded
+            .device
+            .as_deref()
+            .is_some_and(|d| d.starts_with("cpu")),
+        "{loaded:?}"
+    );
+    let answer = ask(&a, "What is 2+2?", 24).await.unwrap();
+    assert_eq!(answer.handler.label(), "math");
+    // Greedy here: "Two and two is equal to four."
+    let text = answer.text.to_lowercase();
+    assert!(text.contains('4') || text.contains("four"), "{text}");
+}

@@ -63,6 +63,9 @@ async function open(device) {
   // launch() starts Chromium with a fresh, empty profile directory.
   const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args });
   const page = await browser.newPage({ viewport: { width: 900, height: 1100 } });
+  // A busy page (kernels compiling on a software GPU) answers slowly to
+  // every query, not just to the waits that expect it.
+  page.setDefaultTimeout(ANSWER_MS);
   const console_ = [];
   page.on("console", (m) => console_.push(`[${m.type()}] ${m.text()}`));
   page.on("pageerror", (e) => console_.push(`[pageerror] ${e.message}`));
@@ -75,7 +78,9 @@ async function send(page, text) {
   const n = await page.locator(".msg.assistant").count();
   await page.fill("#prompt", text);
   await page.click("#send", { timeout: ANSWER_MS });
-  await page.locator(".msg.assistant").nth(n).waitFor();
+  // The first answer on a software GPU keeps the page busy compiling
+  // kernels for a while, so even the new message may take time to show.
+  await page.locator(".msg.assistant").nth(n).waitFor({ timeout: ANSWER_MS });
   return page.locator(".msg.assistant").nth(n);
 }
 
