@@ -9,6 +9,7 @@ use std::process::Command;
 #[test]
 fn c_program_runs_the_whole_abi() {
     let f = common::fixture();
+    let lib_dir = f.lib.parent().expect("lib dir");
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = tempfile::tempdir().expect("tempdir");
     let exe = out.path().join("abi_test");
@@ -26,8 +27,8 @@ fn c_program_runs_the_whole_abi() {
         .arg(here.join("tests/abi_test.c"))
         .arg("-o")
         .arg(&exe)
-        .arg(format!("-L{}", f.lib_dir.display()))
-        .arg(format!("-Wl,-rpath,{}", f.lib_dir.display()))
+        .arg(format!("-L{}", lib_dir.display()))
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
         .args(["-larny", "-lpthread"])
         .status()
         .unwrap_or_else(|e| panic!("{cc}: {e}"));

@@ -9,15 +9,10 @@ use std::process::Command;
 #[test]
 fn python_ctypes_runs_the_whole_abi() {
     let f = common::fixture();
-    let lib = f.lib_dir.join(format!(
-        "{}arny{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/test_ctypes.py");
     let run = Command::new("python3")
         .arg(&script)
-        .arg(&lib)
+        .arg(&f.lib)
         .args([&f.good, &f.truncated, &f.foreign])
         .output()
         .expect("python3");

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 pub struct Fixture {
-    /// Folder holding libarny.so (cargo's output dir for this profile).
-    pub lib_dir: PathBuf,
+    /// libarny.so in cargo's output dir for this profile.
+    pub lib: PathBuf,
     pub good: PathBuf,
     pub truncated: PathBuf,
     pub foreign: PathBuf,
@@ -69,10 +69,10 @@ pub fn fixture() -> Fixture {
         p
     };
     Fixture {
+        lib,
         truncated: manifest("truncated"),
         foreign: manifest("foreign"),
         good,
-        lib_dir,
         _dir: dir,
     }
 }
