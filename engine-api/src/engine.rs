@@ -5,7 +5,37 @@
 //! new tokens while keeping its KV cache ([`Session::eval`]). Everything
 //! above that (templates, sampling, stop strings, streaming, cancellation,
 //! timings) lives once in this crate, so every engine behaves the same.
+//!
+//! # The session contract
+//!
+//! Every engine's sessions follow these rules; each is checked by a case
+//! of the conformance suite (`engine_tck!`), and the checks engines share
+//! are the helpers at the end of this module, so no engine writes its own.
+//!
+//! 1. **Context.** A session holds at most [`Session::context_length`]
+//!    tokens: `SessionOptions::context_length`, else the model's default
+//!    ([`ModelInfo::context_length`]). A request of 0 or of more than the
+//!    model can hold ([`ModelInfo::max_context_length`]) fails with
+//!    [`EngineError::InvalidInput`]: nothing is silently clamped. See
+//!    [`resolve_context`]; `LoadOptions::context_length` follows the same
+//!    rule.
+//! 2. **Tokens.** `eval` checks every token against the vocabulary before
+//!    it runs anything ([`EngineError::InvalidInput`]), then that they fit
+//!    ([`EngineError::ContextOverflow`]); either way the cache is left as it
+//!    was. See [`check_eval`].
+//! 3. **Nothing to do.** `eval(&[], _)` runs nothing, changes nothing and
+//!    returns logits with no rows, whatever was asked for.
+//! 4. **Truncation.** `truncate(len)` keeps the first `len` cached tokens;
+//!    a `len` at or past the end is a no-op, as for `Vec::truncate`.
+//! 5. **Failure.** An `eval` that fails for any reason leaves
+//!    [`Session::tokens`] as it was before the call.
+//! 6. **Threads.** `eval` is `async` in signature only on native targets:
+//!    it runs its forward pass on the calling thread and returns when the
+//!    pass is done. Callers that must not block (a UI thread, an async
+//!    server) run it on a thread of their own. In a browser the future
+//!    really yields (WebGPU readback, turns for the page's event loop).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::chat_template::ChatTemplate;
@@ -13,6 +43,11 @@ use crate::{
     ChatMessage, EngineError, LoadOptions, Logits, LogitsRequest, ModelInfo, ModelSource, Result,
     SpecialTokens, TokenId,
 };
+
+/// The context sessions get when neither the caller nor the model says
+/// less: enough for a multi-turn chat, small enough for a phone's KV
+/// budget.
+pub const DEFAULT_CONTEXT: u32 = 4096;
 
 /// A way to run models: llama.cpp, ExecuTorch, Burn.
 ///
@@ -32,7 +67,8 @@ pub trait InferenceEngine: Send + Sync {
 /// Options for a new [`Session`].
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
-    /// Overrides the model's default context length for this session.
+    /// Overrides the model's default context length for this session; at
+    /// most [`ModelInfo::max_context_length`] (see [`resolve_context`]).
     pub context_length: Option<u32>,
 }
 
@@ -93,7 +129,8 @@ pub trait Session: Send {
     /// The tokens currently in the KV cache, in order.
     fn tokens(&self) -> &[TokenId];
 
-    /// Drops every cached token from position `len` on.
+    /// Drops every cached token from position `len` on; a no-op when
+    /// `len` is at or past the end.
     fn truncate(&mut self, len: usize) -> Result<()>;
 
     /// How many tokens one `eval` call handles well; prefill is split into
@@ -106,8 +143,11 @@ pub trait Session: Send {
     fn resident_bytes(&self) -> u64;
 
     /// Runs `tokens` through the model after the cached ones and returns
-    /// the requested logits. Fails with [`EngineError::ContextOverflow`]
-    /// (leaving the cache as it was) when they would not fit.
+    /// the requested logits, on the calling thread (see the module's
+    /// contract). Fails with [`EngineError::InvalidInput`] for a token
+    /// outside the vocabulary and [`EngineError::ContextOverflow`] when the
+    /// tokens would not fit, leaving the cache as it was; no tokens is no
+    /// work and no rows.
     async fn eval(&mut self, tokens: &[TokenId], logits: LogitsRequest) -> Result<Logits>;
 }
 
@@ -118,4 +158,118 @@ pub fn check_fits(cached: usize, extra: usize, capacity: usize) -> Result<()> {
         return Err(EngineError::ContextOverflow { needed, capacity });
     }
     Ok(())
+}
+
+/// The checks every [`Session::eval`] makes before running anything, in
+/// the contract's order: each token is in the vocabulary of `vocab`, then
+/// the tokens fit after `cached` in `capacity`. `Ok(false)`: there are no
+/// tokens, so there is nothing to run (return empty logits).
+pub fn check_eval(
+    tokens: &[TokenId],
+    cached: usize,
+    capacity: usize,
+    vocab: usize,
+) -> Result<bool> {
+    check_tokens(tokens, vocab)?;
+    check_fits(cached, tokens.len(), capacity)?;
+    Ok(!tokens.is_empty())
+}
+
+/// Every token is below `vocab`.
+pub fn check_tokens(tokens: &[TokenId], vocab: usize) -> Result<()> {
+    match tokens.iter().find(|&&t| t as usize >= vocab) {
+        Some(bad) => Err(EngineError::InvalidInput(format!(
+            "token {bad} is outside the vocabulary of {vocab}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The context a session (or a load) gets: `requested`, else `default`;
+/// either way between 1 and `max`, the most the model can hold. A request
+/// outside that range is an error naming both, never clamped.
+pub fn resolve_context(requested: Option<u32>, default: u32, max: u32) -> Result<u32> {
+    let ctx = requested.unwrap_or(default.min(max));
+    if ctx == 0 || ctx > max {
+        return Err(EngineError::InvalidInput(format!(
+            "context length {ctx} is not in 1..={max}, the most this model holds"
+        )));
+    }
+    Ok(ctx)
+}
+
+/// The size of the model file at `path`, after checking that it is one:
+/// [`EngineError::NotFound`] when nothing is there, [`EngineError::NotAFile`]
+/// for a directory or a device.
+pub fn check_model_file(path: &Path) -> Result<u64> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(m.len()),
+        Ok(_) => Err(EngineError::NotAFile(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(EngineError::NotFound(path.to_path_buf()))
+        }
+        Err(e) => Err(EngineError::io(path.display().to_string(), e)),
+    }
+}
+
+/// How a CPU engine names where it runs, e.g. `cpu (2 threads)` or
+/// `cpu (XNNPACK, 1 thread)`.
+pub fn cpu_device(runtime: Option<&str>, threads: u32) -> String {
+    let plural = if threads == 1 { "" } else { "s" };
+    match runtime {
+        Some(r) => format!("cpu ({r}, {threads} thread{plural})"),
+        None => format!("cpu ({threads} thread{plural})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_is_resolved_or_refused() {
+        assert_eq!(resolve_context(None, DEFAULT_CONTEXT, 8192).unwrap(), 4096);
+        assert_eq!(resolve_context(None, DEFAULT_CONTEXT, 512).unwrap(), 512);
+        assert_eq!(
+            resolve_context(Some(8192), DEFAULT_CONTEXT, 8192).unwrap(),
+            8192
+        );
+        for bad in [0, 8193] {
+            assert!(matches!(
+                resolve_context(Some(bad), DEFAULT_CONTEXT, 8192),
+                Err(EngineError::InvalidInput(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn eval_checks_in_order() {
+        assert!(!check_eval(&[], 10, 10, 5).unwrap());
+        assert!(check_eval(&[4], 9, 10, 5).unwrap());
+        // A bad token is reported before an overflow.
+        assert!(matches!(
+            check_eval(&[5, 1], 10, 10, 5),
+            Err(EngineError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            check_eval(&[1, 1], 9, 10, 5),
+            Err(EngineError::ContextOverflow {
+                needed: 11,
+                capacity: 10
+            })
+        ));
+    }
+
+    #[test]
+    fn model_file_checks() {
+        let dir = std::env::temp_dir();
+        assert!(matches!(
+            check_model_file(&dir),
+            Err(EngineError::NotAFile(_))
+        ));
+        assert!(matches!(
+            check_model_file(&dir.join("arny-no-such-model.gguf")),
+            Err(EngineError::NotFound(_))
+        ));
+    }
 }

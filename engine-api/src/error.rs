@@ -53,14 +53,6 @@ pub enum EngineError {
     #[error("context overflow: {needed} tokens needed, the context holds {capacity}")]
     ContextOverflow { needed: usize, capacity: usize },
 
-    /// Loading would exceed the configured memory budget.
-    #[error("memory budget exceeded: {needed} bytes needed, {available} of {budget} available")]
-    MemoryBudgetExceeded {
-        needed: u64,
-        available: u64,
-        budget: u64,
-    },
-
     /// The operation was cancelled through its [`crate::CancelToken`].
     #[error("cancelled")]
     Cancelled,
@@ -102,7 +94,6 @@ impl EngineError {
             Self::UnsupportedQuantization(_) => "unsupported_quantization",
             Self::Unsupported(_) => "unsupported",
             Self::ContextOverflow { .. } => "context_overflow",
-            Self::MemoryBudgetExceeded { .. } => "memory_budget_exceeded",
             Self::Cancelled => "cancelled",
             Self::InvalidInput(_) => "invalid_input",
             Self::Template(_) => "template",

@@ -23,7 +23,10 @@ mod threads;
 mod types;
 
 pub use chat_template::{BuiltinTemplate, ChatTemplate, TemplateOrigin};
-pub use engine::{InferenceEngine, Model, Session, SessionOptions, check_fits};
+pub use engine::{
+    DEFAULT_CONTEXT, InferenceEngine, Model, Session, SessionOptions, check_eval, check_fits,
+    check_model_file, check_tokens, cpu_device, resolve_context,
+};
 pub use error::{EngineError, Result};
 pub use generate::{
     Completion, FinishReason, GenerateRequest, Generation, GenerationEvent, Prompt, TokenEvent,
@@ -33,9 +36,11 @@ pub use sampler::{Sampler, SamplingParams};
 pub use text::{StopMatcher, StopScan, Utf8Stream};
 pub use threads::default_threads;
 pub use types::{
-    CancelToken, Capabilities, ChatMessage, DeviceRequest, LoadOptions, Logits, LogitsRequest,
-    ModelInfo, ModelSource, ProgressFn, Role, SpecialTokens, TokenId,
+    CancelToken, Capabilities, ChatMessage, DeviceRequest, EngineKind, LoadOptions, Logits,
+    LogitsRequest, ModelInfo, ModelSource, ProgressFn, Role, SpecialTokens, TokenId,
 };
 
-#[cfg(test)]
-mod mock;
+/// A scripted in-memory engine for fast unit tests of what sits above the
+/// engine traits (the generation loop, the SDK's model manager).
+#[cfg(any(test, feature = "mock"))]
+pub mod mock;

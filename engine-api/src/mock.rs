@@ -1,7 +1,15 @@
-//! A scripted in-memory engine for unit tests of the generation loop.
-//! Real-model behaviour is tested in `conformance-tests` on every engine.
+//! A scripted in-memory engine for unit tests of the generation loop and
+//! of what sits above the engine traits (the SDK's model manager: budgets,
+//! single-flight loads, eviction). Real-model behaviour is tested in
+//! `conformance-tests` on every engine; this is never the only proof.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use futures::channel::oneshot;
+use futures::future::Shared;
 
 use crate::*;
 
@@ -31,14 +39,19 @@ pub struct MockModel {
     special: SpecialTokens,
     template: ChatTemplate,
     pieces: Vec<Vec<u8>>,
+    session_bytes: u64,
 }
 
 impl MockModel {
     pub fn new() -> Arc<Self> {
+        Arc::new(Self::build(MockSpec::default()))
+    }
+
+    fn build(spec: MockSpec) -> Self {
         let mut pieces = vec![Vec::new(), Vec::new()];
         pieces.extend(SCRIPT.iter().map(|p| p.to_vec()));
         pieces.extend((0..=255u8).map(|b| vec![b]));
-        Arc::new(Self {
+        Self {
             info: ModelInfo {
                 architecture: "mock".into(),
                 name: None,
@@ -46,9 +59,10 @@ impl MockModel {
                 quantization: "none".into(),
                 vocab_size: VOCAB as u32,
                 trained_context_length: 4096,
+                max_context_length: 4096,
                 context_length: 4096,
-                resident_bytes: 0,
-                file_bytes: 0,
+                resident_bytes: spec.weight_bytes,
+                file_bytes: spec.weight_bytes,
                 engine: "mock".into(),
                 device: "cpu".into(),
                 capabilities: Capabilities::default(),
@@ -59,10 +73,16 @@ impl MockModel {
                 end_of_generation: vec![EOS],
                 add_bos: true,
             },
-            template: ChatTemplate::from_model(None, BuiltinTemplate::ChatMl, "<s>", "</s>")
-                .unwrap(),
+            template: ChatTemplate::new(
+                BuiltinTemplate::ChatMl.source(),
+                TemplateOrigin::Builtin(BuiltinTemplate::ChatMl),
+                "<s>",
+                "</s>",
+            )
+            .expect("the built-in template parses"),
             pieces,
-        })
+            session_bytes: spec.session_bytes,
+        }
     }
 
     /// The token the script favours after `last`.
@@ -98,10 +118,16 @@ impl Model for MockModel {
             .ok_or_else(|| EngineError::InvalidInput(format!("token {token} out of range")))
     }
     async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>> {
+        let ctx = resolve_context(
+            options.context_length,
+            self.info.context_length,
+            self.info.max_context_length,
+        )?;
         Ok(Box::new(MockSession {
-            ctx: options.context_length.unwrap_or(4096) as usize,
+            ctx: ctx as usize,
             tokens: Vec::new(),
             evaluated: 0,
+            bytes: self.session_bytes,
         }))
     }
 }
@@ -111,6 +137,7 @@ pub struct MockSession {
     tokens: Vec<TokenId>,
     /// Every token ever run through `eval`, to check cache reuse.
     pub evaluated: usize,
+    bytes: u64,
 }
 
 #[async_trait::async_trait]
@@ -129,10 +156,15 @@ impl Session for MockSession {
         4
     }
     fn resident_bytes(&self) -> u64 {
-        0
+        self.bytes
     }
     async fn eval(&mut self, tokens: &[TokenId], want: LogitsRequest) -> Result<Logits> {
-        check_fits(self.tokens.len(), tokens.len(), self.ctx)?;
+        if !check_eval(tokens, self.tokens.len(), self.ctx, VOCAB)? {
+            return Ok(Logits {
+                vocab: VOCAB,
+                data: Vec::new(),
+            });
+        }
         self.tokens.extend_from_slice(tokens);
         self.evaluated += tokens.len();
         let row = |t: TokenId| {
@@ -146,6 +178,99 @@ impl Session for MockSession {
             LogitsRequest::All => tokens.iter().flat_map(|&t| row(t)).collect(),
         };
         Ok(Logits { vocab: VOCAB, data })
+    }
+}
+
+/// What a [`MockEngine`] load produces.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MockSpec {
+    /// The model's `resident_bytes`.
+    pub weight_bytes: u64,
+    /// Each session's `resident_bytes`.
+    pub session_bytes: u64,
+    /// The load fails with [`EngineError::Corrupt`].
+    pub fail: bool,
+}
+
+/// An engine whose loads make [`MockModel`]s. A model is named by its file
+/// name (or the name given with bytes) and gets the [`MockSpec`] registered
+/// for that name (the default one otherwise); loads are counted, and can be
+/// held back with [`MockEngine::hold`] to test what happens meanwhile.
+#[derive(Clone, Default)]
+pub struct MockEngine {
+    state: Arc<MockState>,
+}
+
+#[derive(Default)]
+struct MockState {
+    specs: Mutex<HashMap<String, MockSpec>>,
+    loads: AtomicUsize,
+    gate: Mutex<Option<Shared<oneshot::Receiver<()>>>>,
+}
+
+/// Loads wait while this is alive; dropping it lets them finish.
+pub struct MockGate(#[allow(dead_code)] oneshot::Sender<()>);
+
+impl MockEngine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Loads of `name` make models with `spec`.
+    pub fn with_model(self, name: &str, spec: MockSpec) -> Self {
+        lock(&self.state.specs).insert(name.to_string(), spec);
+        self
+    }
+
+    /// How many loads have started.
+    pub fn loads(&self) -> usize {
+        self.state.loads.load(Ordering::SeqCst)
+    }
+
+    /// Holds every load that starts from now on until the gate drops.
+    pub fn hold(&self) -> MockGate {
+        let (tx, rx) = oneshot::channel();
+        *lock(&self.state.gate) = Some(rx.shared());
+        MockGate(tx)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
+#[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
+impl InferenceEngine for MockEngine {
+    fn id(&self) -> &'static str {
+        "mock"
+    }
+
+    async fn load(&self, source: ModelSource, _: LoadOptions) -> Result<Arc<dyn Model>> {
+        let name = match &source {
+            ModelSource::Path(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            ModelSource::Bytes { name, .. } => name.clone(),
+        };
+        self.state.loads.fetch_add(1, Ordering::SeqCst);
+        let gate = lock(&self.state.gate).clone();
+        if let Some(gate) = gate {
+            // Released or dropped: either way the load goes on.
+            let _ = gate.await;
+        }
+        let spec = lock(&self.state.specs)
+            .get(&name)
+            .copied()
+            .unwrap_or_default();
+        if spec.fail {
+            return Err(EngineError::Corrupt {
+                source_name: name,
+                reason: "the mock was told to fail".into(),
+            });
+        }
+        Ok(Arc::new(MockModel::build(spec)))
     }
 }
 

@@ -52,6 +52,18 @@ impl SamplingParams {
         Self::default()
     }
 
+    /// For conversation: llama.cpp's default sampler (temperature 0.8,
+    /// top-k 40, top-p 0.95, min-p 0.05) plus a repetition penalty of 1.1
+    /// over the last 64 tokens, llama.cpp's long-time default, which keeps
+    /// a small model from answering with one sentence over and over.
+    pub fn interactive() -> Self {
+        Self {
+            temperature: 0.8,
+            repetition_penalty: 1.1,
+            ..Self::default()
+        }
+    }
+
     /// Sampling at `temperature` with the default filters.
     pub fn with_temperature(temperature: f32) -> Self {
         Self {

@@ -55,9 +55,46 @@ impl fmt::Debug for ModelSource {
     }
 }
 
+/// The engines Arny has, by the ids configs and the command line use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum EngineKind {
+    /// llama.cpp (`engine-gguf`).
+    Gguf,
+    /// ExecuTorch programs (`engine-pte`).
+    Pte,
+    /// Burn on wgpu or its CPU backend (`engine-burn-wgpu`).
+    Burn,
+}
+
+impl EngineKind {
+    pub const ALL: [Self; 3] = [Self::Gguf, Self::Pte, Self::Burn];
+
+    /// The id, as [`crate::InferenceEngine::id`] returns it.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Gguf => "gguf",
+            Self::Pte => "pte",
+            Self::Burn => "burn",
+        }
+    }
+
+    pub fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.id() == id)
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
 /// Which kind of device an engine should run on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum DeviceRequest {
     /// A GPU when the engine has one, else the CPU.
     #[default]
@@ -67,14 +104,25 @@ pub enum DeviceRequest {
     Gpu,
 }
 
+impl fmt::Display for DeviceRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
+        })
+    }
+}
+
 /// Called with load progress in `[0, 1]`.
 pub type ProgressFn = Arc<dyn Fn(f32) + Send + Sync>;
 
 /// How to load a model.
 #[derive(Clone)]
 pub struct LoadOptions {
-    /// Context window of sessions created from the model. `None`: the
-    /// engine's default, never more than the model was trained for.
+    /// Default context window of the model's sessions. `None`:
+    /// [`crate::DEFAULT_CONTEXT`] or the most the model holds, if less; a
+    /// value above that is an error (see [`crate::resolve_context`]).
     pub context_length: Option<u32>,
     /// Compute threads. `None`: the engine's default policy.
     pub threads: Option<u32>,
@@ -135,6 +183,10 @@ pub struct ModelInfo {
     pub vocab_size: u32,
     /// The context the model was trained for.
     pub trained_context_length: u32,
+    /// The most tokens a session can hold: the trained context, or less
+    /// where the engine has a hard limit (an ExecuTorch program's static
+    /// KV cache).
+    pub max_context_length: u32,
     /// The context sessions get by default.
     pub context_length: u32,
     /// Bytes the weights occupy (file-backed pages included when mapped).
@@ -162,6 +214,21 @@ pub struct SpecialTokens {
 impl SpecialTokens {
     pub fn is_end_of_generation(&self, token: TokenId) -> bool {
         self.end_of_generation.contains(&token)
+    }
+
+    /// The texts of BOS and EOS, which chat templates see as `bos_token`
+    /// and `eos_token`, looked up with `bytes`; empty where the model has
+    /// no such token.
+    pub fn bos_eos_text<'a>(
+        &self,
+        bytes: impl Fn(TokenId) -> Option<&'a [u8]>,
+    ) -> (String, String) {
+        let text = |t: Option<TokenId>| {
+            t.and_then(&bytes)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        (text(self.bos), text(self.eos))
     }
 }
 

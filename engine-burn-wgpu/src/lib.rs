@@ -4,22 +4,21 @@
 //! (`flex`) and wgpu (Vulkan, Metal, DX12; WebGPU in a browser). Weights
 //! come from the same GGUF files llama.cpp reads, dequantized to f32 (f16 on
 //! a GPU with shader f16, or 8-bit blocks on request); the
-//! tokenizer is built from the file's vocabulary (`arny-gguf-tokenizer`) and
+//! tokenizer is built from the file's vocabulary (`arny-tokenizer`) and
 //! gives llama.cpp's token ids. Sampling, templates and streaming are
 //! engine-api's, as for every engine.
 
 mod llama;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arny_engine_api::{
-    BuiltinTemplate, Capabilities, ChatTemplate, DeviceRequest, EngineError, InferenceEngine,
-    LoadOptions, Logits, LogitsRequest, Model, ModelInfo, ModelSource, Result, Session,
-    SessionOptions, SpecialTokens, TokenId, check_fits,
+    BuiltinTemplate, Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest, EngineError,
+    InferenceEngine, LoadOptions, Logits, LogitsRequest, Model, ModelInfo, ModelSource, Result,
+    Session, SessionOptions, SpecialTokens, TokenId, check_eval, check_model_file, resolve_context,
 };
-use arny_gguf_file::GgufFile;
-use arny_gguf_tokenizer::GgufTokenizer;
+use arny_gguf::GgufFile;
+use arny_tokenizer::BpeTokenizer;
 use burn::tensor::Device;
 
 pub use llama::{Config, KvCache, Llama, WeightPrecision};
@@ -27,8 +26,6 @@ pub use llama::{Config, KvCache, Llama, WeightPrecision};
 /// The id manifests and the CLI use.
 pub const ENGINE_ID: &str = "burn";
 
-/// Default context when the caller sets none.
-const DEFAULT_CONTEXT: u32 = 4096;
 /// Tokens per forward pass during prefill: bounds the attention matrix.
 const BATCH: usize = 256;
 
@@ -128,28 +125,50 @@ async fn gpu() -> std::result::Result<Gpu, String> {
     r
 }
 
+/// Where a model runs.
+struct Placement {
+    device: Device,
+    backend: Backend,
+    /// For `ModelInfo::device`.
+    name: String,
+    /// Shaders have f16 arithmetic.
+    f16: bool,
+}
+
+impl Placement {
+    fn cpu() -> Self {
+        Self {
+            device: Device::flex(),
+            backend: Backend::Cpu,
+            name: "cpu (burn flex)".into(),
+            f16: false,
+        }
+    }
+
+    fn gpu(g: Gpu) -> Self {
+        Self {
+            device: g.device,
+            backend: Backend::Wgpu,
+            name: g.name,
+            f16: g.f16,
+        }
+    }
+}
+
 /// The device for a request. `Auto` takes wgpu only on a hardware adapter:
 /// a software one (lavapipe) is several times slower than the CPU backend.
 /// `Gpu` is honoured on any wgpu adapter, software included, so that the
 /// wgpu path can be exercised on machines without a GPU; the adapter's type
 /// is in the device name for anyone reading `ModelInfo`.
-async fn device(request: DeviceRequest) -> Result<(Device, Backend, String, bool)> {
-    let cpu = || {
-        (
-            Device::flex(),
-            Backend::Cpu,
-            "cpu (burn flex)".to_string(),
-            false,
-        )
-    };
+async fn place(request: DeviceRequest) -> Result<Placement> {
     match request {
-        DeviceRequest::Cpu => Ok(cpu()),
+        DeviceRequest::Cpu => Ok(Placement::cpu()),
         DeviceRequest::Auto => Ok(match gpu().await {
-            Ok(g) if !g.software => (g.device, Backend::Wgpu, g.name, g.f16),
-            _ => cpu(),
+            Ok(g) if !g.software => Placement::gpu(g),
+            _ => Placement::cpu(),
         }),
         DeviceRequest::Gpu => match gpu().await {
-            Ok(g) => Ok((g.device, Backend::Wgpu, g.name, g.f16)),
+            Ok(g) => Ok(Placement::gpu(g)),
             Err(e) => Err(EngineError::Unsupported(format!(
                 "a GPU was requested but wgpu found no usable adapter: {e}"
             ))),
@@ -157,19 +176,11 @@ async fn device(request: DeviceRequest) -> Result<(Device, Backend, String, bool
     }
 }
 
+/// The file's bytes and a name for messages.
 fn read(source: &ModelSource) -> Result<(Arc<[u8]>, String)> {
     match source {
         ModelSource::Path(p) => {
-            let meta = match std::fs::metadata(p) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(EngineError::NotFound(p.clone()));
-                }
-                Err(e) => return Err(EngineError::io(p.display().to_string(), e)),
-            };
-            if !meta.is_file() {
-                return Err(EngineError::NotAFile(p.clone()));
-            }
+            check_model_file(p)?;
             let bytes = std::fs::read(p)
                 .map_err(|e| EngineError::io(format!("read {}", p.display()), e))?;
             Ok((bytes.into(), p.display().to_string()))
@@ -199,37 +210,19 @@ impl InferenceEngine for BurnEngine {
     async fn load(&self, source: ModelSource, options: LoadOptions) -> Result<Arc<dyn Model>> {
         let (bytes, name) = read(&source)?;
         let file = GgufFile::from_bytes(&bytes).map_err(|e| e.into_engine_error(&name))?;
-        let tokenizer = GgufTokenizer::from_gguf(&file).map_err(|e| match e {
-            arny_gguf_tokenizer::TokenizerError::Unsupported(m) => EngineError::Unsupported(m),
-            other => EngineError::Corrupt {
-                source_name: name.clone(),
-                reason: other.to_string(),
-            },
-        })?;
-        let (device, backend, device_name, has_f16) = device(options.device).await?;
-        let precision = self.precision.unwrap_or(if has_f16 {
+        let tokenizer = BpeTokenizer::from_gguf(&file).map_err(|e| e.into_engine_error(&name))?;
+        let placement = place(options.device).await?;
+        let precision = self.precision.unwrap_or(if placement.f16 {
             WeightPrecision::F16
         } else {
             WeightPrecision::F32
         });
-        let progress = options.progress.clone();
-        let report = move |p: f32| {
-            if let Some(f) = &progress {
+        let report = |p: f32| {
+            if let Some(f) = &options.progress {
                 f(p);
             }
         };
-        let llama = Llama::load(&file, &bytes, &name, &device, precision, &report)?;
-        #[cfg(not(target_family = "wasm"))]
-        let pool = match (backend, options.threads) {
-            (Backend::Cpu, Some(n)) => Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n.max(1) as usize)
-                    .thread_name(|i| format!("arny-burn-{i}"))
-                    .build()
-                    .map_err(|e| EngineError::engine(ENGINE_ID, format!("thread pool: {e}")))?,
-            ),
-            _ => None,
-        };
+        let llama = Llama::load(&file, &bytes, &name, &placement.device, precision, &report)?;
         if tokenizer.vocab_size() != llama.cfg.vocab {
             return Err(EngineError::Corrupt {
                 source_name: name,
@@ -240,86 +233,18 @@ impl InferenceEngine for BurnEngine {
                 ),
             });
         }
-        let id = |k: &str| {
-            file.get_u64(k)
-                .map(|v| v as TokenId)
-                .filter(|&v| (v as usize) < llama.cfg.vocab)
-        };
-        let (bos, eos) = (
-            id("tokenizer.ggml.bos_token_id"),
-            id("tokenizer.ggml.eos_token_id"),
-        );
-        let mut eog: Vec<TokenId> = [
-            eos,
-            id("tokenizer.ggml.eot_token_id"),
-            id("tokenizer.ggml.eom_token_id"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        for t in 0..llama.cfg.vocab as TokenId {
-            if tokenizer.is_special(t)
-                && let Some(b) = tokenizer.token_bytes(t)
-                && EOG_TEXTS.iter().any(|x| x.as_bytes() == b)
-                && !eog.contains(&t)
-            {
-                eog.push(t);
-            }
-        }
-        eog.sort_unstable();
-        let special = SpecialTokens {
-            bos,
-            eos,
-            end_of_generation: eog,
-            add_bos: file
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(|v| v.as_u64())
-                .map(|v| v != 0)
-                .unwrap_or(false),
-        };
-        let text = |t: Option<TokenId>| {
-            t.and_then(|t| tokenizer.token_bytes(t))
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default()
-        };
+        let special = special_tokens(&file, &tokenizer, llama.cfg.vocab);
+        let (bos, eos) = special.bos_eos_text(|t| tokenizer.token_bytes(t));
         let template = ChatTemplate::from_model(
             file.get_str("tokenizer.chat_template"),
             BuiltinTemplate::ChatMl,
-            &text(bos),
-            &text(eos),
+            &bos,
+            &eos,
         )?;
-        let trained = llama.cfg.context_length as u32;
-        let context_length = options
-            .context_length
-            .unwrap_or(DEFAULT_CONTEXT)
-            .min(trained)
-            .max(1);
-        let params: u64 = file.tensors.iter().map(|t| t.elements()).sum();
-        let quantization = file
-            .tensor("blk.0.ffn_down.weight")
-            .and_then(|t| t.type_name())
-            .unwrap_or("F32")
-            .to_string();
-        let info = ModelInfo {
-            architecture: "llama".into(),
-            name: file.get_str("general.name").map(str::to_string),
-            parameters: params,
-            quantization,
-            vocab_size: llama.cfg.vocab as u32,
-            trained_context_length: trained,
-            context_length,
-            // Weights on the device plus the f32 embeddings on the host.
-            resident_bytes: llama.device_bytes
-                + WeightPrecision::F32.bytes(llama.cfg.vocab * llama.cfg.n_embd),
-            file_bytes: bytes.len() as u64,
-            engine: ENGINE_ID.into(),
-            device: format!("{device_name}, {precision:?} weights"),
-            capabilities: Capabilities {
-                logits: true,
-                ..Capabilities::default()
-            },
-        };
-        tracing::info!(model = %name, ?backend, ?precision, "burn model loaded");
+        let info = model_info(&file, &llama, &placement, precision, &options, bytes.len())?;
+        #[cfg(not(target_family = "wasm"))]
+        let pool = thread_pool(placement.backend, options.threads)?;
+        tracing::info!(model = %name, backend = ?placement.backend, ?precision, "burn model loaded");
         Ok(Arc::new(BurnModel(Arc::new(Inner {
             llama,
             tokenizer,
@@ -327,7 +252,7 @@ impl InferenceEngine for BurnEngine {
             special,
             info,
             #[cfg(target_family = "wasm")]
-            backend,
+            backend: placement.backend,
             lock: Mutex::new(()),
             #[cfg(not(target_family = "wasm"))]
             pool,
@@ -335,9 +260,101 @@ impl InferenceEngine for BurnEngine {
     }
 }
 
+/// BOS, EOS and every end-of-generation token: the ids the file names, plus
+/// the special tokens whose text llama.cpp treats as an end of turn.
+fn special_tokens(file: &GgufFile, tokenizer: &BpeTokenizer, vocab: usize) -> SpecialTokens {
+    let id = |k: &str| {
+        file.get_u64(k)
+            .map(|v| v as TokenId)
+            .filter(|&v| (v as usize) < vocab)
+    };
+    let (bos, eos) = (
+        id("tokenizer.ggml.bos_token_id"),
+        id("tokenizer.ggml.eos_token_id"),
+    );
+    let mut eog: Vec<TokenId> = [
+        eos,
+        id("tokenizer.ggml.eot_token_id"),
+        id("tokenizer.ggml.eom_token_id"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for t in 0..vocab as TokenId {
+        if tokenizer.is_special(t)
+            && let Some(b) = tokenizer.token_bytes(t)
+            && EOG_TEXTS.iter().any(|x| x.as_bytes() == b)
+            && !eog.contains(&t)
+        {
+            eog.push(t);
+        }
+    }
+    eog.sort_unstable();
+    SpecialTokens {
+        bos,
+        eos,
+        end_of_generation: eog,
+        add_bos: file
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.as_u64())
+            .is_some_and(|v| v != 0),
+    }
+}
+
+fn model_info(
+    file: &GgufFile,
+    llama: &Llama,
+    placement: &Placement,
+    precision: WeightPrecision,
+    options: &LoadOptions,
+    file_bytes: usize,
+) -> Result<ModelInfo> {
+    let trained = llama.cfg.context_length as u32;
+    let context_length = resolve_context(options.context_length, DEFAULT_CONTEXT, trained)?;
+    Ok(ModelInfo {
+        architecture: "llama".into(),
+        name: file.get_str("general.name").map(str::to_string),
+        parameters: file.tensors.iter().map(|t| t.elements()).sum(),
+        quantization: file
+            .tensor("blk.0.ffn_down.weight")
+            .and_then(|t| t.type_name())
+            .unwrap_or("F32")
+            .to_string(),
+        vocab_size: llama.cfg.vocab as u32,
+        trained_context_length: trained,
+        max_context_length: trained,
+        context_length,
+        // Weights on the device plus the f32 embeddings on the host.
+        resident_bytes: llama.device_bytes
+            + WeightPrecision::F32.bytes(llama.cfg.vocab * llama.cfg.n_embd),
+        file_bytes: file_bytes as u64,
+        engine: ENGINE_ID.into(),
+        device: format!("{}, {precision:?} weights", placement.name),
+        capabilities: Capabilities {
+            logits: true,
+            ..Capabilities::default()
+        },
+    })
+}
+
+/// The CPU backend's own threads when the caller set a count; `None`:
+/// rayon's global pool (every core), or a GPU.
+#[cfg(not(target_family = "wasm"))]
+fn thread_pool(backend: Backend, threads: Option<u32>) -> Result<Option<rayon::ThreadPool>> {
+    match (backend, threads) {
+        (Backend::Cpu, Some(n)) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1) as usize)
+            .thread_name(|i| format!("arny-burn-{i}"))
+            .build()
+            .map(Some)
+            .map_err(|e| EngineError::engine(ENGINE_ID, format!("thread pool: {e}"))),
+        _ => Ok(None),
+    }
+}
+
 struct Inner {
     llama: Llama,
-    tokenizer: GgufTokenizer,
+    tokenizer: BpeTokenizer,
     template: ChatTemplate,
     special: SpecialTokens,
     info: ModelInfo,
@@ -390,7 +407,7 @@ impl Model for BurnModel {
             .0
             .tokenizer
             .encode(text, parse_special)
-            .map_err(|e| EngineError::InvalidInput(e.to_string()))?;
+            .map_err(|e| e.into_engine_error(ENGINE_ID))?;
         if add_special
             && self.0.special.add_bos
             && let Some(b) = self.0.special.bos
@@ -402,18 +419,20 @@ impl Model for BurnModel {
 
     fn token_bytes(&self, token: TokenId) -> Result<&[u8]> {
         self.0.tokenizer.token_bytes(token).ok_or_else(|| {
-            EngineError::InvalidInput(format!("token {token} is not in the vocabulary"))
+            EngineError::InvalidInput(format!(
+                "token {token} is outside the vocabulary of {}",
+                self.0.info.vocab_size
+            ))
         })
     }
 
     async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>> {
-        let ctx = options.context_length.unwrap_or(self.0.info.context_length);
-        if ctx == 0 || ctx > self.0.info.trained_context_length {
-            return Err(EngineError::InvalidInput(format!(
-                "context length {ctx} is not in 1..={}",
-                self.0.info.trained_context_length
-            )));
-        }
+        let info = &self.0.info;
+        let ctx = resolve_context(
+            options.context_length,
+            info.context_length,
+            info.max_context_length,
+        )?;
         Ok(Box::new(BurnSession {
             model: self.0.clone(),
             cache: KvCache::new(self.0.llama.cfg.n_layer),
@@ -430,6 +449,33 @@ pub struct BurnSession {
     context: usize,
 }
 
+impl BurnSession {
+    /// Forward passes of at most `BATCH` tokens, appending the logits
+    /// `request` asks for to `data`.
+    async fn run_chunks(
+        &mut self,
+        tokens: &[TokenId],
+        request: LogitsRequest,
+        data: &mut Vec<f32>,
+    ) -> Result<()> {
+        let chunks: Vec<&[TokenId]> = tokens.chunks(BATCH).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let all = request == LogitsRequest::All;
+            let wanted = all || (last && request == LogitsRequest::Last);
+            let rows = if all { chunk.len() } else { 1 };
+            let out = self.model.forward(chunk, &mut self.cache, rows);
+            self.tokens.extend_from_slice(chunk);
+            if wanted {
+                // Async readback: the only kind a browser's WebGPU offers.
+                let d = out.into_data_async().await.map_err(readback)?;
+                data.extend_from_slice(d.as_slice::<f32>().map_err(readback)?);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
 impl Session for BurnSession {
@@ -442,12 +488,6 @@ impl Session for BurnSession {
     }
 
     fn truncate(&mut self, len: usize) -> Result<()> {
-        if len > self.tokens.len() {
-            return Err(EngineError::InvalidInput(format!(
-                "cannot truncate {} tokens to {len}",
-                self.tokens.len()
-            )));
-        }
         self.tokens.truncate(len);
         self.cache.truncate(len);
         Ok(())
@@ -465,38 +505,15 @@ impl Session for BurnSession {
 
     async fn eval(&mut self, tokens: &[TokenId], logits: LogitsRequest) -> Result<Logits> {
         let vocab = self.model.llama.cfg.vocab;
-        if tokens.is_empty() {
-            return Err(EngineError::InvalidInput("no tokens to evaluate".into()));
-        }
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::InvalidInput(format!(
-                "token {bad} is not in the vocabulary"
-            )));
-        }
-        check_fits(self.tokens.len(), tokens.len(), self.context)?;
         let mut data = Vec::new();
-        let chunks: Vec<&[TokenId]> = tokens.chunks(BATCH).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            let last = i + 1 == chunks.len();
-            let wanted = matches!(logits, LogitsRequest::All)
-                || (last && matches!(logits, LogitsRequest::Last));
-            let rows = if matches!(logits, LogitsRequest::All) {
-                chunk.len()
-            } else {
-                1
-            };
-            let out = self.model.forward(chunk, &mut self.cache, rows);
-            self.tokens.extend_from_slice(chunk);
-            if wanted {
-                // Async readback: the only kind a browser's WebGPU offers.
-                let d = out.into_data_async().await.map_err(|e| {
-                    EngineError::engine(ENGINE_ID, format!("reading logits: {e:?}"))
-                })?;
-                let s = d.as_slice::<f32>().map_err(|e| {
-                    EngineError::engine(ENGINE_ID, format!("reading logits: {e:?}"))
-                })?;
-                data.extend_from_slice(s);
-            }
+        if !check_eval(tokens, self.tokens.len(), self.context, vocab)? {
+            return Ok(Logits { vocab, data });
+        }
+        let start = self.tokens.len();
+        if let Err(e) = self.run_chunks(tokens, logits, &mut data).await {
+            // The contract: a failed eval leaves the cache as it was.
+            self.truncate(start)?;
+            return Err(e);
         }
         // In a page the CPU backend computes without awaiting anything, so
         // nothing else (a click on "stop", a repaint) would run until the
@@ -507,6 +524,10 @@ impl Session for BurnSession {
         }
         Ok(Logits { vocab, data })
     }
+}
+
+fn readback(e: impl std::fmt::Debug) -> EngineError {
+    EngineError::engine(ENGINE_ID, format!("reading logits: {e:?}"))
 }
 
 /// Resolves on a later task (`setTimeout(0)`), after pending events.
@@ -521,10 +542,4 @@ async fn yield_to_event_loop() {
         let _ = set_timeout.call2(&JsValue::NULL, &resolve, &JsValue::from(0));
     });
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
-}
-
-/// Whether `path` looks like a model this engine reads (by extension).
-pub fn handles(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }

@@ -9,7 +9,7 @@
 //! pairs (x[2i], x[2i+1]); the rotation here does the same.
 
 use arny_engine_api::EngineError;
-use arny_gguf_file::GgufFile;
+use arny_gguf::GgufFile;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
@@ -138,8 +138,6 @@ pub struct Llama {
     /// one-row and a many-row pass.
     lm_head: Tensor<2>,
     head_precision: WeightPrecision,
-    /// Tensor bytes in the file.
-    pub weight_bytes: u64,
     /// Bytes the weights take on the device.
     pub device_bytes: u64,
 }
@@ -182,7 +180,7 @@ fn load(
     source: &str,
     name: &str,
     expect: &[usize],
-) -> Result<(Vec<f32>, usize), EngineError> {
+) -> Result<Vec<f32>, EngineError> {
     let corrupt = |reason: String| EngineError::Corrupt {
         source_name: source.to_string(),
         reason,
@@ -196,7 +194,7 @@ fn load(
             "tensor {name} has shape {dims:?}, expected {expect:?}"
         )));
     }
-    if !arny_gguf_file::dequant::SUPPORTED.contains(&t.ggml_type) {
+    if !arny_gguf::dequant::SUPPORTED.contains(&t.ggml_type) {
         return Err(EngineError::UnsupportedQuantization(
             t.type_name().unwrap_or("unknown").to_string(),
         ));
@@ -205,7 +203,7 @@ fn load(
     if v.iter().any(|x| !x.is_finite()) {
         return Err(corrupt(format!("tensor {name} holds non-finite values")));
     }
-    Ok((v, t.bytes.unwrap_or(0) as usize))
+    Ok(v)
 }
 
 impl Llama {
@@ -219,11 +217,9 @@ impl Llama {
     ) -> Result<Self, EngineError> {
         let cfg = Config::from_gguf(f, source)?;
         let (e, kv) = (cfg.n_embd, cfg.n_head_kv * cfg.head_dim);
-        let total = std::cell::Cell::new(0usize);
         let on_device = std::cell::Cell::new(0u64);
         let vec1 = |name: &str, n: usize| -> Result<Tensor<1>, EngineError> {
-            let (v, b) = load(f, bytes, source, name, &[n])?;
-            total.set(total.get() + b);
+            let v = load(f, bytes, source, name, &[n])?;
             on_device.set(on_device.get() + WeightPrecision::F32.bytes(n));
             Ok(Tensor::from_data(TensorData::new(v, [n]), device))
         };
@@ -233,8 +229,7 @@ impl Llama {
                    n_out: usize,
                    precision: WeightPrecision|
          -> Result<Tensor<2>, EngineError> {
-            let (v, b) = load(f, bytes, source, name, &[n_in, n_out])?;
-            total.set(total.get() + b);
+            let v = load(f, bytes, source, name, &[n_in, n_out])?;
             on_device.set(on_device.get() + precision.bytes(n_in * n_out));
             Ok(Self::weight(
                 Tensor::<2>::from_data(TensorData::new(v, [n_out, n_in]), device),
@@ -258,8 +253,7 @@ impl Llama {
             progress((i + 1) as f32 / (cfg.n_layer + 1) as f32);
         }
         let out_norm = vec1("output_norm.weight", e)?;
-        let (embeddings, b) = load(f, bytes, source, "token_embd.weight", &[e, cfg.vocab])?;
-        total.set(total.get() + b);
+        let embeddings = load(f, bytes, source, "token_embd.weight", &[e, cfg.vocab])?;
         let head_precision = match precision {
             WeightPrecision::F16 => WeightPrecision::F32,
             p => p,
@@ -283,7 +277,6 @@ impl Llama {
             out_norm,
             lm_head,
             head_precision,
-            weight_bytes: total.get() as u64,
             device_bytes: on_device.get(),
         })
     }
@@ -362,73 +355,118 @@ impl Llama {
     /// Runs `tokens` (appended after what `cache` holds) and returns the
     /// logits of the last `rows` positions: `[rows, vocab]`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: usize) -> Tensor<2> {
-        let c = &self.cfg;
         let (s, past) = (tokens.len(), cache.len);
-        let (e, hd) = (c.n_embd, c.head_dim);
+        let e = self.cfg.n_embd;
         let mut emb = Vec::with_capacity(s * e);
         for &t in tokens {
             emb.extend_from_slice(&self.embeddings[t as usize * e..(t as usize + 1) * e]);
         }
         let mut x = Tensor::<2>::from_data(TensorData::new(emb, [s, e]), &self.device);
-        let total = past + s;
-        // Query i (absolute past + i) sees keys 0..=past + i.
-        let mut mask = vec![0f32; s * total];
-        for i in 0..s {
-            for j in past + i + 1..total {
-                mask[i * total + j] = f32::NEG_INFINITY;
-            }
-        }
-        let mask = Tensor::<3>::from_data(TensorData::new(mask, [1, s, total]), &self.device);
-        let rope = self.rope_tables(past, s);
-        let group = c.n_head / c.n_head_kv;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let step = Step {
+            past,
+            seq: s,
+            mask: self.causal_mask(past, s),
+            rope: self.rope_tables(past, s),
+        };
         for (l, b) in self.blocks.iter().enumerate() {
-            let h = self.rms_norm(x.clone(), &b.attn_norm);
-            let q = Self::mm(h.clone(), &b.wq, self.precision)
-                .reshape([s, c.n_head, hd])
-                .swap_dims(0, 1);
-            let k = Self::mm(h.clone(), &b.wk, self.precision)
-                .reshape([s, c.n_head_kv, hd])
-                .swap_dims(0, 1);
-            let v = Self::mm(h, &b.wv, self.precision)
-                .reshape([s, c.n_head_kv, hd])
-                .swap_dims(0, 1);
-            let q = Self::rope(q, &rope);
-            let k = Self::rope(k, &rope);
-            let k = match cache.k[l].take() {
-                Some(prev) => Tensor::cat(vec![prev, k], 1),
-                None => k,
-            };
-            let v = match cache.v[l].take() {
-                Some(prev) => Tensor::cat(vec![prev, v], 1),
-                None => v,
-            };
-            cache.k[l] = Some(k.clone());
-            cache.v[l] = Some(v.clone());
-            // Each KV head serves `group` consecutive query heads.
-            let expand = |t: Tensor<3>| {
-                t.unsqueeze_dim::<4>(1)
-                    .repeat_dim(1, group)
-                    .reshape([c.n_head, total, hd])
-            };
-            let (k, v) = (expand(k), expand(v));
-            let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(scale) + mask.clone();
-            let attn = softmax(scores, 2).matmul(v); // [n_head, s, hd]
-            let attn = Self::mm(attn.swap_dims(0, 1).reshape([s, e]), &b.wo, self.precision);
-            x = x + attn;
-            let h = self.rms_norm(x.clone(), &b.ffn_norm);
-            let gate = silu(Self::mm(h.clone(), &b.w_gate, self.precision));
-            let up = Self::mm(h, &b.w_up, self.precision);
-            x = x + Self::mm(gate * up, &b.w_down, self.precision);
+            x = self.block(b, x, &mut cache.k[l], &mut cache.v[l], &step);
         }
-        cache.len = total;
+        cache.len = past + s;
         let rows = rows.min(s);
         let x = x.narrow(0, s - rows, rows);
         let x = self.rms_norm(x, &self.out_norm);
         Self::mm(x, &self.lm_head, self.head_precision)
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
+    /// Query `i` (absolute position `past + i`) sees keys `0..=past + i`:
+    /// `[1, seq, past + seq]`, 0 or -inf.
+    fn causal_mask(&self, past: usize, seq: usize) -> Tensor<3> {
+        let total = past + seq;
+        let mut mask = vec![0f32; seq * total];
+        for i in 0..seq {
+            for j in past + i + 1..total {
+                mask[i * total + j] = f32::NEG_INFINITY;
+            }
+        }
+        Tensor::<3>::from_data(TensorData::new(mask, [1, seq, total]), &self.device)
     }
+
+    /// One block: pre-norm attention and pre-norm MLP, each added back.
+    fn block(
+        &self,
+        b: &Block,
+        x: Tensor<2>,
+        k_cache: &mut Option<Tensor<3>>,
+        v_cache: &mut Option<Tensor<3>>,
+        step: &Step,
+    ) -> Tensor<2> {
+        let h = self.rms_norm(x.clone(), &b.attn_norm);
+        let x = x + self.attention(b, h, k_cache, v_cache, step);
+        let h = self.rms_norm(x.clone(), &b.ffn_norm);
+        x + self.mlp(b, h)
+    }
+
+    /// Grouped-query attention over the cached and the new positions; the
+    /// new keys and values are appended to the cache.
+    fn attention(
+        &self,
+        b: &Block,
+        h: Tensor<2>,
+        k_cache: &mut Option<Tensor<3>>,
+        v_cache: &mut Option<Tensor<3>>,
+        step: &Step,
+    ) -> Tensor<2> {
+        let c = &self.cfg;
+        let (s, hd) = (step.seq, c.head_dim);
+        let heads = |w: &Tensor<2>, n: usize| {
+            Self::mm(h.clone(), w, self.precision)
+                .reshape([s, n, hd])
+                .swap_dims(0, 1)
+        };
+        let q = Self::rope(heads(&b.wq, c.n_head), &step.rope);
+        let k = Self::rope(heads(&b.wk, c.n_head_kv), &step.rope);
+        let v = heads(&b.wv, c.n_head_kv);
+        let append = |cache: &mut Option<Tensor<3>>, new: Tensor<3>| {
+            let all = match cache.take() {
+                Some(prev) => Tensor::cat(vec![prev, new], 1),
+                None => new,
+            };
+            *cache = Some(all.clone());
+            all
+        };
+        let (k, v) = (append(k_cache, k), append(v_cache, v));
+        // Each KV head serves `group` consecutive query heads.
+        let total = step.past + s;
+        let group = c.n_head / c.n_head_kv;
+        let expand = |t: Tensor<3>| {
+            t.unsqueeze_dim::<4>(1)
+                .repeat_dim(1, group)
+                .reshape([c.n_head, total, hd])
+        };
+        let scale = 1.0 / (hd as f32).sqrt();
+        let scores = q.matmul(expand(k).swap_dims(1, 2)).mul_scalar(scale) + step.mask.clone();
+        let attn = softmax(scores, 2).matmul(expand(v)); // [n_head, s, hd]
+        Self::mm(
+            attn.swap_dims(0, 1).reshape([s, c.n_embd]),
+            &b.wo,
+            self.precision,
+        )
+    }
+
+    /// SwiGLU: `down(silu(gate(h)) * up(h))`.
+    fn mlp(&self, b: &Block, h: Tensor<2>) -> Tensor<2> {
+        let gate = silu(Self::mm(h.clone(), &b.w_gate, self.precision));
+        let up = Self::mm(h, &b.w_up, self.precision);
+        Self::mm(gate * up, &b.w_down, self.precision)
+    }
+}
+
+/// What every block of one forward pass shares.
+struct Step {
+    /// Positions already in the cache.
+    past: usize,
+    /// New positions.
+    seq: usize,
+    mask: Tensor<3>,
+    rope: (Tensor<4>, Tensor<4>),
 }

@@ -14,6 +14,7 @@
 //!   hook, so cancellation is checked before each decode.
 
 mod backend;
+mod loaded;
 mod model;
 mod session;
 mod validate;

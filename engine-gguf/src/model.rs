@@ -5,22 +5,19 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arny_engine_api::{
-    BuiltinTemplate, Capabilities, ChatTemplate, DeviceRequest, EngineError, InferenceEngine,
-    LoadOptions, Model, ModelInfo, ModelSource, Result, Session, SessionOptions, SpecialTokens,
-    TokenId,
+    BuiltinTemplate, Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest, EngineError,
+    InferenceEngine, LoadOptions, Model, ModelInfo, ModelSource, Result, Session, SessionOptions,
+    SpecialTokens, TokenId, cpu_device, resolve_context,
 };
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::backend::{backend, clear_last_error, last_llama_error};
+use crate::loaded::Inner;
 use crate::session::GgufSession;
 use crate::validate::{check_gguf_bytes, check_gguf_file};
 use crate::{ENGINE_ID, default_threads};
-
-/// Context length sessions get when neither the caller nor the model says
-/// less: enough for a multi-turn chat, small enough for a phone's KV budget.
-const DEFAULT_CONTEXT: u32 = 4096;
 
 /// The llama.cpp engine. Stateless: every model it loads is independent.
 #[derive(Debug, Default, Clone, Copy)]
@@ -81,20 +78,6 @@ struct Checked {
     source_name: String,
 }
 
-pub(crate) struct Inner {
-    pub(crate) model: LlamaModel,
-    pub(crate) threads: u32,
-    pub(crate) context_length: u32,
-    /// Bytes of every token, precomputed so streaming never calls into C.
-    pieces: Vec<Vec<u8>>,
-    info: ModelInfo,
-    special: SpecialTokens,
-    template: ChatTemplate,
-    seed: u64,
-    /// Keeps a spilled in-memory model on disk while it is mapped.
-    _spill: Option<tempfile::NamedTempFile>,
-}
-
 /// A GGUF model loaded by llama.cpp. Cheap to clone; sessions share it.
 #[derive(Clone)]
 pub struct GgufModel {
@@ -134,22 +117,13 @@ impl GgufModel {
 
         let threads = options.threads.unwrap_or_else(default_threads).max(1);
         let trained = model.n_ctx_train();
-        let context_length = options
-            .context_length
-            .unwrap_or(DEFAULT_CONTEXT.min(trained))
-            .max(1);
+        let context_length = resolve_context(options.context_length, DEFAULT_CONTEXT, trained)?;
 
         let vocab = model.vocab();
         let n_vocab = u32::try_from(model.n_vocab()).unwrap_or(0);
         let pieces: Vec<Vec<u8>> = (0..n_vocab)
             .map(|t| vocab.token_to_piece(LlamaToken(t as i32), true, None))
             .collect();
-        let token_text = |t: LlamaToken| -> String {
-            if t.0 < 0 || t.0 as u32 >= n_vocab {
-                return String::new();
-            }
-            String::from_utf8_lossy(&pieces[t.0 as usize]).into_owned()
-        };
         let valid = |t: LlamaToken| (t.0 >= 0 && (t.0 as u32) < n_vocab).then_some(t.0 as TokenId);
         let special = SpecialTokens {
             bos: valid(vocab.bos()),
@@ -163,12 +137,9 @@ impl GgufModel {
             .chat_template(None)
             .ok()
             .and_then(|t| t.to_string().ok());
-        let template = ChatTemplate::from_model(
-            template_src.as_deref(),
-            BuiltinTemplate::ChatMl,
-            &token_text(vocab.bos()),
-            &token_text(vocab.eos()),
-        )?;
+        let (bos, eos) = special.bos_eos_text(|t| pieces.get(t as usize).map(Vec::as_slice));
+        let template =
+            ChatTemplate::from_model(template_src.as_deref(), BuiltinTemplate::ChatMl, &bos, &eos)?;
 
         let meta = |k: &str| model.meta_val_str(k).ok();
         let architecture = meta("general.architecture").unwrap_or_else(|| "unknown".into());
@@ -183,14 +154,12 @@ impl GgufModel {
             quantization,
             vocab_size: n_vocab,
             trained_context_length: trained,
+            max_context_length: trained,
             context_length,
             resident_bytes: model.size(),
             file_bytes,
             engine: ENGINE_ID.into(),
-            device: format!(
-                "cpu ({threads} thread{})",
-                if threads == 1 { "" } else { "s" }
-            ),
+            device: cpu_device(None, threads),
             capabilities: Capabilities {
                 logits: true,
                 lora: false,
@@ -210,7 +179,6 @@ impl GgufModel {
             inner: Arc::new(Inner {
                 model,
                 threads,
-                context_length,
                 pieces,
                 info,
                 special,
@@ -233,10 +201,12 @@ impl GgufModel {
 
     /// Creates a session without going through the async trait.
     pub fn session(&self, options: &SessionOptions) -> Result<GgufSession> {
-        let n_ctx = options
-            .context_length
-            .unwrap_or(self.inner.context_length)
-            .max(1);
+        let info = &self.inner.info;
+        let n_ctx = resolve_context(
+            options.context_length,
+            info.context_length,
+            info.max_context_length,
+        )?;
         GgufSession::new(
             self.inner.clone(),
             NonZeroU32::new(n_ctx).unwrap_or(NonZeroU32::MIN),
@@ -292,12 +262,6 @@ impl Model for GgufModel {
 
     async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>> {
         Ok(Box::new(self.session(&options)?))
-    }
-}
-
-impl Inner {
-    pub(crate) fn n_vocab(&self) -> usize {
-        self.pieces.len()
     }
 }
 

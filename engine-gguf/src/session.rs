@@ -3,7 +3,7 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use arny_engine_api::{EngineError, Logits, LogitsRequest, Result, Session, TokenId, check_fits};
+use arny_engine_api::{EngineError, Logits, LogitsRequest, Result, Session, TokenId, check_eval};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -12,7 +12,7 @@ use self_cell::self_cell;
 
 use crate::ENGINE_ID;
 use crate::backend::{backend, clear_last_error, last_llama_error};
-use crate::model::Inner;
+use crate::loaded::Inner;
 
 /// Largest batch handed to one `llama_decode`.
 const MAX_BATCH: u32 = 512;
@@ -162,13 +162,10 @@ impl Session for GgufSession {
 
     async fn eval(&mut self, tokens: &[TokenId], want: LogitsRequest) -> Result<Logits> {
         let vocab = self.cell.borrow_owner().n_vocab();
-        check_fits(self.tokens.len(), tokens.len(), self.n_ctx)?;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::InvalidInput(format!(
-                "token {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
         let mut data = Vec::new();
+        if !check_eval(tokens, self.tokens.len(), self.n_ctx, vocab)? {
+            return Ok(Logits { vocab, data });
+        }
         if want == LogitsRequest::All {
             data.reserve(tokens.len() * vocab);
         }

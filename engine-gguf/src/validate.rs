@@ -10,8 +10,8 @@
 use std::io::BufReader;
 use std::path::Path;
 
-use arny_engine_api::{EngineError, Result};
-use arny_gguf_file::{GgufFile, ReadOptions};
+use arny_engine_api::{EngineError, Result, check_model_file};
+use arny_gguf::{GgufFile, ReadOptions};
 
 /// The merges and scores are checked but not kept (llama.cpp reads them);
 /// the vocabulary is kept for the uniqueness check below.
@@ -26,23 +26,14 @@ const MAX_LAYERS: u64 = 512;
 
 /// Parses and checks the GGUF file at `path`; returns its size.
 pub fn check_gguf_file(path: &Path) -> Result<u64> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(EngineError::NotFound(path.to_path_buf()));
-        }
-        Err(e) => return Err(EngineError::io(format!("{}", path.display()), e)),
-    };
-    if !meta.is_file() {
-        return Err(EngineError::NotAFile(path.to_path_buf()));
-    }
+    let len = check_model_file(path)?;
     let name = path.display().to_string();
     let file = std::fs::File::open(path)
         .map_err(|e| EngineError::io(format!("open {}", path.display()), e))?;
-    let gguf = GgufFile::read_with(BufReader::with_capacity(1 << 16, file), meta.len(), OPTIONS)
+    let gguf = GgufFile::read_with(BufReader::with_capacity(1 << 16, file), len, OPTIONS)
         .map_err(|e| e.into_engine_error(&name))?;
     check_hparams(&gguf, &name)?;
-    Ok(meta.len())
+    Ok(len)
 }
 
 /// Same checks for an in-memory model.
@@ -66,7 +57,7 @@ fn check_hparams(f: &GgufFile, name: &str) -> Result<()> {
     let int = |key: &str, range: std::ops::RangeInclusive<u64>| -> Result<Option<u64>> {
         let key = format!("{arch}.{key}");
         match f.get(&key) {
-            None | Some(arny_gguf_file::Value::Array(_)) => Ok(None),
+            None | Some(arny_gguf::Value::Array(_)) => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(n) if range.contains(&n) => Ok(Some(n)),
                 _ => Err(bad(format!("{key} = {v:?} is out of range"))),
@@ -100,7 +91,7 @@ fn check_hparams(f: &GgufFile, name: &str) -> Result<()> {
         if !key.starts_with(&prefix) {
             break;
         }
-        if let arny_gguf_file::Value::F32(_) | arny_gguf_file::Value::F64(_) = v {
+        if let arny_gguf::Value::F32(_) | arny_gguf::Value::F64(_) = v {
             let x = v.as_f64().unwrap_or(f64::NAN);
             if !x.is_finite() || (key.ends_with("epsilon") && x < 0.0) {
                 return Err(bad(format!("{key} = {v:?} is out of range")));

@@ -221,11 +221,6 @@ fn runtime() -> Result<&'static Runtime> {
         .map_err(|e| EngineError::Unsupported(format!("ExecuTorch runtime unavailable: {e}")))
 }
 
-/// Where the runtime libraries the shim was built against live.
-pub fn runtime_dir() -> &'static str {
-    option_env!("ARNY_EXECUTORCH_RUNTIME").unwrap_or("")
-}
-
 fn cstring(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| EngineError::InvalidInput(format!("NUL in `{s}`")))
 }

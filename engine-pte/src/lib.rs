@@ -43,17 +43,6 @@ impl PteEngine {
     pub fn new() -> Self {
         Self
     }
-
-    /// Where the ExecuTorch runtime this build links lives (the unpacked
-    /// wheel's `executorch` directory); empty where there is none.
-    pub fn runtime_dir() -> &'static str {
-        ffi::runtime_dir()
-    }
-
-    /// The size of ExecuTorch's process-wide thread pool right now.
-    pub fn pool_threads() -> Result<u32> {
-        ffi::threads()
-    }
 }
 
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]

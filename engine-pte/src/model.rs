@@ -10,15 +10,18 @@
 //! Truncation is free: positions are explicit inputs and the program's
 //! causal mask hides cache entries past the current position.
 
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arny_engine_api::{
-    Capabilities, ChatTemplate, EngineError, LoadOptions, Logits, LogitsRequest, Model, ModelInfo,
-    ModelSource, Result, Session, SessionOptions, SpecialTokens, TokenId, check_fits,
+    BuiltinTemplate, Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest, EngineError,
+    LoadOptions, Logits, LogitsRequest, Model, ModelInfo, ModelSource, Result, Session,
+    SessionOptions, SpecialTokens, TokenId, check_eval, check_model_file, cpu_device,
+    default_threads, resolve_context,
 };
-use arny_gguf_tokenizer::GgufTokenizer;
+use arny_tokenizer::BpeTokenizer;
 use serde::Deserialize;
 
 use crate::ENGINE_ID;
@@ -139,7 +142,7 @@ struct Inner {
     info: ModelInfo,
     special: SpecialTokens,
     template: ChatTemplate,
-    tokenizer: GgufTokenizer,
+    tokenizer: BpeTokenizer,
     seed: u64,
     next_session: AtomicU64,
 }
@@ -177,83 +180,23 @@ fn read_sibling(path: Option<&Path>, file: &str) -> Option<String> {
     std::fs::read_to_string(dir.join(file)).ok()
 }
 
-impl PteModel {
-    pub fn load(source: ModelSource, options: &LoadOptions) -> Result<Self> {
-        let progress = |f: f32| {
-            if let Some(p) = &options.progress {
-                p(f)
-            }
-        };
-        if options.device == arny_engine_api::DeviceRequest::Gpu {
-            return Err(EngineError::Unsupported(
-                "the pte engine runs XNNPACK on the CPU; the executorch wheel's runtime has no GPU delegate"
-                    .into(),
-            ));
-        }
-        progress(0.0);
-        let wanted = options
-            .threads
-            .unwrap_or_else(arny_engine_api::default_threads)
-            .max(1);
-        // Held until the program is loaded, so no other load can resize
-        // the pool in between.
-        let mut pool = lock(&POOL);
-        if pool.live_programs == 0 && pool.threads != wanted {
-            ffi::set_threads(wanted)?;
-            pool.threads = wanted;
-        }
-        if pool.threads == 0 {
-            pool.threads = ffi::threads()?;
-        }
-        if pool.threads != wanted {
-            tracing::warn!(
-                wanted,
-                threads = pool.threads,
-                "ExecuTorch's thread pool is shared by every loaded program and cannot be resized while one is loaded"
-            );
-        }
-        let threads = pool.threads;
-        let name = source.display_name();
-        let (mut program, file_bytes, path) = match source {
-            ModelSource::Path(path) => {
-                let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => EngineError::NotFound(path.clone()),
-                    _ => EngineError::io(format!("reading {}", path.display()), e),
-                })?;
-                if !meta.is_file() {
-                    return Err(EngineError::NotAFile(path));
-                }
-                let mut head = Vec::with_capacity(64);
-                use std::io::Read;
-                std::fs::File::open(&path)
-                    .and_then(|f| f.take(64).read_to_end(&mut head))
-                    .map_err(|e| EngineError::io(format!("reading {}", path.display()), e))?;
-                header::check(&head, meta.len(), &name)?;
-                let program = if options.use_mmap {
-                    Program::open_file(&path, FORWARD)?
-                } else {
-                    let bytes: Arc<[u8]> = std::fs::read(&path)
-                        .map_err(|e| EngineError::io(format!("reading {}", path.display()), e))?
-                        .into();
-                    Program::open_bytes(&name, bytes, FORWARD)?
-                };
-                (program, meta.len(), Some(path))
-            }
-            ModelSource::Bytes { name, bytes } => {
-                let head = &bytes[..bytes.len().min(64)];
-                header::check(head, bytes.len() as u64, &name)?;
-                let len = bytes.len() as u64;
-                (Program::open_bytes(&name, bytes, FORWARD)?, len, None)
-            }
-        };
-        progress(0.7);
+/// What a program says about the model inside it, from its metadata
+/// methods (and, for programs Arny did not export, the files beside it).
+struct ProgramFacts {
+    config: Option<ExportConfig>,
+    tokenizer: BpeTokenizer,
+    template: ChatTemplate,
+    special: SpecialTokens,
+    max_seq_len: u32,
+}
 
+impl ProgramFacts {
+    fn read(program: &mut Program, path: Option<&Path>, name: &str) -> Result<Self> {
         let names = program.method_names()?;
-        let sig = Signature::read(&mut program, &name)?;
-        let config = match string_constant(&mut program, &names, "get_arny_config")? {
+        let config = match string_constant(program, &names, "get_arny_config")? {
             Some(json) => Some(serde_json::from_str::<ExportConfig>(&json).map_err(|e| {
                 EngineError::Corrupt {
-                    source_name: name.clone(),
+                    source_name: name.to_string(),
                     reason: format!("get_arny_config: {e}"),
                 }
             })?),
@@ -262,91 +205,165 @@ impl PteModel {
         // The tokenizer travels inside programs Arny exported; other
         // programs (ExecuTorch's export_llm, optimum-cli) need the
         // tokenizer.json the exporter wrote beside them.
-        let tokenizer_json = match string_constant(&mut program, &names, "get_arny_tokenizer_json")?
-        {
+        let tokenizer_json = match string_constant(program, &names, "get_arny_tokenizer_json")? {
             Some(t) => t,
-            None => read_sibling(path.as_deref(), "tokenizer.json").ok_or_else(|| {
+            None => read_sibling(path, "tokenizer.json").ok_or_else(|| {
                 EngineError::Unsupported(format!(
                     "{name}: the program carries no tokenizer and no tokenizer.json is beside it \
                      (export with `arny export pte`)"
                 ))
             })?,
         };
-        let tokenizer = GgufTokenizer::from_tokenizer_json(tokenizer_json.as_bytes())
-            .map_err(|e| EngineError::Unsupported(format!("{name}: {e}")))?;
-        let template_src = match string_constant(&mut program, &names, "get_arny_chat_template")? {
+        let tokenizer = BpeTokenizer::from_tokenizer_json(tokenizer_json.as_bytes())
+            .map_err(|e| e.into_engine_error(name))?;
+        let max_seq_len = int_constant(program, &names, "get_max_seq_len")?
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n > 0)
+            .ok_or_else(|| EngineError::Unsupported(format!("{name}: no get_max_seq_len")))?;
+        let vocab = tokenizer.vocab_size();
+        if let Some(v) = int_constant(program, &names, "get_vocab_size")?
+            && v as usize != vocab
+        {
+            return Err(EngineError::Corrupt {
+                source_name: name.to_string(),
+                reason: format!("program vocabulary {v}, tokenizer {vocab}"),
+            });
+        }
+        let special = Self::special_tokens(program, &names, config.as_ref())?;
+        let template_src = match string_constant(program, &names, "get_arny_chat_template")? {
             Some(t) => Some(t),
-            None => read_sibling(path.as_deref(), "chat_template.jinja").or_else(|| {
-                read_sibling(path.as_deref(), "tokenizer_config.json")
+            None => read_sibling(path, "chat_template.jinja").or_else(|| {
+                read_sibling(path, "tokenizer_config.json")
                     .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
                     .and_then(|c| c.get("chat_template")?.as_str().map(String::from))
             }),
         };
+        let (bos, eos) = special.bos_eos_text(|t| tokenizer.token_bytes(t));
+        let template =
+            ChatTemplate::from_model(template_src.as_deref(), BuiltinTemplate::ChatMl, &bos, &eos)?;
+        Ok(Self {
+            config,
+            tokenizer,
+            template,
+            special,
+            max_seq_len,
+        })
+    }
 
-        let max_seq_len = int_constant(&mut program, &names, "get_max_seq_len")?
-            .filter(|&n| n > 0)
-            .ok_or_else(|| EngineError::Unsupported(format!("{name}: no get_max_seq_len")))?
-            as u32;
-        let vocab = tokenizer.vocab_size();
-        if let Some(v) = int_constant(&mut program, &names, "get_vocab_size")?
-            && v as usize != vocab
-        {
-            return Err(EngineError::Corrupt {
-                source_name: name,
-                reason: format!("program vocabulary {v}, tokenizer {vocab}"),
-            });
-        }
+    fn special_tokens(
+        program: &mut Program,
+        names: &[String],
+        config: Option<&ExportConfig>,
+    ) -> Result<SpecialTokens> {
         let meta_id = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
-        let bos = match &config {
-            Some(c) => c.bos_token_id,
-            None => meta_id(int_constant(&mut program, &names, "get_bos_id")?),
-        };
-        let eos = match &config {
-            Some(c) => c.eos_token_id,
-            None => meta_id(int_constant(&mut program, &names, "get_eos_id")?),
+        let (bos, eos) = match config {
+            Some(c) => (c.bos_token_id, c.eos_token_id),
+            None => (
+                meta_id(int_constant(program, names, "get_bos_id")?),
+                meta_id(int_constant(program, names, "get_eos_id")?),
+            ),
         };
         let mut end_of_generation: Vec<TokenId> = config
-            .as_ref()
             .map(|c| c.end_of_generation_ids.clone())
             .unwrap_or_default();
         end_of_generation.extend(eos);
         end_of_generation.sort_unstable();
         end_of_generation.dedup();
-        let special = SpecialTokens {
+        Ok(SpecialTokens {
             bos,
             eos,
             end_of_generation,
-            add_bos: config.as_ref().is_some_and(|c| c.add_bos_token),
-        };
-        let text = |t: Option<TokenId>| {
-            t.and_then(|t| tokenizer.token_bytes(t))
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default()
-        };
-        let template = ChatTemplate::from_model(
-            template_src.as_deref(),
-            arny_engine_api::BuiltinTemplate::ChatMl,
-            &text(bos),
-            &text(eos),
-        )?;
+            add_bos: config.is_some_and(|c| c.add_bos_token),
+        })
+    }
+}
 
+/// Sizes ExecuTorch's pool for a load (see [`Pool`]) and returns the size
+/// it has. The caller holds the lock until the program is loaded, so no
+/// other load can resize the pool in between.
+fn size_pool(pool: &mut Pool, wanted: u32) -> Result<u32> {
+    if pool.live_programs == 0 && pool.threads != wanted {
+        ffi::set_threads(wanted)?;
+        pool.threads = wanted;
+    }
+    if pool.threads == 0 {
+        pool.threads = ffi::threads()?;
+    }
+    if pool.threads != wanted {
+        tracing::warn!(
+            wanted,
+            threads = pool.threads,
+            "ExecuTorch's thread pool is shared by every loaded program and cannot be resized while one is loaded"
+        );
+    }
+    Ok(pool.threads)
+}
+
+/// Checks the header before the runtime sees any bytes, then opens the
+/// program: `(program, file size, path)`.
+fn open(source: ModelSource, use_mmap: bool) -> Result<(Program, u64, Option<PathBuf>)> {
+    match source {
+        ModelSource::Path(path) => {
+            let len = check_model_file(&path)?;
+            let name = path.display().to_string();
+            let mut head = Vec::with_capacity(64);
+            std::fs::File::open(&path)
+                .and_then(|f| f.take(64).read_to_end(&mut head))
+                .map_err(|e| EngineError::io(format!("reading {name}"), e))?;
+            header::check(&head, len, &name)?;
+            let program = if use_mmap {
+                Program::open_file(&path, FORWARD)?
+            } else {
+                let bytes: Arc<[u8]> = std::fs::read(&path)
+                    .map_err(|e| EngineError::io(format!("reading {name}"), e))?
+                    .into();
+                Program::open_bytes(&name, bytes, FORWARD)?
+            };
+            Ok((program, len, Some(path)))
+        }
+        ModelSource::Bytes { name, bytes } => {
+            let head = &bytes[..bytes.len().min(64)];
+            header::check(head, bytes.len() as u64, &name)?;
+            let len = bytes.len() as u64;
+            Ok((Program::open_bytes(&name, bytes, FORWARD)?, len, None))
+        }
+    }
+}
+
+impl PteModel {
+    pub fn load(source: ModelSource, options: &LoadOptions) -> Result<Self> {
+        let progress = |f: f32| {
+            if let Some(p) = &options.progress {
+                p(f)
+            }
+        };
+        if options.device == DeviceRequest::Gpu {
+            return Err(EngineError::Unsupported(
+                "the pte engine runs XNNPACK on the CPU; the executorch wheel's runtime has no GPU delegate"
+                    .into(),
+            ));
+        }
+        progress(0.0);
+        let wanted = options.threads.unwrap_or_else(default_threads).max(1);
+        let mut pool = lock(&POOL);
+        let threads = size_pool(&mut pool, wanted)?;
+        let name = source.display_name();
+        let (mut program, file_bytes, path) = open(source, options.use_mmap)?;
+        progress(0.7);
+        let sig = Signature::read(&mut program, &name)?;
+        let facts = ProgramFacts::read(&mut program, path.as_deref(), &name)?;
         let planned_bytes = program.planned_bytes(FORWARD)?;
-        let context_length = options
-            .context_length
-            .map_or(max_seq_len, |c| c.clamp(1, max_seq_len));
+        let context_length =
+            resolve_context(options.context_length, DEFAULT_CONTEXT, facts.max_seq_len)?;
+        let config = facts.config.as_ref();
         let info = ModelInfo {
-            architecture: config
-                .as_ref()
-                .map_or_else(|| "unknown".into(), |c| c.architecture.clone()),
-            name: config.as_ref().and_then(|c| c.name.clone()),
-            parameters: config.as_ref().map_or(0, |c| c.parameters),
-            quantization: config
-                .as_ref()
-                .map_or_else(|| "unknown".into(), |c| c.quantization.clone()),
-            vocab_size: vocab as u32,
-            trained_context_length: config
-                .as_ref()
-                .map_or(max_seq_len, |c| c.trained_context_length),
+            architecture: config.map_or_else(|| "unknown".into(), |c| c.architecture.clone()),
+            name: config.and_then(|c| c.name.clone()),
+            parameters: config.map_or(0, |c| c.parameters),
+            quantization: config.map_or_else(|| "unknown".into(), |c| c.quantization.clone()),
+            vocab_size: facts.tokenizer.vocab_size() as u32,
+            trained_context_length: config.map_or(facts.max_seq_len, |c| c.trained_context_length),
+            max_context_length: facts.max_seq_len,
             context_length,
             // The mapped program plus the method's planned buffers (the KV
             // cache and activations). XNNPACK's packed copies of the
@@ -355,10 +372,7 @@ impl PteModel {
             resident_bytes: file_bytes + planned_bytes,
             file_bytes,
             engine: ENGINE_ID.into(),
-            device: format!(
-                "cpu (XNNPACK, {threads} thread{})",
-                if threads == 1 { "" } else { "s" }
-            ),
+            device: cpu_device(Some("XNNPACK"), threads),
             capabilities: Capabilities {
                 logits: true,
                 ..Capabilities::default()
@@ -366,7 +380,7 @@ impl PteModel {
         };
         tracing::info!(
             model = %name,
-            max_seq_len,
+            max_seq_len = facts.max_seq_len,
             chunk = sig.max_chunk,
             all_rows = sig.all_rows,
             planned_bytes,
@@ -379,11 +393,11 @@ impl PteModel {
             inner: Arc::new(Inner {
                 runner: Mutex::new(Runner { program, owner: 0 }),
                 sig,
-                vocab,
+                vocab: facts.tokenizer.vocab_size(),
                 info,
-                special,
-                template,
-                tokenizer,
+                special: facts.special,
+                template: facts.template,
+                tokenizer: facts.tokenizer,
                 seed: options.seed,
                 next_session: AtomicU64::new(1),
             }),
@@ -516,7 +530,7 @@ impl Model for PteModel {
             self.inner
                 .tokenizer
                 .encode(text, parse_special)
-                .map_err(|e| EngineError::engine(ENGINE_ID, e.to_string()))?,
+                .map_err(|e| e.into_engine_error(ENGINE_ID))?,
         );
         Ok(ids)
     }
@@ -531,8 +545,12 @@ impl Model for PteModel {
     }
 
     async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>> {
-        let max = self.inner.info.context_length;
-        let context_length = options.context_length.map_or(max, |c| c.clamp(1, max)) as usize;
+        let info = &self.inner.info;
+        let context_length = resolve_context(
+            options.context_length,
+            info.context_length,
+            info.max_context_length,
+        )? as usize;
         Ok(Box::new(PteSession {
             inner: self.inner.clone(),
             id: self.inner.next_session.fetch_add(1, Ordering::Relaxed),
@@ -555,14 +573,8 @@ pub struct PteSession {
 impl PteSession {
     fn eval_sync(&mut self, tokens: &[TokenId], request: LogitsRequest) -> Result<Logits> {
         let vocab = self.inner.vocab;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::InvalidInput(format!(
-                "token {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
-        check_fits(self.tokens.len(), tokens.len(), self.context_length)?;
         let mut logits = Vec::new();
-        if tokens.is_empty() {
+        if !check_eval(tokens, self.tokens.len(), self.context_length, vocab)? {
             return Ok(Logits {
                 vocab,
                 data: logits,
@@ -621,11 +633,8 @@ impl Session for PteSession {
     }
 
     fn truncate(&mut self, len: usize) -> Result<()> {
-        if len > self.tokens.len() {
-            return Err(EngineError::InvalidInput(format!(
-                "cannot truncate {} cached tokens to {len}",
-                self.tokens.len()
-            )));
+        if len >= self.tokens.len() {
+            return Ok(());
         }
         self.tokens.truncate(len);
         // Keep the segment list in step: whole segments up to `len`, then

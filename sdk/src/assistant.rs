@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arny_engine_api::{
-    BuiltinTemplate, CancelToken, ChatMessage, ChatTemplate, GenerateRequest, InferenceEngine,
-    Model, Prompt, Role, SamplingParams, TemplateOrigin, Usage, generate,
+    CancelToken, ChatMessage, ChatTemplate, FinishReason, GenerateRequest, InferenceEngine, Model,
+    Prompt, Role, SamplingParams, Usage, generate,
 };
 use arny_router::{
     CLOUD, Classifier, Decision, ExampleClassifier, ExampleOptions, Gateway, LabelExamples,
@@ -17,13 +17,12 @@ use web_time::Instant;
 
 use crate::events::{Event, EventBus};
 use crate::manager::{Lease, ManagerStatus, ModelKey, ModelManager, ModelRef};
-use crate::manifest::{EngineKind, Manifest, ModelSpec, Plan, Strategy};
+use crate::manifest::{EngineKind, Manifest, ModelSpec, Plan, SpecialistSpec, Strategy};
+use crate::request::SamplingOverrides;
 use crate::{Result, SdkError};
 
-/// Specialists' default: none. Manifests set it per specialist, because it
-/// helps prose (small models loop on one sentence) and hurts arithmetic (it
-/// penalises the digits the answer has to repeat).
-pub const DEFAULT_REPETITION_PENALTY: f32 = 1.0;
+/// Tokens a specialist may generate when its manifest entry does not say.
+pub const DEFAULT_MAX_TOKENS: u32 = 256;
 
 /// The engines an app makes available, by the ids manifests use.
 #[derive(Clone, Default)]
@@ -93,9 +92,13 @@ pub struct AskRequest {
     pub messages: Vec<ChatMessage>,
     /// Skip the gateway and use this specialist.
     pub specialist: Option<String>,
+    /// The gateway's decision, when the caller has routed the request
+    /// already (to show where it goes before the answer starts); `ask`
+    /// then does not route it again.
+    pub decision: Option<Decision>,
     pub max_tokens: Option<u32>,
-    /// Overrides the specialist's sampling.
-    pub sampling: Option<SamplingParams>,
+    /// Changes to the specialist's sampling, setting by setting.
+    pub sampling: SamplingOverrides,
     pub stop: Vec<String>,
     pub cancel: CancelToken,
 }
@@ -105,8 +108,9 @@ impl AskRequest {
         Self {
             messages: vec![ChatMessage::user(text)],
             specialist: None,
+            decision: None,
             max_tokens: None,
-            sampling: None,
+            sampling: SamplingOverrides::default(),
             stop: Vec::new(),
             cancel: CancelToken::new(),
         }
@@ -157,9 +161,12 @@ pub struct Answer {
     pub decision: Option<Decision>,
     pub handler: Handler,
     pub text: String,
-    /// `eos`, `stop_string`, `max_tokens`, `context_full`, `cancelled`, or the
-    /// cloud's own reason.
-    pub finish_reason: String,
+    /// Why the answer ended. A cloud's `stop` is [`FinishReason::Eos`] and
+    /// its `length` [`FinishReason::MaxTokens`]; its own word is in
+    /// `cloud_finish_reason`.
+    pub finish_reason: FinishReason,
+    /// The cloud's `finish_reason` verbatim, for cloud answers.
+    pub cloud_finish_reason: Option<String>,
     /// Local generations only.
     pub usage: Option<Usage>,
     pub total_ms: f64,
@@ -182,9 +189,23 @@ struct Specialist {
     model: ModelRef,
     chat_template: Option<String>,
     max_tokens: u32,
-    temperature: Option<f32>,
-    repetition_penalty: f32,
+    sampling: SamplingParams,
     context_length: Option<u32>,
+}
+
+/// A specialist's sampling: its manifest settings where it has them.
+/// Without a temperature it samples as llama.cpp does by default, with a
+/// repetition penalty against the loops small models fall into
+/// ([`SamplingParams::interactive`]); `temperature = 0` is greedy.
+fn specialist_sampling(s: &SpecialistSpec) -> SamplingParams {
+    let mut p = match s.temperature {
+        Some(t) => SamplingParams::with_temperature(t),
+        None => SamplingParams::interactive(),
+    };
+    if let Some(r) = s.repetition_penalty {
+        p.repetition_penalty = r;
+    }
+    p
 }
 
 struct Inner {
@@ -207,7 +228,11 @@ pub struct Assistant {
 }
 
 impl Assistant {
+    /// Builds the assistant: checks the manifest (one built in code too),
+    /// resolves every model, loads what the plan keeps resident (the
+    /// universal plan's model, a model gateway) and trains the gateway.
     pub async fn new(manifest: Manifest, options: AssistantOptions) -> Result<Self> {
+        manifest.validate()?;
         let events = Arc::new(EventBus::default());
         if let Some(tx) = options.events.clone() {
             events.attach(tx);
@@ -217,121 +242,22 @@ impl Assistant {
             Duration::from_secs_f64(manifest.idle_unload_secs),
             events.clone(),
         );
-        let mut refs: HashMap<String, ModelRef> = HashMap::new();
-        let mut by_key: HashMap<ModelKey, String> = HashMap::new();
-        for spec in &manifest.models {
-            let id = spec.id.get_ref().clone();
-            let engine = options.engines.get(spec.engine).cloned().ok_or_else(|| {
-                SdkError::EngineUnavailable {
-                    model: id.clone(),
-                    engine: spec.engine.id().to_string(),
-                }
-            })?;
-            let bytes = options.model_bytes.get(&id).cloned();
-            let key = match &bytes {
-                // Not a file: the key only has to be unique per model.
-                Some(_) => ModelKey {
-                    engine: spec.engine,
-                    path: PathBuf::from(format!("memory:{id}")),
-                },
-                None => {
-                    let path = resolve_path(&manifest, spec, options.fetch_missing)?;
-                    let key = ModelKey {
-                        engine: spec.engine,
-                        path: std::fs::canonicalize(&path).unwrap_or(path),
-                    };
-                    if !key.path.is_file() {
-                        // Not fatal: the specialists on this model fail when
-                        // asked, the others keep working.
-                        tracing::warn!(model = %id, path = %key.path.display(), "model file is missing");
-                    }
-                    key
-                }
-            };
-            // Models naming the same file and engine share one copy.
-            let shared_id = by_key
-                .entry(key.clone())
-                .or_insert_with(|| id.clone())
-                .clone();
-            let estimate = match &bytes {
-                Some(b) => b.len() as u64,
-                None => std::fs::metadata(&key.path).map(|m| m.len()).unwrap_or(0),
-            };
-            refs.insert(
-                id.clone(),
-                ModelRef {
-                    id: shared_id,
-                    key,
-                    bytes,
-                    engine,
-                    context_length: spec.context_length,
-                    threads: spec.threads,
-                    device: spec.device.unwrap_or_default(),
-                    estimate,
-                    specialists: Vec::new(),
-                },
-            );
-        }
-        // Each shared copy lists every specialist it serves.
-        let mut served: HashMap<ModelKey, Vec<String>> = HashMap::new();
-        for s in &manifest.specialists {
-            let r = &refs[s.model.get_ref()];
-            served
-                .entry(r.key.clone())
-                .or_default()
-                .push(s.name.get_ref().clone());
-        }
-        for r in refs.values_mut() {
-            r.specialists = served.get(&r.key).cloned().unwrap_or_default();
-        }
-
-        let specialists: Vec<Specialist> = manifest
-            .specialists
-            .iter()
-            .map(|s| {
-                let spec = manifest.model(s.model.get_ref()).expect("validated");
-                Specialist {
-                    name: s.name.get_ref().clone(),
-                    system_prompt: s.system_prompt.clone(),
-                    model: refs[s.model.get_ref()].clone(),
-                    chat_template: spec.chat_template.clone(),
-                    max_tokens: s.max_tokens.unwrap_or(256),
-                    temperature: s.temperature,
-                    repetition_penalty: s.repetition_penalty.unwrap_or(DEFAULT_REPETITION_PENALTY),
-                    context_length: spec.context_length,
-                }
-            })
-            .collect();
-
+        let refs = model_refs(&manifest, &options)?;
+        let specialists = specialists(&manifest, &refs)?;
         let mut pinned = Vec::new();
         if manifest.plan == Plan::Universal {
             // One model for every role, loaded now and kept.
-            let r = &specialists[0].model;
-            let lease = manager.acquire(r).await?;
-            manager.pin(&r.key);
-            pinned.push(lease);
+            let first = specialists
+                .first()
+                .ok_or_else(|| no_specialists(&manifest))?;
+            pinned.push(pin(&manager, &first.model).await?);
         }
-
         let gateway = build_gateway(&manifest, &refs, &manager, &mut pinned).await?;
-
         #[cfg(feature = "cloud")]
-        let cloud = match (&manifest.cloud, manifest.cloud_allowed()) {
-            (Some(c), true) => {
-                let mut cfg = arny_cloud::CloudConfig::new(c.base_url.clone(), c.model.clone());
-                cfg.api_key = c.api_key_env.as_ref().and_then(|v| std::env::var(v).ok());
-                if c.api_key_env.is_some() && cfg.api_key.is_none() {
-                    tracing::warn!(
-                        var = c.api_key_env.as_deref().unwrap_or(""),
-                        "the cloud API key variable is not set"
-                    );
-                }
-                cfg.timeout = Duration::from_secs_f64(c.timeout_secs);
-                cfg.connect_timeout = Duration::from_secs_f64(c.connect_timeout_secs);
-                Some(arny_cloud::CloudClient::new(cfg)?)
-            }
-            _ => None,
-        };
-
+        let cloud = cloud_client(&manifest)?;
+        // In a page the engines' futures are not Send, so neither is this;
+        // nothing there crosses threads, and one type serves both targets.
+        #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
         let inner = Arc::new(Inner {
             manifest,
             manager,
@@ -451,7 +377,10 @@ impl Assistant {
                 },
             ),
             None => {
-                let d = self.route(&last_user).await?;
+                let d = match &request.decision {
+                    Some(d) => d.clone(),
+                    None => self.route(&last_user).await?,
+                };
                 let h = self.handler_for(&d);
                 self.inner.events.emit(Event::Routed {
                     label: d.label.clone(),
@@ -479,7 +408,7 @@ impl Assistant {
                     let name = decision
                         .as_ref()
                         .and_then(|d| d.best_local.clone())
-                        .unwrap_or_else(|| self.inner.specialists[0].name.clone());
+                        .unwrap_or_else(|| self.first_specialist());
                     tracing::warn!(error = %e, specialist = %name, "cloud unreachable; answering locally");
                     let handler = Handler::LocalStandIn {
                         name,
@@ -496,6 +425,16 @@ impl Assistant {
         Ok(answer)
     }
 
+    /// The specialist that stands in when nothing better is known
+    /// (validation guarantees there is one).
+    fn first_specialist(&self) -> String {
+        self.inner
+            .specialists
+            .first()
+            .map(|s| s.name.clone())
+            .unwrap_or_default()
+    }
+
     fn handler_for(&self, d: &Decision) -> Handler {
         if d.label != CLOUD {
             return Handler::Specialist {
@@ -505,7 +444,7 @@ impl Assistant {
         let local = d
             .best_local
             .clone()
-            .unwrap_or_else(|| self.inner.specialists[0].name.clone());
+            .unwrap_or_else(|| self.first_specialist());
         if let Some(model) = self.cloud_model() {
             return Handler::Cloud { model };
         }
@@ -540,14 +479,7 @@ impl Assistant {
         req.max_tokens = request.max_tokens.unwrap_or(sp.max_tokens);
         req.stop = request.stop.clone();
         req.cancel = request.cancel.clone();
-        req.sampling = match &request.sampling {
-            Some(s) => s.clone(),
-            None => SamplingParams {
-                temperature: sp.temperature.unwrap_or(0.0),
-                repetition_penalty: sp.repetition_penalty,
-                ..SamplingParams::default()
-            },
-        };
+        req.sampling = request.sampling.applied_to(&sp.sampling);
         let mut session = lease.session(&sp.name, sp.context_length).await?;
         let completion = generate(model.as_ref(), session.get(), req, |t| on_text(&t.text)).await?;
         drop(session);
@@ -555,7 +487,8 @@ impl Assistant {
             decision: None,
             handler,
             text: completion.text,
-            finish_reason: completion.finish_reason.as_str().to_string(),
+            finish_reason: completion.finish_reason,
+            cloud_finish_reason: None,
             usage: Some(completion.usage),
             total_ms: 0.0,
         })
@@ -567,11 +500,9 @@ impl Assistant {
         request: &AskRequest,
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Answer> {
-        let client = self
-            .inner
-            .cloud
-            .as_ref()
-            .expect("handler is Cloud only with a client");
+        let client = self.inner.cloud.as_ref().ok_or_else(|| {
+            SdkError::InvalidRequest("no cloud client: the manifest allows no cloud".into())
+        })?;
         let model = client.config().model.clone();
         self.inner.events.emit(Event::CloudRequest {
             model: model.clone(),
@@ -583,30 +514,40 @@ impl Assistant {
                 .map(|m| arny_cloud::Message::new(m.role.as_str(), m.content.clone()))
                 .collect(),
             max_tokens: request.max_tokens,
-            temperature: request.sampling.as_ref().map(|s| s.temperature),
+            temperature: request.sampling.temperature,
             stop: request.stop.clone(),
         };
         let cancel = request.cancel.clone();
         let cancelled = move || cancel.is_cancelled();
         let result = client.chat_stream(&req, &cancelled, on_text).await;
-        let (text, finish) = match result {
+        let (text, cloud_reason) = match result {
             Ok(c) => (c.text, c.finish_reason.unwrap_or_else(|| "stop".into())),
             Err(arny_cloud::CloudError::Cancelled) => (String::new(), "cancelled".into()),
             Err(e) => return Err(e.into()),
+        };
+        let finish_reason = match cloud_reason.as_str() {
+            "length" => FinishReason::MaxTokens,
+            "cancelled" => FinishReason::Cancelled,
+            _ => FinishReason::Eos,
         };
         Ok(Answer {
             decision: None,
             handler: Handler::Cloud { model },
             text,
-            finish_reason: finish,
+            finish_reason,
+            cloud_finish_reason: Some(cloud_reason),
             usage: None,
             total_ms: 0.0,
         })
     }
 
+    /// Without the cloud feature the gateway's `cloud` becomes a local
+    /// stand-in before this could be reached; fail typed all the same.
     #[cfg(not(feature = "cloud"))]
     async fn ask_cloud(&self, _: &AskRequest, _: &mut (dyn FnMut(&str) + Send)) -> Result<Answer> {
-        unreachable!("without the cloud feature the handler is never Cloud")
+        Err(SdkError::InvalidRequest(
+            "this build has no cloud client (the `cloud` feature)".into(),
+        ))
     }
 }
 
@@ -615,18 +556,10 @@ fn render_with_override(
     template: &str,
     messages: &[ChatMessage],
 ) -> Result<String> {
-    let text = |id: Option<u32>| {
-        id.and_then(|t| model.token_bytes(t).ok())
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default()
-    };
-    let special = model.special_tokens();
-    let (bos, eos) = (text(special.bos), text(special.eos));
-    let t = match BuiltinTemplate::from_name(template) {
-        Some(b) => ChatTemplate::new(b.source(), TemplateOrigin::Builtin(b), &bos, &eos)?,
-        None => ChatTemplate::new(template, TemplateOrigin::Override, &bos, &eos)?,
-    };
-    Ok(t.render(messages, true)?)
+    let (bos, eos) = model
+        .special_tokens()
+        .bos_eos_text(|t| model.token_bytes(t).ok());
+    Ok(ChatTemplate::from_override(template, &bos, &eos)?.render(messages, true)?)
 }
 
 fn resolve_path(manifest: &Manifest, spec: &ModelSpec, fetch_missing: bool) -> Result<PathBuf> {
@@ -638,7 +571,12 @@ fn resolve_path(manifest: &Manifest, spec: &ModelSpec, fetch_missing: bool) -> R
         });
     }
     if let Some(k) = &spec.known {
-        let known = arny_model_store::known(k).expect("validated");
+        let known = arny_model_store::known(k).ok_or_else(|| {
+            manifest_error(
+                manifest,
+                format!("model `{}`: no known model `{k}`", spec.id.get_ref()),
+            )
+        })?;
         // ARNY_MODEL points the default model somewhere else.
         if known.id == arny_model_store::DEFAULT_MODEL.id
             && let Ok(p) = std::env::var(arny_model_store::MODEL_ENV)
@@ -654,15 +592,168 @@ fn resolve_path(manifest: &Manifest, spec: &ModelSpec, fetch_missing: bool) -> R
             Err(e) => Err(e.into()),
         };
     }
-    let (url, sha) = (
-        spec.url.as_deref().expect("validated"),
-        spec.sha256.as_deref().expect("validated"),
-    );
+    let (Some(url), Some(sha)) = (spec.url.as_deref(), spec.sha256.as_deref()) else {
+        return Err(manifest_error(
+            manifest,
+            format!(
+                "model `{}`: no `path`, `known` or `url` + `sha256`",
+                spec.id.get_ref()
+            ),
+        ));
+    };
     Ok(arny_model_store::download(
         url,
         sha,
         &arny_model_store::NoProgress,
     )?)
+}
+
+fn manifest_error(manifest: &Manifest, message: String) -> SdkError {
+    SdkError::Manifest {
+        origin: manifest.origin.clone(),
+        line: None,
+        message,
+    }
+}
+
+fn no_specialists(manifest: &Manifest) -> SdkError {
+    manifest_error(manifest, "`specialists`: at least one is needed".into())
+}
+
+/// The model a manifest id names; an error (never a panic) for an id that
+/// is not there, which only a manifest edited after validation can have.
+fn model_ref<'a>(
+    manifest: &Manifest,
+    refs: &'a HashMap<String, ModelRef>,
+    id: &str,
+) -> Result<&'a ModelRef> {
+    refs.get(id)
+        .ok_or_else(|| manifest_error(manifest, format!("no model `{id}` in [[models]]")))
+}
+
+/// One [`ModelRef`] per manifest model. Models that name the same file and
+/// engine share one resident copy, and each copy lists every specialist it
+/// serves.
+fn model_refs(
+    manifest: &Manifest,
+    options: &AssistantOptions,
+) -> Result<HashMap<String, ModelRef>> {
+    let mut refs: HashMap<String, ModelRef> = HashMap::new();
+    let mut by_key: HashMap<ModelKey, String> = HashMap::new();
+    for spec in &manifest.models {
+        let id = spec.id.get_ref().clone();
+        let engine = options.engines.get(spec.engine).cloned().ok_or_else(|| {
+            SdkError::EngineUnavailable {
+                model: id.clone(),
+                engine: spec.engine.id().to_string(),
+            }
+        })?;
+        let bytes = options.model_bytes.get(&id).cloned();
+        let key = match &bytes {
+            // Not a file: the key only has to be unique per model.
+            Some(_) => ModelKey {
+                engine: spec.engine,
+                path: PathBuf::from(format!("memory:{id}")),
+            },
+            None => model_key(manifest, spec, options.fetch_missing)?,
+        };
+        let shared_id = by_key
+            .entry(key.clone())
+            .or_insert_with(|| id.clone())
+            .clone();
+        let estimate = match &bytes {
+            Some(b) => b.len() as u64,
+            None => std::fs::metadata(&key.path).map(|m| m.len()).unwrap_or(0),
+        };
+        refs.insert(
+            id,
+            ModelRef {
+                id: shared_id,
+                key,
+                bytes,
+                engine,
+                context_length: spec.context_length,
+                threads: spec.threads,
+                device: spec.device.unwrap_or_default(),
+                estimate,
+                specialists: Vec::new(),
+            },
+        );
+    }
+    let mut served: HashMap<ModelKey, Vec<String>> = HashMap::new();
+    for s in &manifest.specialists {
+        let r = model_ref(manifest, &refs, s.model.get_ref())?;
+        served
+            .entry(r.key.clone())
+            .or_default()
+            .push(s.name.get_ref().clone());
+    }
+    for r in refs.values_mut() {
+        r.specialists = served.get(&r.key).cloned().unwrap_or_default();
+    }
+    Ok(refs)
+}
+
+/// Where a model's file is (fetched or downloaded first if it must be).
+fn model_key(manifest: &Manifest, spec: &ModelSpec, fetch_missing: bool) -> Result<ModelKey> {
+    let path = resolve_path(manifest, spec, fetch_missing)?;
+    let key = ModelKey {
+        engine: spec.engine,
+        path: std::fs::canonicalize(&path).unwrap_or(path),
+    };
+    if !key.path.is_file() {
+        // Not fatal: the specialists on this model fail when asked, the
+        // others keep working.
+        tracing::warn!(model = %spec.id.get_ref(), path = %key.path.display(), "model file is missing");
+    }
+    Ok(key)
+}
+
+fn specialists(manifest: &Manifest, refs: &HashMap<String, ModelRef>) -> Result<Vec<Specialist>> {
+    manifest
+        .specialists
+        .iter()
+        .map(|s| {
+            let id = s.model.get_ref();
+            let spec = manifest.model(id).ok_or_else(|| {
+                manifest_error(manifest, format!("no model `{id}` in [[models]]"))
+            })?;
+            Ok(Specialist {
+                name: s.name.get_ref().clone(),
+                system_prompt: s.system_prompt.clone(),
+                model: model_ref(manifest, refs, id)?.clone(),
+                chat_template: spec.chat_template.clone(),
+                max_tokens: s.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+                sampling: specialist_sampling(s),
+                context_length: spec.context_length,
+            })
+        })
+        .collect()
+}
+
+/// Loads a model and keeps it resident for the assistant's lifetime.
+async fn pin(manager: &ModelManager, r: &ModelRef) -> Result<Lease> {
+    let lease = manager.acquire(r).await?;
+    manager.pin(&r.key);
+    Ok(lease)
+}
+
+#[cfg(feature = "cloud")]
+fn cloud_client(manifest: &Manifest) -> Result<Option<arny_cloud::CloudClient>> {
+    let Some(c) = manifest.cloud.as_ref().filter(|_| manifest.cloud_allowed()) else {
+        return Ok(None);
+    };
+    let mut cfg = arny_cloud::CloudConfig::new(c.base_url.clone(), c.model.clone());
+    cfg.api_key = c.api_key_env.as_ref().and_then(|v| std::env::var(v).ok());
+    if c.api_key_env.is_some() && cfg.api_key.is_none() {
+        tracing::warn!(
+            var = c.api_key_env.as_deref().unwrap_or(""),
+            "the cloud API key variable is not set"
+        );
+    }
+    cfg.timeout = Duration::from_secs_f64(c.timeout_secs);
+    cfg.connect_timeout = Duration::from_secs_f64(c.connect_timeout_secs);
+    Ok(Some(arny_cloud::CloudClient::new(cfg)?))
 }
 
 async fn build_gateway(
@@ -692,10 +783,17 @@ async fn build_gateway(
         Ok(Arc::new(c))
     };
     let model = async |pinned: &mut Vec<Lease>| -> Result<Arc<dyn Classifier>> {
-        let id = g.model.as_ref().expect("validated").get_ref();
-        let r = &refs[id];
-        let lease = manager.acquire(r).await?;
-        manager.pin(&r.key);
+        let id = g
+            .model
+            .as_ref()
+            .ok_or_else(|| {
+                manifest_error(
+                    manifest,
+                    format!("gateway.model: strategy `{}` needs one", g.strategy.name()),
+                )
+            })?
+            .get_ref();
+        let lease = pin(manager, model_ref(manifest, refs, id)?).await?;
         let prompts: Vec<arny_router::LabelPrompt> = manifest
             .specialists
             .iter()

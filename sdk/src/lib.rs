@@ -23,14 +23,20 @@ mod error;
 mod events;
 mod manager;
 pub mod manifest;
+mod request;
 
-pub use arny_engine_api::{CancelToken, ChatMessage, DeviceRequest, Role, SamplingParams, Usage};
+pub use arny_engine_api::{
+    CancelToken, ChatMessage, DeviceRequest, EngineKind, FinishReason, Role, SamplingParams, Usage,
+};
 pub use arny_router::{CLOUD, Decision, LabelScore};
-pub use assistant::{Answer, AskRequest, Assistant, AssistantOptions, Engines, Handler, Status};
+pub use assistant::{
+    Answer, AskRequest, Assistant, AssistantOptions, DEFAULT_MAX_TOKENS, Engines, Handler, Status,
+};
 pub use error::{Result, SdkError};
 pub use events::{Event, UnloadReason};
 pub use manager::{LoadedModel, ManagerStatus, ModelKey, ModelManager};
 pub use manifest::Manifest;
+pub use request::{AskOptions, SamplingOverrides};
 
 #[cfg(feature = "cloud")]
 pub use arny_cloud as cloud;

@@ -131,6 +131,9 @@ pub struct ModelManager {
 }
 
 impl ModelManager {
+    // In a page the load futures are not Send (see `LoadFuture`), so
+    // neither is the state; nothing there crosses threads.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub fn new(budget: u64, idle_timeout: Duration, events: Arc<EventBus>) -> Self {
         Self {
             inner: Arc::new(ManagerInner {
@@ -576,5 +579,200 @@ impl Drop for Lease {
             e.active = e.active.saturating_sub(1);
             e.last_used = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The manager on the mock engine: budgets, single-flight loads,
+    //! eviction and pinning in milliseconds, no model file involved.
+
+    use arny_engine_api::mock::{MockEngine, MockSpec};
+    use futures::executor::block_on;
+    use futures::future::{join, join_all};
+
+    use super::*;
+
+    const MB: u64 = 1 << 20;
+
+    fn manager(
+        budget: u64,
+    ) -> (
+        ModelManager,
+        futures::channel::mpsc::UnboundedReceiver<Event>,
+    ) {
+        let events = Arc::new(EventBus::default());
+        let rx = events.subscribe();
+        (
+            ModelManager::new(budget, Duration::from_secs(3600), events),
+            rx,
+        )
+    }
+
+    fn model(engine: &MockEngine, name: &str) -> ModelRef {
+        ModelRef {
+            id: name.into(),
+            key: ModelKey {
+                engine: EngineKind::Gguf,
+                path: PathBuf::from(name),
+            },
+            bytes: None,
+            engine: Arc::new(engine.clone()),
+            context_length: None,
+            threads: None,
+            device: DeviceRequest::Auto,
+            estimate: 100 * MB,
+            specialists: vec![format!("{name}-specialist")],
+        }
+    }
+
+    fn engine() -> MockEngine {
+        let spec = MockSpec {
+            weight_bytes: 100 * MB,
+            session_bytes: 10 * MB,
+            fail: false,
+        };
+        MockEngine::new()
+            .with_model("a", spec)
+            .with_model("b", spec)
+            .with_model("c", spec)
+            .with_model("broken", MockSpec { fail: true, ..spec })
+    }
+
+    fn loaded(m: &ModelManager) -> Vec<String> {
+        m.status().models.into_iter().map(|m| m.model).collect()
+    }
+
+    fn unloads(
+        rx: &mut futures::channel::mpsc::UnboundedReceiver<Event>,
+    ) -> Vec<(String, UnloadReason)> {
+        let mut out = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            if let Event::Unloaded { model, reason, .. } = e {
+                out.push((model, reason));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn concurrent_requests_share_one_load() {
+        let e = engine();
+        let (m, _rx) = manager(1 << 30);
+        let a = model(&e, "a");
+        let gate = e.hold();
+        let waiters = join_all((0..4).map(|_| m.acquire(&a)));
+        let (leases, ()) = block_on(join(waiters, async move { drop(gate) }));
+        assert_eq!(e.loads(), 1);
+        assert!(leases.iter().all(|l| l.is_ok()));
+        assert_eq!(m.status().models[0].active, 4);
+        drop(leases);
+        assert_eq!(m.status().models[0].active, 0);
+    }
+
+    #[test]
+    fn a_failed_load_fails_every_waiter_and_leaves_nothing() {
+        let e = engine();
+        let (m, _rx) = manager(1 << 30);
+        let broken = model(&e, "broken");
+        let gate = e.hold();
+        let waiters = join_all((0..3).map(|_| m.acquire(&broken)));
+        let (results, ()) = block_on(join(waiters, async move { drop(gate) }));
+        assert_eq!(e.loads(), 1);
+        for r in results {
+            match r {
+                Err(SdkError::Load { model, source }) => {
+                    assert_eq!(model, "broken");
+                    assert!(matches!(*source, EngineError::Corrupt { .. }));
+                }
+                Err(other) => panic!("{other}"),
+                Ok(_) => panic!("a broken model loaded"),
+            }
+        }
+        assert!(loaded(&m).is_empty());
+        // Nothing was kept: the next request tries again.
+        assert!(block_on(m.acquire(&broken)).is_err());
+        assert_eq!(e.loads(), 2);
+    }
+
+    #[test]
+    fn idle_models_are_evicted_least_recently_used_first() {
+        let e = engine();
+        let (m, mut rx) = manager(250 * MB);
+        for name in ["a", "b"] {
+            drop(block_on(m.acquire(&model(&e, name))).unwrap());
+        }
+        // `a` was used last: `b` is the one to go.
+        drop(block_on(m.acquire(&model(&e, "a"))).unwrap());
+        let _c = block_on(m.acquire(&model(&e, "c"))).unwrap();
+        assert_eq!(loaded(&m), ["a", "c"]);
+        assert_eq!(unloads(&mut rx), [("b".to_string(), UnloadReason::Evicted)]);
+        assert!(m.status().resident_bytes <= 250 * MB);
+    }
+
+    #[test]
+    fn busy_models_are_never_evicted() {
+        let e = engine();
+        let (m, mut rx) = manager(250 * MB);
+        let _a = block_on(m.acquire(&model(&e, "a"))).unwrap();
+        let _b = block_on(m.acquire(&model(&e, "b"))).unwrap();
+        match block_on(m.acquire(&model(&e, "c"))) {
+            Err(SdkError::MemoryBudget { model, busy, .. }) => {
+                assert_eq!(model, "c");
+                let mut busy = busy;
+                busy.sort();
+                assert_eq!(busy, ["a (generating)", "b (generating)"]);
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("loaded past the budget"),
+        }
+        assert_eq!(e.loads(), 2);
+        assert!(unloads(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn pinned_models_stay_and_idle_ones_unload() {
+        let e = engine();
+        let events = Arc::new(EventBus::default());
+        let mut rx = events.subscribe();
+        let m = ModelManager::new(1 << 30, Duration::ZERO, events);
+        let (a, b) = (model(&e, "a"), model(&e, "b"));
+        drop(block_on(m.acquire(&a)).unwrap());
+        drop(block_on(m.acquire(&b)).unwrap());
+        m.pin(&a.key);
+        assert_eq!(m.unload_idle(), 1);
+        assert_eq!(loaded(&m), ["a"]);
+        assert_eq!(unloads(&mut rx), [("b".to_string(), UnloadReason::Idle)]);
+        // A pinned model is not evicted for room either.
+        let small = ModelManager::new(
+            150 * MB,
+            Duration::from_secs(3600),
+            Arc::new(EventBus::default()),
+        );
+        drop(block_on(small.acquire(&a)).unwrap());
+        small.pin(&a.key);
+        assert!(matches!(
+            block_on(small.acquire(&b)),
+            Err(SdkError::MemoryBudget { .. })
+        ));
+    }
+
+    #[test]
+    fn sessions_count_against_the_budget_and_are_kept_per_role() {
+        let e = engine();
+        let (m, _rx) = manager(1 << 30);
+        let lease = block_on(m.acquire(&model(&e, "a"))).unwrap();
+        assert_eq!(m.status().resident_bytes, 100 * MB);
+        {
+            let mut s = block_on(lease.session("math", None)).unwrap();
+            let _ = s.get();
+            assert_eq!(m.status().resident_bytes, 110 * MB);
+        }
+        // Returned to the pool: still counted, and reused by its role.
+        assert_eq!(m.status().resident_bytes, 110 * MB);
+        drop(block_on(lease.session("math", None)).unwrap());
+        assert_eq!(m.status().resident_bytes, 110 * MB);
+        drop(block_on(lease.session("chat", None)).unwrap());
+        assert_eq!(m.status().resident_bytes, 120 * MB);
     }
 }

@@ -13,24 +13,7 @@ use crate::SdkError;
 /// The built-in manifest: SmolLM2 as gateway and every specialist.
 pub const BUILTIN: &str = include_str!("../config/arny.toml");
 
-/// Which engine runs a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    Gguf,
-    Pte,
-    Burn,
-}
-
-impl EngineKind {
-    pub fn id(self) -> &'static str {
-        match self {
-            Self::Gguf => "gguf",
-            Self::Pte => "pte",
-            Self::Burn => "burn",
-        }
-    }
-}
+pub use arny_engine_api::EngineKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -59,6 +42,17 @@ pub enum Strategy {
     Examples,
     Model,
     Ensemble,
+}
+
+impl Strategy {
+    /// The manifest's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Examples => "examples",
+            Self::Model => "model",
+            Self::Ensemble => "ensemble",
+        }
+    }
 }
 
 /// A byte count: an integer, or a string with a unit ("512 MiB", "2GB").
@@ -254,6 +248,10 @@ pub struct Manifest {
     /// Where the manifest came from, for messages.
     #[serde(skip)]
     pub origin: String,
+    /// The TOML it was parsed from, so that errors name lines; `None` for
+    /// a manifest built in code.
+    #[serde(skip)]
+    pub source: Option<String>,
 }
 
 impl Manifest {
@@ -282,7 +280,8 @@ impl Manifest {
         })?;
         m.base_dir = base_dir.to_path_buf();
         m.origin = origin.to_string();
-        m.validate(text)?;
+        m.source = Some(text.to_string());
+        m.validate()?;
         Ok(m)
     }
 
@@ -301,58 +300,72 @@ impl Manifest {
         self.specialists.iter().find(|s| *s.name.get_ref() == name)
     }
 
-    fn validate(&self, text: &str) -> Result<(), SdkError> {
-        let err = |span: Option<std::ops::Range<usize>>, message: String| SdkError::Manifest {
-            origin: self.origin.clone(),
-            line: span.map(|s| line_of(text, s.start)),
-            message,
-        };
+    /// Checks everything parsing cannot: references between sections,
+    /// value ranges, what a plan and a strategy need. [`Manifest::parse`]
+    /// calls it; so does `Assistant::new`, for manifests built in code.
+    pub fn validate(&self) -> Result<(), SdkError> {
         if self.models.is_empty() {
-            return Err(err(
+            return Err(self.error(
                 None,
                 "`models`: at least one [[models]] entry is needed".into(),
             ));
         }
         if self.specialists.is_empty() {
-            return Err(err(
+            return Err(self.error(
                 None,
                 "`specialists`: at least one [[specialists]] entry is needed".into(),
             ));
         }
+        self.validate_models()?;
+        self.validate_specialists()?;
+        self.validate_gateway()?;
+        self.validate_plan()?;
+        self.validate_limits()
+    }
+
+    /// An error at `span` of the source (no line for a manifest built in
+    /// code).
+    fn error(&self, span: Option<std::ops::Range<usize>>, message: String) -> SdkError {
+        SdkError::Manifest {
+            origin: self.origin.clone(),
+            line: span
+                .zip(self.source.as_deref())
+                .map(|(s, t)| line_of(t, s.start)),
+            message,
+        }
+    }
+
+    fn validate_models(&self) -> Result<(), SdkError> {
         let mut ids = HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
             let id = m.id.get_ref();
+            let at = Some(m.id.span());
             if id.trim().is_empty() || !ids.insert(id.clone()) {
-                return Err(err(
-                    Some(m.id.span()),
-                    format!("models[{i}].id: `{id}` is empty or used twice"),
-                ));
+                return Err(
+                    self.error(at, format!("models[{i}].id: `{id}` is empty or used twice"))
+                );
             }
             let sources = [m.path.is_some(), m.known.is_some(), m.url.is_some()]
                 .iter()
                 .filter(|b| **b)
                 .count();
             if sources != 1 {
-                return Err(err(
-                    Some(m.id.span()),
+                return Err(self.error(
+                    at,
                     format!(
                         "models[{i}] (`{id}`): give exactly one of `path`, `known` or `url` (found {sources})"
                     ),
                 ));
             }
-            if m.url.is_some() {
-                let ok = m
-                    .sha256
-                    .as_ref()
-                    .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
-                if !ok {
-                    return Err(err(
-                        Some(m.id.span()),
-                        format!(
-                            "models[{i}].sha256: a `url` needs the file's SHA-256 (64 hex digits)"
-                        ),
-                    ));
-                }
+            let sha_ok = m
+                .sha256
+                .as_ref()
+                .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
+            if m.url.is_some() && !sha_ok {
+                return Err(self.error(
+                    at,
+                    format!("models[{i}].sha256: a `url` needs the file's SHA-256 (64 hex digits)"),
+                ));
             }
             if let Some(k) = &m.known
                 && arny_model_store::known(k).is_none()
@@ -361,8 +374,8 @@ impl Manifest {
                     .iter()
                     .map(|m| m.id)
                     .collect();
-                return Err(err(
-                    Some(m.id.span()),
+                return Err(self.error(
+                    at,
                     format!(
                         "models[{i}].known: no known model `{k}` (known: {})",
                         names.join(", ")
@@ -370,29 +383,34 @@ impl Manifest {
                 ));
             }
             if m.context_length == Some(0) || m.threads == Some(0) {
-                return Err(err(
-                    Some(m.id.span()),
+                return Err(self.error(
+                    at,
                     format!("models[{i}]: context_length and threads must be positive"),
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn validate_specialists(&self) -> Result<(), SdkError> {
         let mut names = HashSet::new();
         for (i, s) in self.specialists.iter().enumerate() {
             let name = s.name.get_ref();
+            let at = Some(s.name.span());
             if name == arny_router::CLOUD {
-                return Err(err(
-                    Some(s.name.span()),
+                return Err(self.error(
+                    at,
                     format!("specialists[{i}].name: `cloud` is reserved for the cloud fallback"),
                 ));
             }
             if name.trim().is_empty() || !names.insert(name.clone()) {
-                return Err(err(
-                    Some(s.name.span()),
+                return Err(self.error(
+                    at,
                     format!("specialists[{i}].name: `{name}` is empty or used twice"),
                 ));
             }
             if self.model(s.model.get_ref()).is_none() {
-                return Err(err(
+                return Err(self.error(
                     Some(s.model.span()),
                     format!(
                         "specialists[{i}].model: no model `{}` in [[models]] (ids: {})",
@@ -404,46 +422,54 @@ impl Manifest {
             if let Some(p) = s.repetition_penalty
                 && !(1.0..=2.0).contains(&p)
             {
-                return Err(err(
-                    Some(s.name.span()),
+                return Err(self.error(
+                    at,
                     format!("specialists[{i}].repetition_penalty: {p} is not in [1, 2]"),
                 ));
             }
             if let Some(t) = s.temperature
                 && !(0.0..=5.0).contains(&t)
             {
-                return Err(err(
-                    Some(s.name.span()),
+                return Err(self.error(
+                    at,
                     format!("specialists[{i}].temperature: {t} is not in [0, 5]"),
                 ));
             }
+            if s.max_tokens == Some(0) {
+                return Err(
+                    self.error(at, format!("specialists[{i}].max_tokens: must be positive"))
+                );
+            }
         }
+        Ok(())
+    }
+
+    fn validate_gateway(&self) -> Result<(), SdkError> {
         let g = &self.gateway;
         if !(0.0..=1.0).contains(&g.threshold) {
-            return Err(err(
+            return Err(self.error(
                 None,
                 format!("gateway.threshold: {} is not in [0, 1]", g.threshold),
             ));
         }
         if !(0.0..=1.0).contains(&g.model_weight) {
-            return Err(err(
+            return Err(self.error(
                 None,
                 format!("gateway.model_weight: {} is not in [0, 1]", g.model_weight),
             ));
         }
         match (&g.model, g.strategy) {
             (None, Strategy::Model | Strategy::Ensemble) => {
-                return Err(err(
+                return Err(self.error(
                     None,
                     format!(
-                        "gateway.model: strategy `{:?}` needs a gateway model",
-                        g.strategy
-                    )
-                    .to_lowercase(),
+                        "gateway.model: strategy `{}` needs a gateway model",
+                        g.strategy.name()
+                    ),
                 ));
             }
             (Some(m), _) if self.model(m.get_ref()).is_none() => {
-                return Err(err(
+                return Err(self.error(
                     Some(m.span()),
                     format!(
                         "gateway.model: no model `{}` in [[models]] (ids: {})",
@@ -457,38 +483,47 @@ impl Manifest {
         if matches!(g.strategy, Strategy::Examples | Strategy::Ensemble) {
             for (i, s) in self.specialists.iter().enumerate() {
                 if s.examples.iter().filter(|e| !e.trim().is_empty()).count() < 2 {
-                    return Err(err(
+                    return Err(self.error(
                         Some(s.name.span()),
                         format!(
                             "specialists[{i}].examples: the `{}` strategy needs at least 2 example utterances",
-                            "examples"
+                            g.strategy.name()
                         ),
                     ));
                 }
             }
             if g.cloud_examples.len() == 1 {
-                return Err(err(
+                return Err(self.error(
                     None,
                     "gateway.cloud_examples: give none or at least 2".into(),
                 ));
             }
         }
-        if self.plan == Plan::Universal {
-            let first = self.specialists[0].model.get_ref();
-            for (i, s) in self.specialists.iter().enumerate() {
-                if s.model.get_ref() != first {
-                    return Err(err(
-                        Some(s.model.span()),
-                        format!(
-                            "specialists[{i}].model: plan `universal` serves every role from one model, but this names `{}` and specialists[0] names `{first}`",
-                            s.model.get_ref()
-                        ),
-                    ));
-                }
+        Ok(())
+    }
+
+    fn validate_plan(&self) -> Result<(), SdkError> {
+        if self.plan != Plan::Universal {
+            return Ok(());
+        }
+        let first = self.specialists[0].model.get_ref();
+        for (i, s) in self.specialists.iter().enumerate() {
+            if s.model.get_ref() != first {
+                return Err(self.error(
+                    Some(s.model.span()),
+                    format!(
+                        "specialists[{i}].model: plan `universal` serves every role from one model, but this names `{}` and specialists[0] names `{first}`",
+                        s.model.get_ref()
+                    ),
+                ));
             }
         }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), SdkError> {
         if !(self.idle_unload_secs > 0.0 && self.idle_unload_secs.is_finite()) {
-            return Err(err(
+            return Err(self.error(
                 None,
                 format!(
                     "idle_unload_secs: {} must be a positive number",
@@ -498,13 +533,13 @@ impl Manifest {
         }
         if let Some(c) = &self.cloud {
             if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
-                return Err(err(
+                return Err(self.error(
                     None,
                     format!("cloud.base_url: `{}` is not an http(s) URL", c.base_url),
                 ));
             }
             if !(c.timeout_secs > 0.0 && c.connect_timeout_secs > 0.0) {
-                return Err(err(
+                return Err(self.error(
                     None,
                     "cloud.timeout_secs and cloud.connect_timeout_secs must be positive".into(),
                 ));
@@ -635,6 +670,24 @@ examples = ["hello", "how are you"]
         let (_, msg) =
             err_of(&MINI.replace("path = \"m.gguf\"", "path = \"m.gguf\"\nknown = \"x\""));
         assert!(msg.contains("exactly one of"), "{msg}");
+    }
+
+    #[test]
+    fn manifests_built_in_code_are_validated() {
+        let mut m = parse(MINI).unwrap();
+        m.source = None;
+        m.specialists[1].model = Spanned::new(0..0, "nope".to_string());
+        match m.validate() {
+            Err(SdkError::Manifest { line, message, .. }) => {
+                assert_eq!(line, None);
+                assert!(message.contains("nope"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        m.specialists.clear();
+        assert!(matches!(m.validate(), Err(SdkError::Manifest { .. })));
+        m.models.clear();
+        assert!(matches!(m.validate(), Err(SdkError::Manifest { .. })));
     }
 
     #[test]

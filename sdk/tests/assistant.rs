@@ -31,6 +31,7 @@ const SPECIALISTS: &str = r#"
 name = "math"
 model = "MATH"
 system_prompt = "You are a precise mathematics tutor. Answer briefly."
+temperature = 0
 examples = ["What is 3 + 4?", "Solve 2x = 10", "What is 20% of 50?", "Compute 9 times 8"]
 
 [[specialists]]
@@ -375,7 +376,7 @@ async fn cancellation_stops_the_stream() {
         })
         .await
         .unwrap();
-    assert_eq!(ans.finish_reason, "cancelled");
+    assert_eq!(ans.finish_reason, arny_sdk::FinishReason::Cancelled);
     let n = ans.usage.unwrap().generated_tokens;
     assert!(
         (5..=6).contains(&n),
@@ -383,6 +384,36 @@ async fn cancellation_stops_the_stream() {
     );
     // The session is reusable afterwards.
     assert!(!ask(&a, "What is 2 + 2?", 4).await.unwrap().text.is_empty());
+}
+
+/// A request that sets only `seed` changes only the seed: the greedy math
+/// specialist stays greedy (the same answer), and a request that does set a
+/// temperature gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_sampling_overrides_apply_field_by_field() {
+    let (_dir, a) = one_model("", "").await;
+    let math = |seed: Option<u64>, temperature: Option<f32>| {
+        let mut r = AskRequest::new("What is 12 times 7?");
+        r.specialist = Some("math".into());
+        r.max_tokens = Some(24);
+        r.sampling.seed = seed;
+        r.sampling.temperature = temperature;
+        let a = a.clone();
+        async move { a.ask(r, |_| {}).await.unwrap().text }
+    };
+    let plain = math(None, None).await;
+    for seed in [1, 12345] {
+        assert_eq!(math(Some(seed), None).await, plain, "seed {seed}");
+    }
+    let mut differs = 0;
+    for seed in [1, 2, 3] {
+        differs += usize::from(math(Some(seed), Some(1.5)).await != plain);
+    }
+    assert!(
+        differs >= 2,
+        "temperature 1.5 matched greedy {}/3 times",
+        3 - differs
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,7 +441,7 @@ async fn the_same_app_runs_on_every_configured_engine() {
     for engine in engines.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let dir = tempfile::tempdir().unwrap();
         let path = if engine == "pte" {
-            arny_model_store::pte::require_default_export(arny_model_store::pte::PteQuant::Fp32)
+            arny_pte_export::require_default_export(arny_pte_export::PteQuant::Fp32)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .display()
                 .to_string()

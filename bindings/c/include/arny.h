@@ -97,7 +97,9 @@ ArnyCode arny_route(const ArnyAssistant *h,
 // `finish_reason` is `cancelled` when `cancel` fired or `on_token`
 // returned false; that is not an error.
 //
-// `options_json` (may be null): `{"specialist","max_tokens","temperature","top_p","seed","stop":[…]}`.
+// `options_json` (may be null): `{"specialist","max_tokens","temperature","top_k","top_p","min_p","repetition_penalty","seed","stop":[…]}`,
+// every key optional; a sampling key set changes only that setting of the
+// specialist's. An unknown key is `ARNY_CODE_INVALID_ARGUMENT`.
 // `cancel` (may be null) can be fired from any thread with `arny_cancel()`.
 //
 // # Safety

@@ -20,11 +20,8 @@ use std::path::Path;
 use std::ptr;
 use std::sync::Mutex;
 
-use arny_sdk::{
-    AskRequest, Assistant, AssistantOptions, CancelToken, Event, Manifest, SamplingParams, SdkError,
-};
+use arny_sdk::{AskOptions, Assistant, AssistantOptions, CancelToken, Event, Manifest, SdkError};
 use futures::channel::mpsc::UnboundedReceiver;
-use serde::Deserialize;
 
 /// What a call returned. `ARNY_CODE_OK` is zero; every other value is an error
 /// whose message is in `arny_last_error()`.
@@ -316,27 +313,15 @@ pub unsafe extern "C" fn arny_route(
     })
 }
 
-/// Per-request options, all optional.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct GenerateOptions {
-    /// Skip the gateway and ask this specialist.
-    specialist: Option<String>,
-    max_tokens: Option<u32>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    seed: Option<u64>,
-    #[serde(default)]
-    stop: Vec<String>,
-}
-
 /// Answers `text`: the gateway routes it, the chosen specialist streams its
 /// answer through `on_token`, and `*out_json` receives the result:
 /// `{"decision":{…}|null,"handler":{"kind","name"|"model"},"text","finish_reason","usage":{…}|null,"total_ms"}`.
 /// `finish_reason` is `cancelled` when `cancel` fired or `on_token`
 /// returned false; that is not an error.
 ///
-/// `options_json` (may be null): `{"specialist","max_tokens","temperature","top_p","seed","stop":[…]}`.
+/// `options_json` (may be null): `{"specialist","max_tokens","temperature","top_k","top_p","min_p","repetition_penalty","seed","stop":[…]}`,
+/// every key optional; a sampling key set changes only that setting of the
+/// specialist's. An unknown key is `ARNY_CODE_INVALID_ARGUMENT`.
 /// `cancel` (may be null) can be fired from any thread with `arny_cancel()`.
 ///
 /// # Safety
@@ -361,26 +346,12 @@ pub unsafe extern "C" fn arny_generate(
                 opt_str_arg(options_json, "options_json")?,
             )
         };
-        let options: GenerateOptions = match options {
+        let options: AskOptions = match options {
             Some(s) if !s.trim().is_empty() => serde_json::from_str(s)
                 .map_err(|e| Failure::invalid(format!("options_json: {e}")))?,
-            _ => GenerateOptions::default(),
+            _ => AskOptions::default(),
         };
-        let mut request = AskRequest::new(text);
-        request.specialist = options.specialist;
-        request.max_tokens = options.max_tokens;
-        request.stop = options.stop;
-        if options.temperature.is_some() || options.top_p.is_some() || options.seed.is_some() {
-            let mut s = SamplingParams::default();
-            if let Some(t) = options.temperature {
-                s.temperature = t;
-            }
-            if let Some(p) = options.top_p {
-                s.top_p = p;
-            }
-            s.seed = options.seed;
-            request.sampling = Some(s);
-        }
+        let mut request = options.request(text);
         // SAFETY: null or a live ArnyCancel (function contract).
         if let Some(c) = unsafe { cancel.as_ref() } {
             request.cancel = c.token.clone();

@@ -28,13 +28,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use arny_sdk::{
-    AskRequest, Assistant as SdkAssistant, AssistantOptions, CancelToken, Engines, Event, Manifest,
-    SamplingParams, SdkError,
+    AskOptions, Assistant as SdkAssistant, AssistantOptions, CancelToken, Engines, Event, Manifest,
+    SdkError,
 };
 use futures::StreamExt;
 use js_sys::{Function, Object, Promise, Reflect, Uint8Array};
 use send_wrapper::SendWrapper;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise, spawn_local};
@@ -269,18 +269,6 @@ async fn fetch_bytes(
     Ok(bytes)
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct AskOptions {
-    /// Skip the gateway and ask this specialist.
-    specialist: Option<String>,
-    max_tokens: Option<u32>,
-    temperature: Option<f32>,
-    seed: Option<u64>,
-    #[serde(default)]
-    stop: Vec<String>,
-}
-
 /// The SDK's assistant in a page.
 #[wasm_bindgen]
 pub struct Assistant {
@@ -423,8 +411,9 @@ impl Assistant {
     /// Answers `text`: routes it, streams the specialist's answer to
     /// `onToken(piece)`, resolves to `{decision, handler, text,
     /// finish_reason, usage, total_ms}`. `options`: `{specialist, maxTokens,
-    /// temperature, seed, stop}`. `finish_reason` is `cancelled` after
-    /// [`Assistant::cancel`].
+    /// temperature, topK, topP, minP, repetitionPenalty, seed, stop}` (the
+    /// SDK's `AskOptions`; snake_case works too, an unknown key is an
+    /// error). `finish_reason` is `cancelled` after [`Assistant::cancel`].
     pub fn ask(&self, text: String, on_token: Option<Function>, options: JsValue) -> Promise {
         let inner = self.inner.clone();
         let running = self.running.clone();
@@ -437,17 +426,7 @@ impl Assistant {
                 serde_wasm_bindgen::from_value(options)
                     .map_err(|e| JsError::new(&format!("invalid_argument: options: {e}")))?
             };
-            let mut request = AskRequest::new(text);
-            request.specialist = options.specialist;
-            request.max_tokens = options.max_tokens;
-            request.stop = options.stop;
-            if options.temperature.is_some() || options.seed.is_some() {
-                request.sampling = Some(SamplingParams {
-                    temperature: options.temperature.unwrap_or(0.0),
-                    seed: options.seed,
-                    ..SamplingParams::default()
-                });
-            }
+            let request = options.request(text);
             let cancel = request.cancel.clone();
             running.borrow_mut().push((id, cancel));
             // A page has one thread: the wrapper only satisfies the SDK's

@@ -16,8 +16,6 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-pub mod pte;
-
 /// A model Arny knows how to obtain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownModel {
@@ -95,16 +93,6 @@ pub enum StoreError {
     BadPackage { path: PathBuf, reason: String },
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
-    #[error(
-        "no {quant} ExecuTorch export of the default model in {dir}; run `arny export pte --quant {quant}` (about 5 min)"
-    )]
-    ExportMissing { quant: String, dir: PathBuf },
-    #[error("{what} failed ({status}):\n{detail}")]
-    ExportFailed {
-        what: String,
-        status: String,
-        detail: String,
-    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -528,7 +516,8 @@ fn unpack_member(
     Ok(hex(&hasher.finalize()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes` (SHA-256 digests in file names and sidecars).
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

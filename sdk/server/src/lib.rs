@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arny_sdk::{
-    Answer, AskRequest, Assistant, CancelToken, ChatMessage, Role, SamplingParams, SdkError,
+    Answer, AskOptions, AskRequest, Assistant, CancelToken, ChatMessage, FinishReason, Role,
+    SdkError,
 };
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -226,47 +227,45 @@ fn to_request(state: &AppState, body: &ChatBody) -> Result<AskRequest, Response>
             content: m.content.text(),
         });
     }
-    let mut req = AskRequest::new("");
-    req.messages = messages;
-    if body.model != ROUTED_MODEL && body.model != "auto" {
-        if !state.assistant.specialist_names().contains(&body.model) {
-            return Err(error(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                "model_not_found",
-                format!(
-                    "no model `{}`; use `{ROUTED_MODEL}` or one of: {}",
-                    body.model,
-                    state.assistant.specialist_names().join(", ")
-                ),
-            ));
-        }
-        req.specialist = Some(body.model.clone());
-    }
-    req.max_tokens = body.max_completion_tokens.or(body.max_tokens);
-    if body.temperature.is_some() || body.top_p.is_some() || body.seed.is_some() {
-        let mut s = SamplingParams::default();
-        if let Some(t) = body.temperature {
-            s.temperature = t;
-        }
-        if let Some(p) = body.top_p {
-            s.top_p = p;
-        }
-        s.seed = body.seed;
-        req.sampling = Some(s);
-    }
-    req.stop = match &body.stop {
-        Some(Stop::One(s)) => vec![s.clone()],
-        Some(Stop::Many(v)) => v.clone(),
-        None => Vec::new(),
+    let specialist = if body.model == ROUTED_MODEL || body.model == "auto" {
+        None
+    } else if state.assistant.specialist_names().contains(&body.model) {
+        Some(body.model.clone())
+    } else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!(
+                "no model `{}`; use `{ROUTED_MODEL}` or one of: {}",
+                body.model,
+                state.assistant.specialist_names().join(", ")
+            ),
+        ));
     };
+    let options = AskOptions {
+        specialist,
+        max_tokens: body.max_completion_tokens.or(body.max_tokens),
+        temperature: body.temperature,
+        top_p: body.top_p,
+        seed: body.seed,
+        stop: match &body.stop {
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+            None => Vec::new(),
+        },
+        ..AskOptions::default()
+    };
+    let mut req = AskRequest::new("");
+    options.apply(&mut req);
+    req.messages = messages;
     Ok(req)
 }
 
 fn finish_reason(a: &Answer) -> &'static str {
-    match a.finish_reason.as_str() {
-        "max_tokens" | "context_full" | "length" => "length",
-        _ => "stop",
+    match a.finish_reason {
+        FinishReason::MaxTokens | FinishReason::ContextFull => "length",
+        FinishReason::Eos | FinishReason::StopString | FinishReason::Cancelled => "stop",
     }
 }
 
@@ -302,106 +301,125 @@ async fn chat(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let Ok(permit) = state.slots.try_acquire() else {
-        let mut resp = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
-            "busy",
-            "all generation slots are busy; retry shortly",
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return resp;
+    let Some(slot) = take_slot(&state) else {
+        return busy();
     };
-    // The permit must live as long as the generation, which may outlive
-    // this handler when streaming.
-    let permit = hold_slot(permit, &state);
-    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let id = format!(
-        "chatcmpl-arny-{}-{}",
-        now(),
-        NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let model = body.model.clone();
-    let assistant = state.assistant.clone();
-    let cancel: CancelToken = request.cancel.clone();
+    let reply = Reply::new(&body.model);
+    if body.stream {
+        stream(state.assistant.clone(), request, slot, reply)
+    } else {
+        complete(state.assistant.clone(), request, slot, reply).await
+    }
+}
 
-    if !body.stream {
-        let handle = tokio::runtime::Handle::current();
-        let joined = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            handle.block_on(assistant.ask(request, |_| {}))
-        })
-        .await;
-        return match joined {
-            Ok(Ok(a)) => {
-                let usage = a.usage.as_ref();
-                let (p, c) = (
-                    usage.map(|u| u.prompt_tokens).unwrap_or(0),
-                    usage.map(|u| u.generated_tokens).unwrap_or(0),
-                );
-                Json(json!({
-                    "id": id, "object": "chat.completion", "created": now(), "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text}, "finish_reason": finish_reason(&a), "logprobs": null}],
-                    "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
-                    "arny": arny_extension(&a),
-                }))
-                .into_response()
-            }
-            Ok(Err(e)) => sdk_error(&e),
-            Err(e) => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal",
-                format!("generation failed: {e}"),
-            ),
-        };
+/// 429 with `Retry-After`: every generation slot is taken.
+fn busy() -> Response {
+    let mut resp = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        "busy",
+        "all generation slots are busy; retry shortly",
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    resp
+}
+
+/// The id and model name every chunk of one reply carries.
+#[derive(Clone)]
+struct Reply {
+    id: String,
+    model: String,
+}
+
+impl Reply {
+    fn new(model: &str) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            id: format!("chatcmpl-arny-{}-{n}", now()),
+            model: model.to_string(),
+        }
     }
 
-    let (tx, rx) = mpsc::unbounded_channel::<Value>();
-    let handle = tokio::runtime::Handle::current();
-    let (id2, model2) = (id.clone(), model.clone());
-    let chunk = move |delta: Value, finish: Option<&str>, extra: Option<Value>| {
+    fn completion(&self, a: &Answer) -> Value {
+        let usage = a.usage.as_ref();
+        let (p, c) = (
+            usage.map(|u| u.prompt_tokens).unwrap_or(0),
+            usage.map(|u| u.generated_tokens).unwrap_or(0),
+        );
+        json!({
+            "id": self.id, "object": "chat.completion", "created": now(), "model": self.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text}, "finish_reason": finish_reason(a), "logprobs": null}],
+            "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+            "arny": arny_extension(a),
+        })
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>, extra: Option<Value>) -> Value {
         let mut v = json!({
-            "id": id2, "object": "chat.completion.chunk", "created": now(), "model": model2,
+            "id": self.id, "object": "chat.completion.chunk", "created": now(), "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
         });
         if let Some(e) = extra {
             v["arny"] = e;
         }
         v
-    };
+    }
+}
+
+/// A whole answer as one JSON body. Generation runs on the blocking pool.
+async fn complete(
+    assistant: Assistant,
+    request: AskRequest,
+    slot: OwnedSlot,
+    reply: Reply,
+) -> Response {
+    let handle = tokio::runtime::Handle::current();
+    let joined = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        handle.block_on(assistant.ask(request, |_| {}))
+    })
+    .await;
+    match joined {
+        Ok(Ok(a)) => Json(reply.completion(&a)).into_response(),
+        Ok(Err(e)) => sdk_error(&e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal",
+            format!("generation failed: {e}"),
+        ),
+    }
+}
+
+/// The answer as server-sent events: a role chunk, one chunk per piece,
+/// a final chunk with the finish reason, `[DONE]`. A client that goes away
+/// cancels the generation.
+fn stream(assistant: Assistant, request: AskRequest, slot: OwnedSlot, reply: Reply) -> Response {
+    let (tx, rx) = mpsc::unbounded_channel::<Value>();
+    let handle = tokio::runtime::Handle::current();
+    let cancel: CancelToken = request.cancel.clone();
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let _ = tx.send(chunk(
-            json!({"role": "assistant", "content": ""}),
-            None,
-            None,
-        ));
-        let tx2 = tx.clone();
-        let chunk2 = chunk.clone();
-        let cancel2 = cancel.clone();
+        let _slot = slot;
+        let _ = tx.send(reply.chunk(json!({"role": "assistant", "content": ""}), None, None));
+        let (tx2, reply2) = (tx.clone(), reply.clone());
         let result = handle.block_on(assistant.ask(request, move |piece| {
             if tx2
-                .send(chunk2(json!({"content": piece}), None, None))
+                .send(reply2.chunk(json!({"content": piece}), None, None))
                 .is_err()
             {
                 // The client went away.
-                cancel2.cancel();
+                cancel.cancel();
             }
         }));
-        match result {
-            Ok(a) => {
-                let _ = tx.send(chunk(
-                    json!({}),
-                    Some(finish_reason(&a)),
-                    Some(arny_extension(&a)),
-                ));
-            }
+        let last = match result {
+            Ok(a) => reply.chunk(json!({}), Some(finish_reason(&a)), Some(arny_extension(&a))),
             Err(e) => {
-                let _ = tx.send(json!({"error": {"message": e.to_string(), "type": "server_error", "code": e.code()}}));
+                json!({"error": {"message": e.to_string(), "type": "server_error", "code": e.code()}})
             }
-        }
+        };
+        let _ = tx.send(last);
     });
     let events = tokio_stream(rx)
         .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
@@ -429,10 +447,13 @@ impl Drop for OwnedSlot {
     }
 }
 
-fn hold_slot(permit: tokio::sync::SemaphorePermit<'_>, state: &Arc<AppState>) -> OwnedSlot {
-    // Give the permit back by hand when the generation ends.
+/// A generation slot that lives as long as the generation, which may
+/// outlive the handler when streaming; `None` when all are taken.
+fn take_slot(state: &Arc<AppState>) -> Option<OwnedSlot> {
+    let permit = state.slots.try_acquire().ok()?;
+    // Given back by hand (`OwnedSlot::drop`) when the generation ends.
     permit.forget();
-    OwnedSlot {
+    Some(OwnedSlot {
         _state: state.clone(),
-    }
+    })
 }

@@ -35,6 +35,8 @@ pub fn run(args: Args) -> Result<()> {
         req.specialist = args.specialist.clone();
         req.max_tokens = args.max_tokens;
         if req.specialist.is_none() {
+            // Routed here so the decision shows before the answer starts;
+            // `ask` takes it and does not route again.
             let d = assistant.route(&prompt).await?;
             let note = if d.below_threshold {
                 format!(
@@ -48,6 +50,7 @@ pub fn run(args: Args) -> Result<()> {
                 "→ {} ({:.2} {}, {:.2} ms){note}",
                 d.label, d.confidence, d.strategy, d.ms
             );
+            req.decision = Some(d);
         }
         let answer = assistant
             .ask(req, |piece| {
@@ -60,7 +63,7 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!(
             "[answered by {}; {}]",
             answer.handler.describe(),
-            answer.finish_reason
+            answer.finish_reason.as_str()
         );
         if args.json {
             eprintln!("{}", serde_json::to_string(&answer)?);

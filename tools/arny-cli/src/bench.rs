@@ -10,12 +10,13 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use arny_engine_api::{
-    GenerateRequest, LoadOptions, Model, ModelSource, Prompt, SamplingParams, SessionOptions,
-    TokenId, generate,
+    EngineKind, GenerateRequest, LoadOptions, Model, ModelSource, Prompt, SamplingParams,
+    SessionOptions, TokenId, generate,
 };
 use serde::Serialize;
 
 use crate::runtime::{ModelArgs, engine, model_path};
+use crate::stats::Stats;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -40,34 +41,6 @@ pub struct Args {
     /// resident models, and a universal-plan role switch (medians over -r).
     #[arg(long)]
     switch: bool,
-}
-
-#[derive(Debug, Serialize)]
-pub(crate) struct Stats {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub samples: Vec<f64>,
-}
-
-impl Stats {
-    pub(crate) fn of(mut samples: Vec<f64>) -> Self {
-        samples.sort_by(f64::total_cmp);
-        let n = samples.len();
-        let median = if n == 0 {
-            0.0
-        } else if n % 2 == 1 {
-            samples[n / 2]
-        } else {
-            (samples[n / 2 - 1] + samples[n / 2]) / 2.0
-        };
-        Self {
-            median,
-            min: samples.first().copied().unwrap_or(0.0),
-            max: samples.last().copied().unwrap_or(0.0),
-            samples,
-        }
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -121,114 +94,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.n_prompt == 0 || args.n_gen < 2 || args.reps == 0 {
         bail!("invalid input: need -p >= 1, -n >= 2 and -r >= 1");
     }
-    // The raw baseline is llama.cpp's own API: it exists for gguf only.
-    let no_raw = args.no_raw || args.engine_is_not_gguf();
     let load_average = read_loadavg();
-    let path = model_path(&args.model)?;
-    let engine = engine(&args.model.engine)?;
-    let ctx = (args.n_prompt + args.n_gen + 1) as u32;
-    let options = LoadOptions {
-        context_length: Some(ctx),
-        threads: args.model.threads,
-        device: crate::runtime::device(&args.model.device)?,
-        ..LoadOptions::default()
-    };
-    let load = || -> Result<(Arc<dyn Model>, f64)> {
-        let t = Instant::now();
-        let m = futures::executor::block_on(
-            engine.load(ModelSource::Path(path.clone()), options.clone()),
-        )?;
-        Ok((m, t.elapsed().as_secs_f64() * 1e3))
-    };
-    let (model, _) = load()?;
-    let threads = args
-        .model
-        .threads
-        .unwrap_or_else(arny_engine_api::default_threads);
-    // A program with a fixed context (an ExecuTorch export) may hold fewer
-    // tokens than -p + -n: the prompt shrinks to fit, and the report says so.
-    let capacity = model.info().context_length as usize;
-    let n_prompt = if args.n_prompt + args.n_gen + 1 > capacity {
-        if args.n_gen + 2 > capacity {
-            bail!(
-                "invalid input: -n {} does not fit the model's context of {capacity}",
-                args.n_gen
-            );
-        }
-        let n = capacity - args.n_gen - 1;
-        eprintln!(
-            "note: the model holds {capacity} tokens; prompt shortened from {} to {n}",
-            args.n_prompt
-        );
-        n
-    } else {
-        args.n_prompt
-    };
-    let tokens = workload(model.as_ref(), n_prompt);
-    let raw = if no_raw {
-        None
-    } else {
-        Some(crate::bench_raw::RawBench::new(&path, threads, ctx)?)
-    };
-
-    // Warm caches and page in the weights on both paths before timing.
-    let warm = &tokens[..tokens.len().min(32)];
-    sdk_run(model.as_ref(), warm, 4, ctx)?;
-    if let Some(r) = &raw {
-        r.run(warm, 4)?;
-    }
-
-    let (mut pp, mut tg, mut ld) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut rpp, mut rtg, mut rld) = (Vec::new(), Vec::new(), Vec::new());
-    for rep in 0..args.reps {
-        let sdk = |pp: &mut Vec<f64>, tg: &mut Vec<f64>| -> Result<()> {
-            let (a, b) = sdk_run(model.as_ref(), &tokens, args.n_gen, ctx)?;
-            pp.push(a);
-            tg.push(b);
-            Ok(())
-        };
-        let raw_rep = |rpp: &mut Vec<f64>, rtg: &mut Vec<f64>| -> Result<()> {
-            if let Some(r) = &raw {
-                let (a, b) = r.run(&tokens, args.n_gen)?;
-                rpp.push(a);
-                rtg.push(b);
-            }
-            Ok(())
-        };
-        // Alternate the order so neither path always runs on a warmer cache.
-        if rep % 2 == 0 {
-            sdk(&mut pp, &mut tg)?;
-            raw_rep(&mut rpp, &mut rtg)?;
-        } else {
-            raw_rep(&mut rpp, &mut rtg)?;
-            sdk(&mut pp, &mut tg)?;
-        }
-        ld.push(load()?.1);
-        if let Some(r) = &raw {
-            rld.push(r.load_ms(&path)?);
-        }
-        tracing::info!(rep, "bench rep done");
-    }
-    let with_raw = |v: Vec<f64>| raw.as_ref().map(|_| v);
-    let info = model.info();
-    let report = Report {
-        engine: info.engine.clone(),
-        model: path.display().to_string(),
-        quantization: info.quantization.clone(),
-        parameters: info.parameters,
-        threads,
-        n_prompt,
-        n_gen: args.n_gen,
-        reps: args.reps,
-        pp_tok_s: Pair::new(pp, with_raw(rpp)),
-        tg_tok_s: Pair::new(tg, with_raw(rtg)),
-        load_ms: Pair::new(ld, with_raw(rld)),
-        peak_rss_bytes: peak_rss(),
-        cpu_cores: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        load_average,
-    };
+    let bench = Bench::new(&args)?;
+    let samples = bench.measure(args.reps)?;
+    let report = bench.report(&args, samples, load_average);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -237,10 +106,163 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-impl Args {
-    fn engine_is_not_gguf(&self) -> bool {
-        self.model.engine != arny_engine_gguf::ENGINE_ID
+/// One bench's model, workload and raw baseline, ready to time.
+struct Bench {
+    path: std::path::PathBuf,
+    engine: Box<dyn arny_engine_api::InferenceEngine>,
+    options: LoadOptions,
+    model: Arc<dyn Model>,
+    threads: u32,
+    ctx: u32,
+    n_gen: usize,
+    tokens: Vec<TokenId>,
+    raw: Option<crate::bench_raw::RawBench>,
+}
+
+/// Per-rep measurements of both paths.
+#[derive(Default)]
+struct Samples {
+    pp: Vec<f64>,
+    tg: Vec<f64>,
+    load: Vec<f64>,
+    raw_pp: Vec<f64>,
+    raw_tg: Vec<f64>,
+    raw_load: Vec<f64>,
+}
+
+impl Bench {
+    fn new(args: &Args) -> Result<Self> {
+        // The raw baseline is llama.cpp's own API: it exists for gguf only.
+        let no_raw = args.no_raw || args.model.engine != EngineKind::Gguf;
+        let path = model_path(&args.model)?;
+        let engine = engine(args.model.engine)?;
+        // Sessions get the bench's context; the load keeps the model's
+        // default, which a fixed-context program (an ExecuTorch export)
+        // cannot exceed.
+        let options = LoadOptions {
+            threads: args.model.threads,
+            device: args.model.device,
+            ..LoadOptions::default()
+        };
+        let model = load(engine.as_ref(), &path, &options)?.0;
+        let threads = args
+            .model
+            .threads
+            .unwrap_or_else(arny_engine_api::default_threads);
+        let n_prompt = fit_prompt(model.as_ref(), args.n_prompt, args.n_gen)?;
+        let ctx = (n_prompt + args.n_gen + 1) as u32;
+        let tokens = workload(model.as_ref(), n_prompt);
+        let raw = if no_raw {
+            None
+        } else {
+            Some(crate::bench_raw::RawBench::new(&path, threads, ctx)?)
+        };
+        Ok(Self {
+            path,
+            engine,
+            options,
+            model,
+            threads,
+            ctx,
+            n_gen: args.n_gen,
+            tokens,
+            raw,
+        })
     }
+
+    /// Warms both paths up, then alternates them rep by rep so neither
+    /// always runs on a warmer cache.
+    fn measure(&self, reps: usize) -> Result<Samples> {
+        let warm = &self.tokens[..self.tokens.len().min(32)];
+        sdk_run(self.model.as_ref(), warm, 4, self.ctx)?;
+        if let Some(r) = &self.raw {
+            r.run(warm, 4)?;
+        }
+        let mut s = Samples::default();
+        for rep in 0..reps {
+            if rep % 2 == 0 {
+                self.sdk_rep(&mut s)?;
+                self.raw_rep(&mut s)?;
+            } else {
+                self.raw_rep(&mut s)?;
+                self.sdk_rep(&mut s)?;
+            }
+            s.load
+                .push(load(self.engine.as_ref(), &self.path, &self.options)?.1);
+            if let Some(r) = &self.raw {
+                s.raw_load.push(r.load_ms(&self.path)?);
+            }
+            tracing::info!(rep, "bench rep done");
+        }
+        Ok(s)
+    }
+
+    fn sdk_rep(&self, s: &mut Samples) -> Result<()> {
+        let (pp, tg) = sdk_run(self.model.as_ref(), &self.tokens, self.n_gen, self.ctx)?;
+        s.pp.push(pp);
+        s.tg.push(tg);
+        Ok(())
+    }
+
+    fn raw_rep(&self, s: &mut Samples) -> Result<()> {
+        if let Some(r) = &self.raw {
+            let (pp, tg) = r.run(&self.tokens, self.n_gen)?;
+            s.raw_pp.push(pp);
+            s.raw_tg.push(tg);
+        }
+        Ok(())
+    }
+
+    fn report(&self, args: &Args, s: Samples, load_average: Option<f64>) -> Report {
+        let with_raw = |v: Vec<f64>| self.raw.as_ref().map(|_| v);
+        let info = self.model.info();
+        Report {
+            engine: info.engine.clone(),
+            model: self.path.display().to_string(),
+            quantization: info.quantization.clone(),
+            parameters: info.parameters,
+            threads: self.threads,
+            n_prompt: self.tokens.len(),
+            n_gen: self.n_gen,
+            reps: args.reps,
+            pp_tok_s: Pair::new(s.pp, with_raw(s.raw_pp)),
+            tg_tok_s: Pair::new(s.tg, with_raw(s.raw_tg)),
+            load_ms: Pair::new(s.load, with_raw(s.raw_load)),
+            peak_rss_bytes: peak_rss(),
+            cpu_cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            load_average,
+        }
+    }
+}
+
+/// Loads the model, timed in milliseconds.
+fn load(
+    engine: &dyn arny_engine_api::InferenceEngine,
+    path: &std::path::Path,
+    options: &LoadOptions,
+) -> Result<(Arc<dyn Model>, f64)> {
+    let t = Instant::now();
+    let m = futures::executor::block_on(
+        engine.load(ModelSource::Path(path.to_path_buf()), options.clone()),
+    )?;
+    Ok((m, t.elapsed().as_secs_f64() * 1e3))
+}
+
+/// The prompt length to use: `n_prompt`, or less when the model holds
+/// fewer than `n_prompt + n_gen + 1` tokens (it says so on stderr).
+fn fit_prompt(model: &dyn Model, n_prompt: usize, n_gen: usize) -> Result<usize> {
+    let capacity = model.info().max_context_length as usize;
+    if n_prompt + n_gen < capacity {
+        return Ok(n_prompt);
+    }
+    if n_gen + 2 > capacity {
+        bail!("invalid input: -n {n_gen} does not fit the model's context of {capacity}");
+    }
+    let n = capacity - n_gen - 1;
+    eprintln!("note: the model holds {capacity} tokens; prompt shortened from {n_prompt} to {n}");
+    Ok(n)
 }
 
 /// Deterministic pseudo-random prompt tokens, skipping special tokens so

@@ -14,10 +14,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use arny_sdk::{AskRequest, Assistant, AssistantOptions, Event, Manifest};
+use arny_sdk::{AskRequest, Assistant, AssistantOptions, EngineKind, Event, Manifest};
 use serde::Serialize;
 
-use crate::bench::Stats;
+use crate::stats::Stats;
 
 const QUESTIONS: &[(&str, &str)] = &[
     ("math", "What is 12 times 7?"),
@@ -69,6 +69,8 @@ async fn ask(a: &Assistant, specialist: &str, q: &str) -> Result<f64> {
     let mut req = AskRequest::new(q);
     req.specialist = Some(specialist.to_string());
     req.max_tokens = Some(1);
+    // Greedy, so every rep does the same work whatever the defaults.
+    req.sampling.temperature = Some(0.0);
     let t = Instant::now();
     a.ask(req, |_| {}).await?;
     Ok(t.elapsed().as_secs_f64() * 1e3)
@@ -76,127 +78,134 @@ async fn ask(a: &Assistant, specialist: &str, q: &str) -> Result<f64> {
 
 pub fn run(model_path: &Path, reps: usize, json: bool) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    // Two files, so the hybrid plan holds two copies of the weights as it
-    // would two fine-tuned specialists. Hard links cost no disk.
-    for name in ["a.gguf", "b.gguf"] {
-        let dest = dir.path().join(name);
-        if std::fs::hard_link(model_path, &dest).is_err() {
-            std::fs::copy(model_path, &dest)
-                .with_context(|| format!("copy the model to {}", dest.display()))?;
-        }
-    }
-    let models = |b_file: &str| {
-        format!(
-            "plan = \"{plan}\"\nidle_unload_secs = 3600\nmemory_budget = \"8 GiB\"\n\n[[models]]\nid = \"a\"\nengine = \"gguf\"\npath = \"a.gguf\"\ncontext_length = 1024\n\n{b}{SPECIALISTS}",
-            plan = if b_file.is_empty() {
-                "universal"
-            } else {
-                "hybrid"
-            },
-            b = if b_file.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "[[models]]\nid = \"b\"\nengine = \"gguf\"\npath = \"{b_file}\"\ncontext_length = 1024\n\n"
-                )
-            },
-        )
-    };
-    let hybrid = manifest(
-        &models("b.gguf").replace("model = \"B\"", "model = \"b\""),
-        dir.path(),
-    )?;
-    let universal = manifest(
-        &models("").replace("model = \"B\"", "model = \"a\""),
-        dir.path(),
-    )?;
+    let (hybrid, universal) = manifests(model_path, dir.path())?;
     let rt = tokio::runtime::Runtime::new()?;
     let report = rt.block_on(async {
         let options = || AssistantOptions {
             fetch_missing: false,
             ..AssistantOptions::default()
         };
-        // Cold: unload, then ask.
         let a = Assistant::new(hybrid, options()).await?;
-        let mut events = a.events();
-        let (mut cold, mut load) = (Vec::new(), Vec::new());
-        let key = |name: &str| {
-            a.status()
-                .memory
-                .models
-                .iter()
-                .find(|m| m.specialists.contains(&name.to_string()))
-                .cloned()
-        };
-        for i in 0..reps {
-            let q = QUESTIONS[(2 * i) % QUESTIONS.len()].1;
-            cold.push(ask(&a, "math", q).await?);
-            while let Ok(ev) = events.try_recv() {
-                if let Event::Loaded { ms, .. } = ev {
-                    load.push(ms);
-                }
-            }
-            let m = key("math").context("math model is loaded")?;
-            let k = arny_sdk::ModelKey {
-                engine: arny_sdk::manifest::EngineKind::Gguf,
-                path: m.path.into(),
-            };
-            a.manager().unload(&k);
-        }
-        // Warm switch: both loaded, alternate.
-        ask(&a, "math", "warm up").await?;
-        ask(&a, "wellness", "warm up").await?;
-        let mut warm = Vec::new();
-        for i in 0..reps * 2 {
-            let (who, q) = QUESTIONS[i % QUESTIONS.len()];
-            warm.push(ask(&a, who, &format!("{q} ({i})")).await?);
-        }
+        let (cold_load, cold_first_token) = cold(&a, reps).await?;
+        let warm_switch_first_token = alternate(&a, reps).await?;
         drop(a);
-        // Role switch on one model.
         let u = Assistant::new(universal, options()).await?;
-        ask(&u, "math", "warm up").await?;
-        ask(&u, "wellness", "warm up").await?;
-        let mut role = Vec::new();
-        for i in 0..reps * 2 {
-            let (who, q) = QUESTIONS[i % QUESTIONS.len()];
-            role.push(ask(&u, who, &format!("{q} ({i})")).await?);
-        }
+        let role_switch_first_token = alternate(&u, reps).await?;
         anyhow::Ok(Report {
             model: model_path.display().to_string(),
-            cold_load: Stats::of(load),
-            cold_first_token: Stats::of(cold),
-            warm_switch_first_token: Stats::of(warm),
-            role_switch_first_token: Stats::of(role),
+            cold_load,
+            cold_first_token,
+            warm_switch_first_token,
+            role_switch_first_token,
         })
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("model: {}", report.model);
-        println!(
-            "{:<34} {:>10} {:>10} {:>10} {:>4}",
-            "", "median ms", "min", "max", "n"
-        );
-        for (name, s) in [
-            ("cold load (model only)", &report.cold_load),
-            ("cold specialist, first token", &report.cold_first_token),
-            (
-                "warm switch (hybrid), first token",
-                &report.warm_switch_first_token,
-            ),
-            (
-                "role switch (universal), 1st token",
-                &report.role_switch_first_token,
-            ),
-        ] {
-            println!(
-                "{name:<34} {:>10.1} {:>10.1} {:>10.1} {:>4}",
-                s.median,
-                s.min,
-                s.max,
-                s.samples.len()
-            );
-        }
+        print_table(&report);
     }
     Ok(())
+}
+
+/// A hybrid manifest with the two specialists on two files (hard links of
+/// `model_path` in `dir`, so the plan holds two copies of the weights as it
+/// would two fine-tuned models), and a universal one on one file.
+fn manifests(model_path: &Path, dir: &Path) -> Result<(Manifest, Manifest)> {
+    for name in ["a.gguf", "b.gguf"] {
+        let dest = dir.join(name);
+        if std::fs::hard_link(model_path, &dest).is_err() {
+            std::fs::copy(model_path, &dest)
+                .with_context(|| format!("copy the model to {}", dest.display()))?;
+        }
+    }
+    let model = |id: &str| {
+        format!(
+            "[[models]]\nid = \"{id}\"\nengine = \"gguf\"\npath = \"{id}.gguf\"\ncontext_length = 1024\n\n"
+        )
+    };
+    let head = |plan: &str| {
+        format!("plan = \"{plan}\"\nidle_unload_secs = 3600\nmemory_budget = \"8 GiB\"\n\n")
+    };
+    let hybrid = format!(
+        "{}{}{}{}",
+        head("hybrid"),
+        model("a"),
+        model("b"),
+        SPECIALISTS.replace("model = \"B\"", "model = \"b\"")
+    );
+    let universal = format!(
+        "{}{}{}",
+        head("universal"),
+        model("a"),
+        SPECIALISTS.replace("model = \"B\"", "model = \"a\"")
+    );
+    Ok((manifest(&hybrid, dir)?, manifest(&universal, dir)?))
+}
+
+/// Cold starts: the math specialist's model is unloaded before each ask.
+/// Returns (load alone, request to first token).
+async fn cold(a: &Assistant, reps: usize) -> Result<(Stats, Stats)> {
+    let mut events = a.events();
+    let (mut first_token, mut load) = (Vec::new(), Vec::new());
+    for i in 0..reps {
+        let q = QUESTIONS[(2 * i) % QUESTIONS.len()].1;
+        first_token.push(ask(a, "math", q).await?);
+        while let Ok(ev) = events.try_recv() {
+            if let Event::Loaded { ms, .. } = ev {
+                load.push(ms);
+            }
+        }
+        let m = a
+            .status()
+            .memory
+            .models
+            .into_iter()
+            .find(|m| m.specialists.iter().any(|s| s == "math"))
+            .context("math model is loaded")?;
+        a.manager().unload(&arny_sdk::ModelKey {
+            engine: EngineKind::Gguf,
+            path: m.path.into(),
+        });
+    }
+    Ok((Stats::of(load), Stats::of(first_token)))
+}
+
+/// Both specialists warm, then asked in turn with fresh questions.
+async fn alternate(a: &Assistant, reps: usize) -> Result<Stats> {
+    ask(a, "math", "warm up").await?;
+    ask(a, "wellness", "warm up").await?;
+    let mut times = Vec::new();
+    for i in 0..reps * 2 {
+        let (who, q) = QUESTIONS[i % QUESTIONS.len()];
+        times.push(ask(a, who, &format!("{q} ({i})")).await?);
+    }
+    Ok(Stats::of(times))
+}
+
+fn print_table(report: &Report) {
+    println!("model: {}", report.model);
+    println!(
+        "{:<34} {:>10} {:>10} {:>10} {:>4}",
+        "", "median ms", "min", "max", "n"
+    );
+    for (name, s) in [
+        ("cold load (model only)", &report.cold_load),
+        ("cold specialist, first token", &report.cold_first_token),
+        (
+            "warm switch (hybrid), first token",
+            &report.warm_switch_first_token,
+        ),
+        (
+            "role switch (universal), 1st token",
+            &report.role_switch_first_token,
+        ),
+    ] {
+        println!(
+            "{name:<34} {:>10.1} {:>10.1} {:>10.1} {:>4}",
+            s.median,
+            s.min,
+            s.max,
+            s.samples.len()
+        );
+    }
 }

@@ -3,9 +3,10 @@
 
 use anyhow::Result;
 use arny_conformance::compare::{CompareOptions, PROMPTS, compare};
-use arny_engine_api::{LoadOptions, ModelSource};
+use arny_engine_api::{DeviceRequest, EngineKind, LoadOptions, ModelSource};
 
-use crate::runtime::{ModelArgs, device, engine, model_path_for};
+use crate::paths::model_path_for;
+use crate::runtime::{ModelArgs, engine};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -13,8 +14,8 @@ pub struct Args {
     model: ModelArgs,
     /// Reference engine, then the candidate. `--device` applies to the
     /// candidate; the reference runs where its engine runs by default.
-    #[arg(long, default_value = "gguf,gguf", value_delimiter = ',')]
-    engines: Vec<String>,
+    #[arg(long, value_enum, default_value = "gguf,gguf", value_delimiter = ',')]
+    engines: Vec<EngineKind>,
     /// Threads for the candidate (default: the same as the reference).
     #[arg(long)]
     candidate_threads: Option<u32>,
@@ -49,38 +50,36 @@ pub fn run(args: Args) -> Result<()> {
     // Each engine gets its own format of the model: --model for the
     // reference, --candidate-model for the candidate, else each engine's
     // default (the GGUF, or its ExecuTorch export for pte).
-    let reference_path = model_path_for(&args.engines[0], args.model.model.as_deref())?;
-    let candidate_path = match (&args.candidate_model, args.engines[0] == args.engines[1]) {
+    let (reference_engine, candidate_engine) = (args.engines[0], args.engines[1]);
+    let reference_path = model_path_for(reference_engine, args.model.model.as_deref())?;
+    let candidate_path = match (&args.candidate_model, reference_engine == candidate_engine) {
         (None, true) => reference_path.clone(),
-        (m, _) => model_path_for(&args.engines[1], m.as_deref())?,
+        (m, _) => model_path_for(candidate_engine, m.as_deref())?,
     };
-    let candidate_device = device(&args.model.device)?;
-    let load = |id: &str,
-                path: &std::path::Path,
-                threads: Option<u32>,
-                device: arny_engine_api::DeviceRequest| {
-        let e = engine(id)?;
-        let options = LoadOptions {
-            context_length: args.model.ctx,
-            threads,
-            device,
-            ..LoadOptions::default()
+    let load =
+        |kind: EngineKind, path: &std::path::Path, threads: Option<u32>, device: DeviceRequest| {
+            let e = engine(kind)?;
+            let options = LoadOptions {
+                context_length: args.model.ctx,
+                threads,
+                device,
+                ..LoadOptions::default()
+            };
+            anyhow::Ok(futures::executor::block_on(
+                e.load(ModelSource::Path(path.to_path_buf()), options),
+            )?)
         };
-        anyhow::Ok(futures::executor::block_on(
-            e.load(ModelSource::Path(path.to_path_buf()), options),
-        )?)
-    };
     let reference = load(
-        &args.engines[0],
+        reference_engine,
         &reference_path,
         args.model.threads,
-        Default::default(),
+        DeviceRequest::Auto,
     )?;
     let candidate = load(
-        &args.engines[1],
+        candidate_engine,
         &candidate_path,
         args.candidate_threads.or(args.model.threads),
-        candidate_device,
+        args.model.device,
     )?;
     let opts = CompareOptions {
         prompts: PROMPTS[..args.prompts]

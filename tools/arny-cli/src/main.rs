@@ -11,9 +11,12 @@ mod export;
 mod generate;
 mod info;
 mod models;
+mod paths;
+mod pte;
 mod route;
 mod runtime;
 mod serve;
+mod stats;
 mod web;
 
 use std::process::ExitCode;
@@ -80,7 +83,10 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         eprintln!("error: internal error: {msg}{at}");
     }));
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Ask(a) => ask::run(a),
@@ -104,6 +110,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--help` and `--version` print as clap prints them; a bad command line
+/// is one line on stderr, like every other error (clap's own message spans
+/// several: the value, the choices, a hint).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+    }
+    let text = e.render().to_string();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .take_while(|l| !l.starts_with("Usage:"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    eprintln!("error: {line}");
+    ExitCode::from(2)
 }
 
 fn init_tracing(verbose: u8) {

@@ -15,6 +15,9 @@ pub enum Command {
     },
     /// Print the path of the default model.
     Path,
+    /// Write the generated tiny test model (random weights, Llama
+    /// architecture, ~0.2 M parameters) into the cache and print its path.
+    Tiny,
 }
 
 pub fn run(cmd: Command) -> Result<()> {
@@ -47,6 +50,13 @@ pub fn run(cmd: Command) -> Result<()> {
         }
         Command::Path => {
             println!("{}", store::require_default_model()?.display());
+            Ok(())
+        }
+        Command::Tiny => {
+            println!(
+                "{}",
+                arny_tiny_models::TinyLlama::default().file()?.display()
+            );
             Ok(())
         }
     }

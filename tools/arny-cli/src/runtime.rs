@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use arny_engine_api::{InferenceEngine, LoadOptions, Model, ModelSource};
-use arny_model_store as store;
+use arny_engine_api::{
+    DeviceRequest, EngineKind, GenerateRequest, InferenceEngine, LoadOptions, Model, ModelSource,
+    Prompt, SamplingParams,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Engine and model flags shared by the model-running commands.
@@ -15,12 +17,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct ModelArgs {
     /// Inference engine: gguf (llama.cpp), burn (pure Rust on Burn) or pte
     /// (ExecuTorch programs, XNNPACK).
-    #[arg(long, default_value = "gguf")]
-    pub engine: String,
+    #[arg(long, value_enum, default_value_t = EngineKind::Gguf)]
+    pub engine: EngineKind,
     /// Device: auto, cpu or gpu (the burn engine; gguf and pte run on the
-    /// CPU).
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// CPU and refuse gpu).
+    #[arg(long, value_enum, default_value_t = DeviceRequest::Auto)]
+    pub device: DeviceRequest,
     /// Model file. Default: $ARNY_MODEL, else the default model in the cache
     /// (fetched on first use); for the pte engine, the cached fp32 export of
     /// the default model (exported on first use, about 5 min). A folder
@@ -36,62 +38,29 @@ pub struct ModelArgs {
     pub threads: Option<u32>,
 }
 
-/// The engine for an id from the command line or a config.
-pub fn engine(id: &str) -> Result<Box<dyn InferenceEngine>> {
-    match id {
-        arny_engine_gguf::ENGINE_ID => Ok(Box::new(arny_engine_gguf::GgufEngine::new())),
-        arny_engine_burn_wgpu::ENGINE_ID => Ok(Box::new(arny_engine_burn_wgpu::BurnEngine::new())),
-        arny_engine_pte::ENGINE_ID => Ok(Box::new(arny_engine_pte::PteEngine::new())),
-        other => bail!("unknown engine `{other}`; available: gguf, burn, pte"),
+/// The engine for `kind`, if this build has it.
+pub fn engine(kind: EngineKind) -> Result<Box<dyn InferenceEngine>> {
+    match kind {
+        EngineKind::Gguf => Ok(Box::new(arny_engine_gguf::GgufEngine::new())),
+        #[cfg(feature = "burn")]
+        EngineKind::Burn => Ok(Box::new(arny_engine_burn_wgpu::BurnEngine::new())),
+        #[cfg(feature = "pte")]
+        EngineKind::Pte => Ok(Box::new(arny_engine_pte::PteEngine::new())),
+        #[allow(unreachable_patterns)]
+        other => bail!(
+            "unsupported: this arny was built without the {other} engine; rebuild with `cargo build --release -p arny-cli --features {other}`"
+        ),
     }
-}
-
-/// The `--device` flag.
-pub fn device(name: &str) -> Result<arny_engine_api::DeviceRequest> {
-    use arny_engine_api::DeviceRequest;
-    Ok(match name {
-        "auto" => DeviceRequest::Auto,
-        "cpu" => DeviceRequest::Cpu,
-        "gpu" => DeviceRequest::Gpu,
-        other => bail!("unknown device `{other}`; use auto, cpu or gpu"),
-    })
 }
 
 /// The model file to use, fetching the default model if it is missing.
 pub fn model_path(args: &ModelArgs) -> Result<PathBuf> {
-    model_path_for(&args.engine, args.model.as_deref())
-}
-
-/// The model file for `engine`: `model` if given, else that engine's
-/// default (fetched or exported when missing).
-pub fn model_path_for(engine: &str, model: Option<&std::path::Path>) -> Result<PathBuf> {
-    if engine == arny_engine_pte::ENGINE_ID {
-        return match model {
-            Some(p) if p.is_dir() => Ok(p.join("model.pte")),
-            Some(p) => Ok(p.to_path_buf()),
-            None => crate::export::default_export(store::pte::PteQuant::Fp32),
-        };
-    }
-    if let Some(p) = model {
-        return Ok(p.to_path_buf());
-    }
-    match store::require_default_model() {
-        Ok(p) => Ok(p),
-        Err(store::StoreError::Missing { .. }) => {
-            eprintln!(
-                "The default model ({}) is not in {} yet; fetching it.",
-                store::DEFAULT_MODEL.description,
-                store::models_dir().display()
-            );
-            Ok(crate::models::fetch_with_progress(&store::DEFAULT_MODEL)?)
-        }
-        Err(e) => Err(e.into()),
-    }
+    crate::paths::model_path_for(args.engine, args.model.as_deref())
 }
 
 /// Loads the model named by `args`, with a progress bar on a terminal.
 pub fn load(args: &ModelArgs) -> Result<(Arc<dyn Model>, PathBuf)> {
-    let engine = engine(&args.engine)?;
+    let engine = engine(args.engine)?;
     let path = model_path(args)?;
     let bar = ProgressBar::new(100).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {percent}%")
@@ -110,7 +79,7 @@ pub fn load(args: &ModelArgs) -> Result<(Arc<dyn Model>, PathBuf)> {
         progress: Some(Arc::new(move |p| {
             progress_bar.set_position((p * 100.0) as u64);
         })),
-        device: device(&args.device)?,
+        device: args.device,
         ..LoadOptions::default()
     };
     let loaded = futures::executor::block_on(engine.load(ModelSource::Path(path.clone()), options));
@@ -153,27 +122,31 @@ pub fn read_prompt(arg: &str) -> Result<String> {
     Ok(text)
 }
 
-/// Sampling flags shared by `generate` and `chat`.
+/// Sampling flags shared by `generate` and `chat`. Their defaults are
+/// llama.cpp's conversational sampler ([`SamplingParams::interactive`]);
+/// `--temperature 0` is plain greedy decoding (argmax, no penalty) unless
+/// a penalty is asked for.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SamplingArgs {
     /// Maximum tokens to generate.
     #[arg(long, default_value_t = 256)]
     pub max_tokens: u32,
     /// 0 is greedy (deterministic).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = SamplingParams::interactive().temperature)]
     pub temperature: f32,
-    /// 0 disables.
-    #[arg(long, default_value_t = 40)]
+    /// Keep the k likeliest tokens; 0 disables.
+    #[arg(long, default_value_t = SamplingParams::interactive().top_k)]
     pub top_k: u32,
-    /// 1 disables.
-    #[arg(long, default_value_t = 0.95)]
+    /// Keep the likeliest tokens up to this probability; 1 disables.
+    #[arg(long, default_value_t = SamplingParams::interactive().top_p)]
     pub top_p: f32,
-    /// 0 disables.
-    #[arg(long, default_value_t = 0.05)]
+    /// Drop tokens under this share of the likeliest one; 0 disables.
+    #[arg(long, default_value_t = SamplingParams::interactive().min_p)]
     pub min_p: f32,
-    /// 1 disables.
-    #[arg(long, default_value_t = 1.0)]
-    pub repeat_penalty: f32,
+    /// Penalty on recently generated tokens; 1 disables [default: 1.1
+    /// when sampling; none with --temperature 0, which is plain greedy].
+    #[arg(long)]
+    pub repeat_penalty: Option<f32>,
     /// Seed for sampling (default 0).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -187,24 +160,55 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     /// A request for `prompt` with these flags.
-    pub fn request(&self, prompt: arny_engine_api::Prompt) -> arny_engine_api::GenerateRequest {
-        arny_engine_api::GenerateRequest {
+    pub fn request(&self, prompt: Prompt) -> GenerateRequest {
+        GenerateRequest {
             sampling: self.params(),
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
-            ..arny_engine_api::GenerateRequest::new(prompt)
+            ..GenerateRequest::new(prompt)
         }
     }
 
-    pub fn params(&self) -> arny_engine_api::SamplingParams {
-        arny_engine_api::SamplingParams {
+    pub fn params(&self) -> SamplingParams {
+        let base = if self.temperature > 0.0 {
+            SamplingParams::interactive()
+        } else {
+            SamplingParams::greedy()
+        };
+        SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             min_p: self.min_p,
-            repetition_penalty: self.repeat_penalty,
+            repetition_penalty: self.repeat_penalty.unwrap_or(base.repetition_penalty),
             seed: self.seed,
-            ..Default::default()
+            ..base
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sampling: SamplingArgs,
+    }
+
+    #[test]
+    fn sampling_defaults_are_the_engine_apis() {
+        let cli = Cli::parse_from(["x"]);
+        assert_eq!(cli.sampling.params(), SamplingParams::interactive());
+        // --temperature 0 is plain greedy: no penalty unless asked for.
+        let cli = Cli::parse_from(["x", "--temperature", "0", "--seed", "3"]);
+        let p = cli.sampling.params();
+        assert!(p.is_greedy());
+        assert_eq!(p.repetition_penalty, 1.0);
+        assert_eq!(p.seed, Some(3));
+        let cli = Cli::parse_from(["x", "--temperature", "0", "--repeat-penalty", "1.3"]);
+        assert_eq!(cli.sampling.params().repetition_penalty, 1.3);
     }
 }

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::routing::get;
+use sha2::Digest;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -28,6 +29,9 @@ pub struct Args {
     /// The demo's folder (its `pkg/` is built by scripts/build-web.sh).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// The model the page runs (default: the default model).
+    #[arg(long)]
+    model: Option<PathBuf>,
 }
 
 fn demo_dir(given: Option<PathBuf>) -> Result<PathBuf> {
@@ -53,12 +57,14 @@ fn demo_dir(given: Option<PathBuf>) -> Result<PathBuf> {
 
 /// The built-in manifest, adapted to a page: one model for every role
 /// (universal plan: loaded once, instant switches), run by the Burn engine,
-/// fetched from this server and checked against its SHA-256.
-pub fn demo_manifest() -> Result<String> {
+/// fetched from this server and checked against its SHA-256 (`sha256`).
+/// `other_model`: the page runs a model other than the default, so the
+/// context the built-in manifest sets for the default model is dropped and
+/// that model's own default applies.
+pub fn demo_manifest(sha256: &str, other_model: bool) -> Result<String> {
     let mut m: toml::Table = arny_sdk::manifest::BUILTIN
         .parse()
         .context("built-in manifest")?;
-    let model = arny_model_store::DEFAULT_MODEL;
     m.insert("plan".into(), "universal".into());
     m.insert("memory_budget".into(), "2 GiB".into());
     let models = m
@@ -69,7 +75,10 @@ pub fn demo_manifest() -> Result<String> {
         spec.insert("engine".into(), "burn".into());
         spec.remove("known");
         spec.insert("url".into(), MODEL_URL.into());
-        spec.insert("sha256".into(), model.sha256.into());
+        spec.insert("sha256".into(), sha256.into());
+        if other_model {
+            spec.remove("context_length");
+        }
     }
     let text = format!(
         "# Served by `arny web`: the built-in manifest for the browser.\n{}",
@@ -82,8 +91,14 @@ pub fn demo_manifest() -> Result<String> {
 
 pub fn run(args: Args) -> Result<()> {
     let dir = demo_dir(args.dir)?;
-    let model = arny_model_store::require_default_model()?;
-    let manifest = demo_manifest()?;
+    let other_model = args.model.is_some();
+    let model = match args.model {
+        Some(p) => p,
+        None => crate::paths::default_gguf()?,
+    };
+    let bytes = std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
+    let sha256 = arny_model_store::hex(&sha2::Sha256::digest(&bytes));
+    let manifest = demo_manifest(&sha256, other_model)?;
     let no_cache = SetResponseHeaderLayer::overriding(
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache"),

@@ -170,7 +170,10 @@ fn bad_inputs_fail_with_one_clear_line() {
         (vec!["--model".into(), p(d)], "not a regular file"),
         (vec!["--model".into(), p(&truncated)], "truncated"),
         (vec!["--model".into(), p(&foreign)], "not a gguf model"),
-        (vec!["--engine".into(), "nope".into()], "unknown engine"),
+        (
+            vec!["--engine".into(), "nope".into()],
+            "invalid value 'nope' for '--engine <engine>' [possible values: gguf, pte, burn]",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["generate".to_string()];
@@ -418,9 +421,11 @@ fn conformance_reports_agreement_between_two_engines() {
     assert_eq!(v["prompts"][0]["positions"], 8);
     assert!(v["top1_agreement"].as_f64().unwrap() >= 0.98, "{v}");
     assert!(v["mean_kl"].as_f64().unwrap() <= 0.02, "{v}");
+    // A bad command line exits 2 (a usage error), with one line naming it.
     let bad = arny(&["conformance", "--engines", "gguf,onnx"], None);
-    assert_eq!(bad.code, 1);
+    assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("onnx"), "{}", bad.stderr);
+    assert_eq!(bad.stderr.lines().count(), 1, "{}", bad.stderr);
 }
 
 /// The acceptance commands for the ExecuTorch engine, on the cached

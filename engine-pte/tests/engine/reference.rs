@@ -11,9 +11,9 @@ use arny_engine_api::{
     ChatMessage, InferenceEngine, LoadOptions, LogitsRequest, Model, ModelSource, SessionOptions,
     TokenId, teacher_forced_logits,
 };
-use arny_model_store::pte::{PteQuant, require_default_export};
+use arny_pte_export::{PteQuant, require_default_export};
 
-const FIXTURE: &str = include_str!("fixtures/transformers_greedy.json");
+const FIXTURE: &str = include_str!("../fixtures/transformers_greedy.json");
 
 #[derive(serde::Deserialize)]
 struct Fixture {

@@ -3,8 +3,8 @@
 //! tokenizers (unicode, whitespace runs, digits, code, special tokens).
 
 use arny_engine_api::{InferenceEngine, LoadOptions, ModelSource};
-use arny_gguf_file::GgufFile;
-use arny_gguf_tokenizer::GgufTokenizer;
+use arny_gguf::GgufFile;
+use arny_tokenizer::BpeTokenizer;
 
 const TRICKY: &[&str] = &[
     "Hello world",
@@ -53,8 +53,19 @@ const TRICKY: &[&str] = &[
 async fn token_ids_equal_llama_cpp() {
     let path =
         arny_model_store::require_default_model().expect("the default model; run scripts/setup.sh");
+    parity(path).await;
+}
+
+/// The generated test model's vocabulary is tokenized alike by both too,
+/// so tests that run engines on it compare like with like.
+#[tokio::test]
+async fn token_ids_equal_llama_cpp_on_the_tiny_model() {
+    parity(arny_tiny_models::TinyLlama::default().file().unwrap()).await;
+}
+
+async fn parity(path: std::path::PathBuf) {
     let bytes = std::fs::read(&path).unwrap();
-    let tk = GgufTokenizer::from_gguf(&GgufFile::from_bytes(&bytes).unwrap()).unwrap();
+    let tk = BpeTokenizer::from_gguf(&GgufFile::from_bytes(&bytes).unwrap()).unwrap();
     let model = arny_engine_gguf::GgufEngine::new()
         .load(ModelSource::Path(path), LoadOptions::default())
         .await
@@ -114,20 +125,20 @@ fn other_tokenizer_kinds_are_refused_clearly() {
     let mut file = GgufFile::from_bytes(&bytes).unwrap();
     file.metadata.insert(
         "tokenizer.ggml.model".into(),
-        arny_gguf_file::Value::String("llama".into()),
+        arny_gguf::Value::String("llama".into()),
     );
-    let e = GgufTokenizer::from_gguf(&file).err().unwrap();
+    let e = BpeTokenizer::from_gguf(&file).err().unwrap();
     assert!(e.to_string().contains("llama"), "{e}");
     file.metadata.insert(
         "tokenizer.ggml.model".into(),
-        arny_gguf_file::Value::String("gpt2".into()),
+        arny_gguf::Value::String("gpt2".into()),
     );
     file.metadata.insert(
         "tokenizer.ggml.pre".into(),
-        arny_gguf_file::Value::String("klingon".into()),
+        arny_gguf::Value::String("klingon".into()),
     );
     assert!(
-        GgufTokenizer::from_gguf(&file)
+        BpeTokenizer::from_gguf(&file)
             .err()
             .unwrap()
             .to_string()
@@ -136,7 +147,7 @@ fn other_tokenizer_kinds_are_refused_clearly() {
     file.metadata.remove("tokenizer.ggml.merges");
     file.metadata.insert(
         "tokenizer.ggml.pre".into(),
-        arny_gguf_file::Value::String("smollm".into()),
+        arny_gguf::Value::String("smollm".into()),
     );
-    assert!(GgufTokenizer::from_gguf(&file).is_err());
+    assert!(BpeTokenizer::from_gguf(&file).is_err());
 }

@@ -1,4 +1,4 @@
-//! # arny-gguf-file
+//! # arny-gguf
 //!
 //! Reads the header of a GGUF file (metadata and tensor directory) without
 //! trusting it. Every length, count, offset and shape is checked against
@@ -8,10 +8,14 @@
 //!
 //! Tensor data is not read: [`GgufFile::tensors`] gives each tensor's
 //! absolute byte range, checked to lie inside the file. The reader is pure
-//! Rust with no dependencies beyond `thiserror`, so it also serves the Burn
-//! engine and the browser.
+//! Rust with no dependencies beyond `thiserror` and `half`, so it also
+//! serves the Burn engine and the browser. [`GgufWriter`] writes the same
+//! format, for the files Arny makes itself.
 
 pub mod dequant;
+mod writer;
+
+pub use writer::GgufWriter;
 
 use std::collections::BTreeMap;
 use std::io::Read;

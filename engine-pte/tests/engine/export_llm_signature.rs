@@ -12,7 +12,7 @@ use arny_engine_api::{
     EngineError, InferenceEngine, LoadOptions, LogitsRequest, ModelSource, SessionOptions,
     sampler::argmax,
 };
-use arny_model_store::pte::{self, PteQuant};
+use arny_pte_export::{self as pte, PteQuant};
 
 const VOCAB: u64 = 49_152;
 const MAX_LEN: usize = 64;

@@ -1,19 +1,20 @@
-//! The engine TCK, unchanged, on both of Burn's backends and the default
-//! model. Without a GPU the wgpu cases run on lavapipe (Mesa's Vulkan on
-//! the CPU, installed by scripts/setup.sh): slow, but the same shaders,
-//! buffers and readbacks a GPU gets. No adapter at all fails the wgpu
-//! cases rather than skipping them.
+//! The engine TCK, unchanged, on both of Burn's backends. Without a GPU the
+//! wgpu cases run on lavapipe (Mesa's Vulkan on the CPU, installed by
+//! scripts/setup.sh): slow, but the same shaders, buffers and readbacks a
+//! GPU gets; the contract cases run on the tiny model, so only the
+//! behaviour cases pay lavapipe's price on the real one. No adapter at all
+//! fails the wgpu cases rather than skipping them.
 
 use std::sync::Arc;
 
-use arny_conformance::Target;
+use arny_conformance::{Target, reference_gguf, tiny_gguf};
 use arny_engine_api::{DeviceRequest, LoadOptions};
 
 fn target(device: DeviceRequest) -> Target {
-    let model_path = arny_model_store::require_default_model().unwrap_or_else(|e| panic!("{e}"));
     Target {
         engine: Arc::new(arny_engine_burn_wgpu::BurnEngine::new()),
-        model_path,
+        model_path: reference_gguf(),
+        tiny_model_path: tiny_gguf(),
         options: LoadOptions {
             device,
             ..LoadOptions::default()

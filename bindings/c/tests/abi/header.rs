@@ -24,6 +24,6 @@ fn checked_in_header_is_current() {
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         checked_in == generated,
-        "include/arny.h is stale: run `ARNY_BLESS=1 cargo test -p arny-c --test header` and commit it"
+        "include/arny.h is stale: run `ARNY_BLESS=1 cargo test -p arny-c --test abi` and commit it"
     );
 }

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use arny_gguf_file::GgufFile;
-use arny_gguf_file::dequant::{self, dequantize};
+use arny_gguf::GgufFile;
+use arny_gguf::dequant::{self, dequantize};
 
 fn fixture(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))

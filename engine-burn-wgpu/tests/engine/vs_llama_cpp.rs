@@ -56,13 +56,27 @@ fn agrees_with_llama_cpp(device: DeviceRequest) {
     assert_eq!(b.tokens, a.tokens, "{:?} vs {:?}", b.text, a.text);
     assert!(b.text.contains('4'), "{}", b.text);
 
+    // On a software GPU (lavapipe) a decoded token takes most of a second
+    // and every new sequence length seconds more: wgpu gets the first of the
+    // CPU backend's 5 prompts (the one the TCK also runs, so the kernels
+    // for its shapes are compiled already) and short free-running
+    // continuations.
+    let (prompts, greedy_tokens) = match device {
+        DeviceRequest::Gpu => (1, 4),
+        _ => (5, 16),
+    };
     let opts = CompareOptions {
-        prompts: PROMPTS.iter().step_by(4).map(|s| s.to_string()).collect(),
+        prompts: PROMPTS
+            .iter()
+            .step_by(4)
+            .take(prompts)
+            .map(|s| s.to_string())
+            .collect(),
         positions: 32,
-        greedy_tokens: 16,
+        greedy_tokens,
     };
     let r = futures::executor::block_on(compare(reference.as_ref(), burn.as_ref(), &opts)).unwrap();
-    assert_eq!(r.prompts.len(), 5);
+    assert_eq!(r.prompts.len(), prompts);
     assert!(
         r.top1_agreement >= 0.95,
         "top-1 {:.4}: {r:?}",

@@ -1,7 +1,10 @@
-//! The tokenizer a GGUF file describes, for engines that do not have
-//! llama.cpp's: byte-level BPE (`tokenizer.ggml.model = "gpt2"`) built as a
-//! [`tokenizers`] tokenizer from the file's vocabulary and merges, with the
-//! pre-tokenizer llama.cpp picks for `tokenizer.ggml.pre`.
+//! # arny-tokenizer
+//!
+//! The tokenizer for engines that do not have llama.cpp's: byte-level BPE
+//! built as a [`tokenizers`] tokenizer, either from a GGUF file's
+//! vocabulary and merges (`tokenizer.ggml.model = "gpt2"`, with the
+//! pre-tokenizer llama.cpp picks for `tokenizer.ggml.pre`) or from the
+//! `tokenizer.json` an exporter wrote beside an ExecuTorch program.
 //!
 //! Token ids equal llama.cpp's for the same text (checked on SmolLM2 by
 //! this crate's tests). Two tokenizers are kept: one that turns special
@@ -11,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use arny_gguf_file::{GgufFile, Value};
+use arny_gguf::{GgufFile, Value};
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
@@ -29,6 +32,25 @@ pub enum TokenizerError {
     Invalid(String),
     #[error("tokenizer: {0}")]
     Tokenizers(String),
+    #[error("cannot tokenize the text: {0}")]
+    Encode(String),
+}
+
+impl TokenizerError {
+    /// What an engine reports: tokenizer data that cannot be built is a
+    /// corrupt model, a kind of tokenizer not built here is unsupported, and
+    /// text that cannot be encoded is the caller's invalid input.
+    pub fn into_engine_error(self, source_name: &str) -> arny_engine_api::EngineError {
+        use arny_engine_api::EngineError;
+        match self {
+            Self::Unsupported(m) => EngineError::Unsupported(format!("{source_name}: {m}")),
+            Self::Encode(_) => EngineError::InvalidInput(self.to_string()),
+            Self::Missing(_) | Self::Invalid(_) | Self::Tokenizers(_) => EngineError::Corrupt {
+                source_name: source_name.to_string(),
+                reason: self.to_string(),
+            },
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, TokenizerError>;
@@ -37,7 +59,7 @@ pub type Result<T> = std::result::Result<T, TokenizerError>;
 const CONTROL: i64 = 3;
 const USER_DEFINED: i64 = 4;
 
-pub struct GgufTokenizer {
+pub struct BpeTokenizer {
     with_special: Tokenizer,
     plain: Tokenizer,
     /// Raw bytes of every token, for streaming decode.
@@ -131,7 +153,7 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
     })
 }
 
-impl GgufTokenizer {
+impl BpeTokenizer {
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let model = file
             .get_str("tokenizer.ggml.model")
@@ -283,7 +305,7 @@ impl GgufTokenizer {
         };
         tk.encode(text, false)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 
     /// The bytes a token stands for (part of a UTF-8 character, possibly).

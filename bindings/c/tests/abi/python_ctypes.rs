@@ -1,7 +1,7 @@
 //! Runs `test_ctypes.py`: the same path as the C program, through Python's
 //! `ctypes` and the shared library.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,8 +1,22 @@
 //! Damaged and foreign inputs give typed errors, never a crash, beyond the
 //! TCK's cases (a zip, an empty file, cuts at 100 bytes, 4 KiB and half).
+//! On the tiny model's export: a program has the same parts (header,
+//! flatbuffer, segments) whatever the size of its weights.
+
+use std::path::PathBuf;
 
 use arny_engine_api::{EngineError, InferenceEngine, LoadOptions, ModelSource};
-use arny_model_store::pte::{PteQuant, require_default_export};
+use arny_pte_export::{PteQuant, cached_export};
+
+fn tiny_program() -> PathBuf {
+    cached_export(
+        &arny_conformance::tiny_gguf(),
+        PteQuant::Fp32,
+        256,
+        &mut |_| {},
+    )
+    .unwrap_or_else(|e| panic!("exporting the tiny model: {e}"))
+}
 
 fn load(bytes: Vec<u8>, name: &str) -> EngineError {
     let engine = arny_engine_pte::PteEngine::new();
@@ -19,15 +33,14 @@ fn load(bytes: Vec<u8>, name: &str) -> EngineError {
 
 #[test]
 fn a_gguf_is_the_wrong_format() {
-    let gguf = arny_model_store::require_default_model().unwrap_or_else(|e| panic!("{e}"));
-    let bytes = std::fs::read(gguf).expect("read");
+    let bytes = std::fs::read(arny_conformance::tiny_gguf()).expect("read");
     let err = load(bytes, "model.gguf");
     assert!(matches!(err, EngineError::WrongFormat { .. }), "{err}");
 }
 
 #[test]
 fn cuts_anywhere_are_corrupt() {
-    let path = require_default_export(PteQuant::Fp32).unwrap_or_else(|e| panic!("{e}"));
+    let path = tiny_program();
     let bytes = std::fs::read(path).expect("read");
     let n = bytes.len();
     // Inside the header, inside the flatbuffer, inside the segments, and one
@@ -43,7 +56,7 @@ fn cuts_anywhere_are_corrupt() {
 
 #[test]
 fn a_damaged_program_header_is_corrupt() {
-    let path = require_default_export(PteQuant::Fp32).unwrap_or_else(|e| panic!("{e}"));
+    let path = tiny_program();
     let mut bytes = std::fs::read(path).expect("read");
     // The flatbuffer's root offset now points past the end of the program:
     // the runtime's verifier must reject it before anything reads there.
@@ -54,7 +67,7 @@ fn a_damaged_program_header_is_corrupt() {
 
 #[test]
 fn a_gpu_request_is_unsupported() {
-    let path = require_default_export(PteQuant::Fp32).unwrap_or_else(|e| panic!("{e}"));
+    let path = tiny_program();
     let engine = arny_engine_pte::PteEngine::new();
     let err = futures::executor::block_on(engine.load(
         ModelSource::Path(path),

@@ -1,7 +1,7 @@
 //! Compiles `abi_test.c` against `include/arny.h` and the shared library
 //! with the system C compiler, and runs it on the real model.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

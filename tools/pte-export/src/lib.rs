@@ -1,5 +1,7 @@
+//! # arny-pte-export
+//!
 //! ExecuTorch exports of cached models: where they live, whether one is
-//! current, and how to make one (`tools/pte-export/export_pte.py` in a
+//! current, and how to make one (`export_pte.py`, beside this crate, in a
 //! pinned venv).
 //!
 //! An export is a folder `pte/<model>-<quant>-<key>/` in the models folder,
@@ -16,12 +18,12 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-use crate::{KnownModel, StoreError, hex, models_dir};
+use arny_model_store::{DEFAULT_MODEL, KnownModel, hex, models_dir};
 
 /// The exporter, compiled in so that the binary and the cache key agree.
-pub const EXPORTER: &str = include_str!("../../../tools/pte-export/export_pte.py");
+pub const EXPORTER: &str = include_str!("../export_pte.py");
 /// The export venv's pinned requirements.
-pub const REQUIREMENTS: &str = include_str!("../../../tools/pte-export/requirements.txt");
+pub const REQUIREMENTS: &str = include_str!("../requirements.txt");
 /// The program's context (tokens) when none is asked for.
 pub const DEFAULT_MAX_LEN: u32 = 512;
 /// Env var naming the export venv.
@@ -29,15 +31,51 @@ pub const VENV_ENV: &str = "ARNY_PTE_VENV";
 /// File in the venv recording which requirements it was built from.
 const VENV_MARKER: &str = "arny-requirements.sha256";
 
+/// What can go wrong making or finding an export.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(
+        "no {quant} ExecuTorch export of the default model in {dir}; run `arny export pte --quant {quant}` (about 5 min)"
+    )]
+    Missing { quant: PteQuant, dir: PathBuf },
+    #[error(
+        "the ExecuTorch export venv is not ready in {}; run `scripts/setup.sh --with pte-export` or `arny export pte`",
+        .0.display()
+    )]
+    VenvMissing(PathBuf),
+    #[error("{what} failed ({status}):\n{detail}")]
+    Failed {
+        what: String,
+        status: String,
+        detail: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: &str) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        context: context.to_string(),
+        source,
+    }
+}
+
 /// How the exported program stores its weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum PteQuant {
     /// float32 weights and activations: the reference.
     Fp32,
     /// int4 weights in groups, int8 dynamic activations (linear layers),
     /// int8 embeddings.
+    #[cfg_attr(feature = "clap", value(name = "8da4w"))]
     A8W4,
     /// int8 weights, int8 dynamic activations, int8 embeddings.
+    #[cfg_attr(feature = "clap", value(name = "8da8w"))]
     A8W8,
 }
 
@@ -55,6 +93,12 @@ impl PteQuant {
 
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|q| q.name() == name)
+    }
+}
+
+impl std::fmt::Display for PteQuant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -76,31 +120,67 @@ pub fn export_key(source_sha256: &str, quant: PteQuant, max_len: u32) -> String 
 
 /// The export folder of a known model, whether or not it exists.
 pub fn export_dir(model: &KnownModel, quant: PteQuant, max_len: u32) -> PathBuf {
-    let stem = model.file_name.split('.').next().unwrap_or(model.file_name);
+    export_dir_for(model.file_name, model.sha256, quant, max_len)
+}
+
+/// The export folder of any GGUF file named `file_name` with content
+/// `source_sha256`, whether or not it exists.
+pub fn export_dir_for(
+    file_name: &str,
+    source_sha256: &str,
+    quant: PteQuant,
+    max_len: u32,
+) -> PathBuf {
+    let stem = file_name.split('.').next().unwrap_or(file_name);
     models_dir().join("pte").join(format!(
         "{stem}-{}-{}",
         quant.name(),
-        export_key(model.sha256, quant, max_len)
+        export_key(source_sha256, quant, max_len)
     ))
+}
+
+/// The program in `dir`, if the export there is complete.
+fn complete(dir: &Path) -> Option<PathBuf> {
+    // The sidecar is written last: without it the export did not finish.
+    let done = dir.join("model.pte").is_file() && dir.join("arny-export.json").is_file();
+    done.then(|| dir.join("model.pte"))
 }
 
 /// The program of a known model's export, if it is complete.
 pub fn locate_export(model: &KnownModel, quant: PteQuant, max_len: u32) -> Option<PathBuf> {
-    let dir = export_dir(model, quant, max_len);
-    // The sidecar is written last: without it the export did not finish.
-    let complete = dir.join("model.pte").is_file() && dir.join("arny-export.json").is_file();
-    complete.then(|| dir.join("model.pte"))
+    complete(&export_dir(model, quant, max_len))
 }
 
 /// The default model's export with `quant` at the default length, or an
 /// error naming the command that makes it.
-pub fn require_default_export(quant: PteQuant) -> Result<PathBuf, StoreError> {
-    locate_export(&crate::DEFAULT_MODEL, quant, DEFAULT_MAX_LEN).ok_or_else(|| {
-        StoreError::ExportMissing {
-            quant: quant.name().to_string(),
-            dir: export_dir(&crate::DEFAULT_MODEL, quant, DEFAULT_MAX_LEN),
-        }
+pub fn require_default_export(quant: PteQuant) -> Result<PathBuf, ExportError> {
+    locate_export(&DEFAULT_MODEL, quant, DEFAULT_MAX_LEN).ok_or_else(|| ExportError::Missing {
+        quant,
+        dir: export_dir(&DEFAULT_MODEL, quant, DEFAULT_MAX_LEN),
     })
+}
+
+/// The export of any GGUF file from the cache (keyed by its content), made
+/// first when the cache lacks it. The venv must exist already
+/// ([`ensure_venv`]): this never installs 6 GB behind a caller's back.
+/// `stage` receives the exporter's progress lines.
+pub fn cached_export(
+    source: &Path,
+    quant: PteQuant,
+    max_len: u32,
+    stage: &mut dyn FnMut(&str),
+) -> Result<PathBuf, ExportError> {
+    let bytes = std::fs::read(source).map_err(io("reading the model to export"))?;
+    let name = source.file_name().unwrap_or_default().to_string_lossy();
+    let dir = export_dir_for(&name, &hex(&Sha256::digest(&bytes)), quant, max_len);
+    if let Some(program) = complete(&dir) {
+        return Ok(program);
+    }
+    let venv = venv_dir();
+    if !venv_ready(&venv) {
+        return Err(ExportError::VenvMissing(venv));
+    }
+    export(&venv, source, &dir, quant, max_len, stage)
 }
 
 /// The export venv's folder: `$ARNY_PTE_VENV`, else `pte-venv` beside the
@@ -140,12 +220,12 @@ fn run_logged(
     what: &str,
     lines: Lines,
     on_line: &mut dyn FnMut(&str),
-) -> Result<(), StoreError> {
+) -> Result<(), ExportError> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| StoreError::Io {
+        .map_err(|e| ExportError::Io {
             context: format!("starting {what}"),
             source: e,
         })?;
@@ -169,13 +249,13 @@ fn run_logged(
         BufReader::new(watched).lines().map_while(Result::ok),
         on_line,
     );
-    let status = child.wait().map_err(|e| StoreError::Io {
+    let status = child.wait().map_err(|e| ExportError::Io {
         context: format!("waiting for {what}"),
         source: e,
     })?;
     let other_tail = drain.join().unwrap_or_default();
     if !status.success() {
-        return Err(StoreError::ExportFailed {
+        return Err(ExportError::Failed {
             what: what.to_string(),
             status: status.to_string(),
             detail: [other_tail, tail].concat().join("\n"),
@@ -199,7 +279,7 @@ fn tail_of(lines: impl Iterator<Item = String>, mut each: impl FnMut(&str)) -> V
 
 /// Creates (or rebuilds) the export venv from the pinned requirements.
 /// About 6 GB: PyPI's torch brings the CUDA libraries along.
-pub fn ensure_venv(venv: &Path, log: &mut dyn FnMut(&str)) -> Result<(), StoreError> {
+pub fn ensure_venv(venv: &Path, log: &mut dyn FnMut(&str)) -> Result<(), ExportError> {
     if venv_ready(venv) {
         return Ok(());
     }
@@ -214,8 +294,8 @@ pub fn ensure_venv(venv: &Path, log: &mut dyn FnMut(&str)) -> Result<(), StoreEr
     let req = tempfile::Builder::new()
         .suffix(".txt")
         .tempfile()
-        .map_err(crate::io("writing the requirements"))?;
-    std::fs::write(req.path(), REQUIREMENTS).map_err(crate::io("writing the requirements"))?;
+        .map_err(io("writing the requirements"))?;
+    std::fs::write(req.path(), REQUIREMENTS).map_err(io("writing the requirements"))?;
     log("installing executorch, torch, optimum-executorch (about 6 GB, several minutes)");
     run_logged(
         Command::new(venv.join("bin/pip"))
@@ -232,7 +312,7 @@ pub fn ensure_venv(venv: &Path, log: &mut dyn FnMut(&str)) -> Result<(), StoreEr
         log,
     )?;
     std::fs::write(venv.join(VENV_MARKER), requirements_sha() + "\n")
-        .map_err(crate::io("marking the venv"))?;
+        .map_err(io("marking the venv"))?;
     Ok(())
 }
 
@@ -245,15 +325,15 @@ pub fn export(
     quant: PteQuant,
     max_len: u32,
     stage: &mut dyn FnMut(&str),
-) -> Result<PathBuf, StoreError> {
+) -> Result<PathBuf, ExportError> {
     let mut script = tempfile::Builder::new()
         .prefix("arny-export-pte-")
         .suffix(".py")
         .tempfile()
-        .map_err(crate::io("writing the exporter"))?;
+        .map_err(io("writing the exporter"))?;
     script
         .write_all(EXPORTER.as_bytes())
-        .map_err(crate::io("writing the exporter"))?;
+        .map_err(io("writing the exporter"))?;
     let mut cmd = Command::new(venv.join("bin/python"));
     cmd.arg(script.path())
         .arg("--from")
@@ -278,7 +358,7 @@ mod tests {
 
     #[test]
     fn the_key_changes_with_every_input() {
-        let sha = crate::DEFAULT_MODEL.sha256;
+        let sha = DEFAULT_MODEL.sha256;
         let base = export_key(sha, PteQuant::Fp32, 512);
         assert_eq!(base, export_key(sha, PteQuant::Fp32, 512));
         assert_ne!(base, export_key(sha, PteQuant::A8W4, 512));

@@ -1,0 +1,288 @@
+//! # arny-tiny-models
+//!
+//! Tiny models for tests: a few hundred thousand random weights in the
+//! Llama architecture, with a byte-level BPE vocabulary trained here on a
+//! small built-in text, SmolLM2's special tokens (ids 0–2) and its chat
+//! template. llama.cpp loads them, and so does every Arny engine, so a test
+//! can exercise an engine's plumbing (sessions, caches, sampling, errors)
+//! in milliseconds per token where the real model takes seconds on a
+//! software GPU. What they say is noise: behaviour is tested on the real
+//! model.
+//!
+//! Everything is deterministic: the same [`TinyLlama`] gives the same bytes
+//! on every machine, so files made from them (an ExecuTorch export) can be
+//! cached by content.
+//!
+//! The weights are scaled so that the logits spread widely (standard
+//! deviation about 8): greedy choices are far from ties, so two engines or
+//! two batch shapes agree on them despite rounding, and each block's output
+//! is as large as its input, so what the model predicts depends on the
+//! context (a broken KV cache changes it).
+
+mod bpe;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use arny_gguf::{GgufWriter, Value};
+use sha2::{Digest, Sha256};
+
+pub use bpe::Vocabulary;
+
+/// SmolLM2's chat template (ChatML with a default system prompt), so the
+/// conformance suite's template fixture applies to the tiny model too.
+pub const CHAT_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// The text the vocabulary is trained on.
+const CORPUS: &str = include_str!("corpus.txt");
+
+/// How weights are stored in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Storage {
+    F32,
+    F16,
+}
+
+/// The shape of a tiny Llama model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TinyLlama {
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub n_ff: usize,
+    /// Merges learned on top of the 256 byte tokens and 3 special tokens.
+    pub merges: usize,
+    pub context_length: u32,
+    pub rope_theta: f32,
+    pub storage: Storage,
+    pub seed: u64,
+}
+
+impl Default for TinyLlama {
+    /// 2 layers, 64 wide, 4 query heads sharing 2 KV heads, a 512-token
+    /// vocabulary, 512 positions: about 0.2 M parameters, under 1 MB.
+    fn default() -> Self {
+        Self {
+            n_layer: 2,
+            n_embd: 64,
+            n_head: 4,
+            n_head_kv: 2,
+            n_ff: 192,
+            merges: 253,
+            context_length: 512,
+            rope_theta: 10_000.0,
+            storage: Storage::F32,
+            seed: 0x5eed_a27e,
+        }
+    }
+}
+
+impl TinyLlama {
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head
+    }
+
+    /// The vocabulary this model gets.
+    pub fn vocabulary(&self) -> Vocabulary {
+        Vocabulary::train(CORPUS, self.merges)
+    }
+
+    /// Every weight, as the parameter counts of llama.cpp and the engines
+    /// see them.
+    pub fn parameters(&self) -> u64 {
+        let vocab = self.vocabulary().tokens.len();
+        self.tensors(vocab).iter().map(|t| t.elements()).sum()
+    }
+
+    fn tensors(&self, vocab: usize) -> Vec<TensorSpec> {
+        let (e, kv, ff) = (self.n_embd, self.n_head_kv * self.head_dim(), self.n_ff);
+        let inv = |n: usize| 1.0 / (n as f32).sqrt();
+        let mut t = vec![TensorSpec::new(
+            "token_embd.weight",
+            &[e, vocab],
+            Init::Normal(1.0),
+        )];
+        for i in 0..self.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            t.extend([
+                TensorSpec::new(&p("attn_norm"), &[e], Init::Ones),
+                // Queries and keys twice the unit scale: attention scores
+                // with a spread of about 4, so attention picks positions.
+                TensorSpec::new(&p("attn_q"), &[e, e], Init::Normal(2.0 * inv(e))),
+                TensorSpec::new(&p("attn_k"), &[e, kv], Init::Normal(2.0 * inv(e))),
+                TensorSpec::new(&p("attn_v"), &[e, kv], Init::Normal(inv(e))),
+                TensorSpec::new(&p("attn_output"), &[e, e], Init::Normal(inv(e))),
+                TensorSpec::new(&p("ffn_norm"), &[e], Init::Ones),
+                TensorSpec::new(&p("ffn_gate"), &[e, ff], Init::Normal(inv(e))),
+                TensorSpec::new(&p("ffn_up"), &[e, ff], Init::Normal(inv(e))),
+                TensorSpec::new(&p("ffn_down"), &[ff, e], Init::Normal(inv(ff))),
+            ]);
+        }
+        t.push(TensorSpec::new("output_norm.weight", &[e], Init::Ones));
+        t.push(TensorSpec::new(
+            "output.weight",
+            &[e, vocab],
+            Init::Normal(1.0),
+        ));
+        t
+    }
+
+    /// The model as a GGUF file.
+    pub fn gguf(&self) -> Vec<u8> {
+        assert!(
+            self.n_embd.is_multiple_of(self.n_head)
+                && self.n_head.is_multiple_of(self.n_head_kv)
+                && self.head_dim().is_multiple_of(2),
+            "inconsistent tiny model {self:?}"
+        );
+        let vocab = self.vocabulary();
+        let mut w = GgufWriter::new();
+        let s = |v: &str| Value::String(v.to_string());
+        let u = |v: usize| Value::U32(v as u32);
+        w.set("general.architecture", s("llama"))
+            .set("general.type", s("model"))
+            .set("general.name", s("arny-tiny-llama"))
+            .set(
+                "general.file_type",
+                Value::U32(match self.storage {
+                    Storage::F32 => 0,
+                    Storage::F16 => 1,
+                }),
+            )
+            .set("llama.block_count", u(self.n_layer))
+            .set("llama.context_length", Value::U32(self.context_length))
+            .set("llama.embedding_length", u(self.n_embd))
+            .set("llama.feed_forward_length", u(self.n_ff))
+            .set("llama.attention.head_count", u(self.n_head))
+            .set("llama.attention.head_count_kv", u(self.n_head_kv))
+            .set("llama.rope.freq_base", Value::F32(self.rope_theta))
+            .set("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
+            .set("llama.rope.dimension_count", u(self.head_dim()))
+            .set("llama.vocab_size", u(vocab.tokens.len()));
+        vocab.write_to(&mut w);
+        w.set("tokenizer.chat_template", s(CHAT_TEMPLATE));
+        let mut rng = Rng::new(self.seed);
+        for t in self.tensors(vocab.tokens.len()) {
+            let values = t.init.values(t.elements() as usize, &mut rng);
+            let dims: Vec<u64> = t.dims.iter().map(|&d| d as u64).collect();
+            // Norm weights stay F32, as converters write them.
+            match (self.storage, t.dims.len()) {
+                (Storage::F16, 2) => w.tensor_f16(t.name, &dims, &values),
+                _ => w.tensor_f32(t.name, &dims, &values),
+            };
+        }
+        w.to_bytes()
+    }
+
+    /// A short stable name for files made from this model.
+    pub fn file_name(&self) -> String {
+        let digest = Sha256::digest(self.gguf());
+        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        format!("tiny-llama-{hex}.gguf")
+    }
+
+    /// The model's file in the models folder's `tiny/` directory, written
+    /// there first if it is not (atomically, so parallel tests can race).
+    pub fn file(&self) -> std::io::Result<PathBuf> {
+        let bytes = self.gguf();
+        let dir = arny_model_store::models_dir().join("tiny");
+        let path = dir.join(self.file_name());
+        let current = std::fs::read(&path).is_ok_and(|b| b == bytes);
+        if !current {
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!(".{}.{}", self.file_name(), std::process::id()));
+            std::fs::File::create(&tmp)?.write_all(&bytes)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok(path)
+    }
+}
+
+struct TensorSpec {
+    name: String,
+    dims: Vec<usize>,
+    init: Init,
+}
+
+impl TensorSpec {
+    fn new(name: &str, dims: &[usize], init: Init) -> Self {
+        Self {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+            init,
+        }
+    }
+
+    fn elements(&self) -> u64 {
+        self.dims.iter().product::<usize>() as u64
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Init {
+    Ones,
+    Normal(f32),
+}
+
+impl Init {
+    fn values(self, n: usize, rng: &mut Rng) -> Vec<f32> {
+        match self {
+            Init::Ones => vec![1.0; n],
+            Init::Normal(std) => (0..n).map(|_| rng.normal() * std).collect(),
+        }
+    }
+}
+
+/// SplitMix64 and Box–Muller: tiny, portable, and the same everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f32 {
+        let (u1, u2) = (self.unit(), self.unit());
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arny_gguf::GgufFile;
+
+    #[test]
+    fn deterministic_and_readable() {
+        let m = TinyLlama::default();
+        let (a, b) = (m.gguf(), m.gguf());
+        assert_eq!(a, b);
+        let f = GgufFile::from_bytes(&a).unwrap();
+        assert_eq!(f.architecture(), Some("llama"));
+        assert_eq!(f.tensors.len(), 3 + 9 * m.n_layer);
+        let vocab = f.get("tokenizer.ggml.tokens").unwrap().array_len().unwrap();
+        assert_eq!(vocab, 512);
+        let params: u64 = f.tensors.iter().map(|t| t.elements()).sum();
+        assert_eq!(params, m.parameters());
+        assert!(a.len() < 1 << 20, "{} bytes", a.len());
+        let other = TinyLlama {
+            seed: 1,
+            ..TinyLlama::default()
+        };
+        assert_ne!(other.file_name(), m.file_name());
+    }
+}
