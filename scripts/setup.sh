@@ -10,6 +10,7 @@
 #   scripts/setup.sh --with burn,pte      # plus those engines in the CLI
 #   scripts/setup.sh --deps-only --with test
 #                                         # everything the tests need, no build
+#   --without LIST                        # leave these components out
 #
 # Components (comma-separated, or --with repeated):
 #   burn        Mesa's Vulkan drivers (lavapipe: wgpu without a GPU); the
@@ -40,17 +41,21 @@ say() { printf '==> %s\n' "$*" >&2; }
 
 deps_only=0
 want=""
+unwanted=""
 while (($#)); do
   case "$1" in
     --deps-only) deps_only=1 ;;
     --with) want="$want,${2:?--with needs a component list}"; shift ;;
     --with=*) want="$want,${1#--with=}" ;;
+    --without) unwanted="$unwanted,${2:?--without needs a component list}"; shift ;;
     *) echo "setup.sh: unknown argument $1 (see the comment at the top)" >&2; exit 2 ;;
   esac
   shift
 done
-has() { [[ ",$want," == *",$1,"* || ",$want," == *",test,"* ]]; }
-for c in ${want//,/ }; do
+has() {
+  [[ ",$unwanted," != *",$1,"* ]] && [[ ",$want," == *",$1,"* || ",$want," == *",test,"* ]]
+}
+for c in ${want//,/ } ${unwanted//,/ }; do
   case "$c" in
     burn | pte | pte-export | web | browser | test) ;;
     *) echo "setup.sh: unknown component $c" >&2; exit 2 ;;

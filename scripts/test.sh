@@ -23,7 +23,12 @@ stage() {
   say "$1"
 }
 
-scripts/setup.sh --deps-only --with test
+# The export venv (~6 GB of wheels to unpack) installs in the background
+# while the workspace compiles; the export stage waits for it.
+scripts/setup.sh --deps-only --with test --without pte-export
+venv_log=$(mktemp)
+scripts/setup.sh --deps-only --with pte-export >"$venv_log" 2>&1 &
+venv_pid=$!
 target="${CARGO_TARGET_DIR:-target}"
 arny="$target/release/arny"
 # The CLI with every engine, and the same features in every cargo command
@@ -62,6 +67,13 @@ stage "fetching the default model"
 # the tiny model. Both are cached under keys covering the model, the
 # exporter and its pinned requirements; a fresh machine exports them here
 # (about 5 min and 1 min).
+stage "the PTE export venv (installed in the background since setup)"
+if ! wait "$venv_pid"; then
+  cat "$venv_log" >&2
+  say "creating the PTE export venv failed"
+  exit 1
+fi
+cat "$venv_log" >&2
 stage "exporting the default model to ExecuTorch (cached after the first run)"
 "$arny" export pte --quant fp32 >/dev/null
 
