@@ -42,6 +42,25 @@ fi
 
 stage "cargo fmt --check"
 cargo fmt --all -- --check
+# Libraries built with `test = false` / `doctest = false` (to save a compile)
+# must not grow unit tests or Rust doc examples that would then never run.
+for toml in $(git ls-files '*Cargo.toml'); do
+  grep -q '^test = false' "$toml" || continue
+  src="$(dirname "$toml")/src"
+  found=$(find "$src" -name '*.rs' -exec awk '
+    FNR == 1 { fence = 0 }
+    /#\[(cfg\(test\)|test)\]/ { print FILENAME; nextfile }
+    /^[[:space:]]*\/\/[!\/] ```/ {
+      if (fence) { fence = 0; next }
+      fence = 1
+      lang = $0; sub(/.*```/, "", lang)
+      if (lang == "" || lang ~ /^(rust|no_run|should_panic|compile_fail)/) { print FILENAME; nextfile }
+    }' {} +)
+  if [ -n "$found" ]; then
+    say "$toml says test = false, but these hold tests or Rust doc examples: $found"
+    exit 1
+  fi
+done
 
 # Clippy lints the workspace's crates while they are compiled for real:
 # `cargo clippy` is `cargo check` with clippy-driver as the workspace's
@@ -54,7 +73,7 @@ if [ -x "$clippy_driver" ]; then
   export RUSTC_WORKSPACE_WRAPPER="$clippy_driver"
   export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 fi
-stage "building the workspace and its tests, linted by clippy (cold: llama.cpp and Burn, ~25 min)"
+stage "building the workspace and its tests, linted by clippy (cold: llama.cpp and Burn, ~32 min on 2 cores)"
 cargo build --release --locked --workspace --all-targets "${features[@]}"
 if [ -z "${RUSTC_WORKSPACE_WRAPPER:-}" ]; then
   stage "clippy (warnings are errors)"
