@@ -156,7 +156,10 @@ async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     Json(state.assistant.status()).into_response()
 }
 
+// Unknown fields (`n`, `tools`, `response_format`, penalties, ...) are a 400
+// naming the field: a request option is honoured or refused, never dropped.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ChatBody {
     model: String,
     messages: Vec<WireMessage>,
@@ -211,8 +214,19 @@ fn to_request(state: &AppState, body: &ChatBody) -> Result<AskRequest, Response>
         let role = match m.role.as_str() {
             "user" => Role::User,
             "assistant" => Role::Assistant,
-            // The specialist's own system prompt rules.
-            "system" | "developer" => continue,
+            // Each specialist has its own system prompt; a client's would be
+            // dropped, so it is refused instead.
+            "system" | "developer" => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "unsupported_role",
+                    format!(
+                        "`{}` messages are not supported: each specialist has its own system prompt",
+                        m.role
+                    ),
+                ));
+            }
             other => {
                 return Err(error(
                     StatusCode::BAD_REQUEST,

@@ -24,10 +24,7 @@ assert r.choices[0].finish_reason in ("stop", "length"), r.choices[0].finish_rea
 # Streamed, routed by the gateway; the system message is the specialist's.
 stream = client.chat.completions.create(
     model="arny",
-    messages=[
-        {"role": "system", "content": "ignored"},
-        {"role": "user", "content": "I feel anxious about my exam tomorrow"},
-    ],
+    messages=[{"role": "user", "content": "I feel anxious about my exam tomorrow"}],
     max_tokens=24,
     stream=True,
 )

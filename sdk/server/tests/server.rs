@@ -126,6 +126,28 @@ async fn bad_requests_get_openai_style_errors() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("invalid_request"), "{body}");
+    // Options the server does not support are refused by name.
+    let (status, body) = http(
+        &url,
+        "POST",
+        "/chat/completions",
+        r#"{"model":"arny","n":2,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown field `n`"), "{body}");
+    let (status, body) = http(
+        &url,
+        "POST",
+        "/chat/completions",
+        r#"{"model":"arny","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("`system` messages are not supported"),
+        "{body}"
+    );
     let (status, body) = http(&url, "GET", "/status", "").await;
     assert_eq!(status, 200);
     assert!(body.contains("\"plan\":\"universal\""), "{body}");
