@@ -19,6 +19,8 @@
 #               the CLI gets the ExecuTorch engine
 #   pte-export  the pinned ~6 GB venv that exports models to ExecuTorch
 #               (`arny export pte` also creates it when missing)
+#   tune        pte-export plus peft and a newer transformers in a small
+#               layer over it (`arny tune`; it also installs them itself)
 #   web         the wasm32 target and wasm-bindgen-cli (the browser package)
 #   browser     Chromium and the playwright-core driver (the browser tests)
 #   test        all of the above, rustfmt, clippy, and the `openai` client
@@ -32,6 +34,7 @@
 #                        ~/.cache/arny/executorch-1.5.1/executorch)
 #   ARNY_PTE_VENV        the export venv (default: pte-venv beside the models
 #                        folder, ~/.cache/arny/pte-venv)
+#   ARNY_TUNE_DIR        the tune layer (default: tune-layer beside the export venv)
 #   ARNY_TOOLS_DIR       where `cargo install` puts wasm-bindgen-cli (default
 #                        ~/.cargo; its bin/ is searched by the web scripts)
 set -euo pipefail
@@ -57,7 +60,7 @@ has() {
 }
 for c in ${want//,/ } ${unwanted//,/ }; do
   case "$c" in
-    burn | pte | pte-export | web | browser | test) ;;
+    burn | pte | pte-export | tune | web | browser | test) ;;
     *) echo "setup.sh: unknown component $c" >&2; exit 2 ;;
   esac
 done
@@ -187,7 +190,7 @@ fi
 # by tools/pte-export/requirements.txt (PyPI's torch brings CUDA libraries:
 # about 6 GB). The marker records which requirements built it; `arny export
 # pte` checks the same marker and builds the venv itself if it is missing.
-if has pte-export; then
+if has pte-export || has tune; then
   models_dir="${ARNY_MODELS_DIR:-$cache_home/arny/models}"
   pte_venv="${ARNY_PTE_VENV:-$(dirname "$models_dir")/pte-venv}"
   req_sha=$(sha256sum tools/pte-export/requirements.txt | cut -d' ' -f1)
@@ -196,6 +199,24 @@ if has pte-export; then
     python3 -m venv "$pte_venv"
     "$pte_venv/bin/pip" install -q --disable-pip-version-check -r tools/pte-export/requirements.txt
     echo "$req_sha" > "$pte_venv/arny-requirements.sha256"
+  fi
+fi
+
+# --- Tune layer ------------------------------------------------------------------
+# `arny tune` runs tools/tune/tune.py in the export venv's Python with this
+# folder first on PYTHONPATH: peft and the transformers it needs, pinned by
+# tools/tune/requirements.txt, installed without dependencies (the venv has
+# them). The marker hashes both requirement files, as arny-tune does.
+if has tune; then
+  tune_dir="${ARNY_TUNE_DIR:-$(dirname "$pte_venv")/tune-layer}"
+  tune_key=$(printf '%s\n%s\n' "$(sha256sum tools/tune/requirements.txt | cut -d' ' -f1)" "$req_sha" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$tune_dir/arny-requirements.sha256" 2>/dev/null)" != "$tune_key" ]; then
+    say "installing peft and transformers into $tune_dir (about 150 MB)"
+    rm -rf "$tune_dir.partial"
+    "$pte_venv/bin/pip" install -q --disable-pip-version-check --no-deps --target "$tune_dir.partial" -r tools/tune/requirements.txt
+    echo "$tune_key" > "$tune_dir.partial/arny-requirements.sha256"
+    rm -rf "$tune_dir"
+    mv "$tune_dir.partial" "$tune_dir"
   fi
 fi
 

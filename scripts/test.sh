@@ -23,11 +23,12 @@ stage() {
   say "$1"
 }
 
-# The export venv (~6 GB of wheels to unpack) installs in the background
-# while the workspace compiles; the export stage waits for it.
-scripts/setup.sh --deps-only --with test --without pte-export
+# The export venv (~6 GB of wheels to unpack) and the tune layer over it
+# install in the background while the workspace compiles; the export stage
+# waits for them.
+scripts/setup.sh --deps-only --with test --without pte-export,tune
 venv_log=$(mktemp)
-scripts/setup.sh --deps-only --with pte-export >"$venv_log" 2>&1 &
+scripts/setup.sh --deps-only --with pte-export,tune >"$venv_log" 2>&1 &
 venv_pid=$!
 target="${CARGO_TARGET_DIR:-target}"
 arny="$target/release/arny"
@@ -86,7 +87,7 @@ stage "fetching the default model"
 # the tiny model. Both are cached under keys covering the model, the
 # exporter and its pinned requirements; a fresh machine exports them here
 # (about 7 min and 1 min on 2 cores).
-stage "the PTE export venv (installed in the background since setup)"
+stage "the PTE export venv and the tune layer (installed in the background since setup)"
 if ! wait "$venv_pid"; then
   cat "$venv_log" >&2
   say "creating the PTE export venv failed"

@@ -1,7 +1,9 @@
 //! The TCK cases. Each takes the loaded target and panics on a violation.
 
+use std::sync::Arc;
+
 use arny_engine_api::{
-    ChatMessage, Completion, EngineError, FinishReason, GenerateRequest, LoadOptions,
+    Adapter, ChatMessage, Completion, EngineError, FinishReason, GenerateRequest, LoadOptions,
     LogitsRequest, Model, ModelSource, Prompt, SamplingParams, Session, SessionOptions, TokenEvent,
     next_token_logits, prompt_tokens, sampler::argmax, teacher_forced_logits,
 };
@@ -15,6 +17,7 @@ async fn session(m: &dyn Model) -> Box<dyn Session> {
 async fn session_ctx(m: &dyn Model, ctx: Option<u32>) -> Box<dyn Session> {
     m.new_session(SessionOptions {
         context_length: ctx,
+        ..Default::default()
     })
     .await
     .expect("new session")
@@ -499,6 +502,7 @@ pub async fn context_length_is_resolved_or_refused(t: &Tck) {
         let err = m
             .new_session(SessionOptions {
                 context_length: Some(bad),
+                ..Default::default()
             })
             .await
             .err()
@@ -722,4 +726,86 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+async fn last_logits(m: &dyn Model, tokens: &[u32]) -> Vec<f32> {
+    let mut s = session(m).await;
+    next_token_logits(s.as_mut(), tokens).await.unwrap()
+}
+
+/// A seeded random LoRA adapter (rank 2 on every Q and V projection) for
+/// the GGUF file at `path`, as GGUF bytes.
+fn random_adapter(path: &std::path::Path) -> Vec<u8> {
+    use arny_gguf::{GgufFile, GgufWriter, Value};
+    let bytes = std::fs::read(path).expect("read the tiny model");
+    let base = GgufFile::from_bytes(&bytes).expect("parse the tiny model");
+    let mut w = GgufWriter::new();
+    w.set("general.architecture", Value::String("llama".into()))
+        .set("general.type", Value::String("adapter".into()))
+        .set("adapter.type", Value::String("lora".into()))
+        .set("adapter.lora.alpha", Value::F32(4.0));
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut noise = |n: u64| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 0.3
+            })
+            .collect()
+    };
+    for t in &base.tensors {
+        if t.name.ends_with(".attn_q.weight") || t.name.ends_with(".attn_v.weight") {
+            let (n_in, n_out) = (t.dims[0], t.dims[1]);
+            w.tensor_f32(format!("{}.lora_a", t.name), &[n_in, 2], &noise(n_in * 2));
+            w.tensor_f32(format!("{}.lora_b", t.name), &[2, n_out], &noise(2 * n_out));
+        }
+    }
+    w.to_bytes()
+}
+
+/// LoRA adapters follow `Capabilities::lora`. An engine that has them loads
+/// one (from bytes) for its model: a session with it answers differently,
+/// one with scale 0 exactly as without, and a model file passed as an
+/// adapter is `wrong_format`. An engine without them refuses the load as
+/// `unsupported`. Either way the model is unchanged afterwards.
+pub async fn adapters_follow_capabilities(t: &Tck) {
+    let m = t.model.as_ref();
+    let prompt = m
+        .tokenize("<|im_start|>user\nHi there<|im_end|>\n", false, true)
+        .unwrap();
+    let before = last_logits(m, &prompt).await;
+    let adapter = ModelSource::Bytes {
+        name: "tiny-lora".into(),
+        bytes: random_adapter(&crate::tiny_gguf()).into(),
+    };
+    if !m.info().capabilities.lora {
+        let err = m.load_adapter(adapter, 1.0).await.expect_err("refused");
+        assert_eq!(err.code(), "unsupported", "{err}");
+    } else {
+        let on = m.load_adapter(adapter.clone(), 1.0).await.expect("loads");
+        let off = m.load_adapter(adapter, 0.0).await.expect("loads");
+        assert_eq!(on.info().rank, 2);
+        let with = |a: Arc<dyn Adapter>| async {
+            let mut s = m
+                .new_session(SessionOptions {
+                    adapter: Some(a),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            next_token_logits(s.as_mut(), &prompt).await.unwrap()
+        };
+        let tuned = with(on).await;
+        assert!(
+            max_abs_diff(&tuned, &before) > 1e-3,
+            "the adapter changes nothing"
+        );
+        assert_eq!(with(off).await, before, "scale 0 is the model without it");
+        let model_file = ModelSource::Path(crate::tiny_gguf());
+        let err = m.load_adapter(model_file, 1.0).await.expect_err("refused");
+        assert_eq!(err.code(), "wrong_format", "{err}");
+    }
+    assert_eq!(last_logits(m, &prompt).await, before);
 }

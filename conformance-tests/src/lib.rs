@@ -166,6 +166,7 @@ macro_rules! engine_tck {
             empty_prompt_is_invalid,
             bad_files_give_typed_errors,
             sessions_run_concurrently,
+            adapters_follow_capabilities,
         );
         $crate::engine_tck!(@cases reference, Reference,
             info_is_consistent,

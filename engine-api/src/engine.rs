@@ -40,8 +40,8 @@ use std::sync::Arc;
 
 use crate::chat_template::ChatTemplate;
 use crate::{
-    ChatMessage, EngineError, LoadOptions, Logits, LogitsRequest, ModelInfo, ModelSource, Result,
-    SpecialTokens, TokenId,
+    Adapter, ChatMessage, EngineError, LoadOptions, Logits, LogitsRequest, ModelInfo, ModelSource,
+    Result, SpecialTokens, TokenId,
 };
 
 /// The context sessions get when neither the caller nor the model says
@@ -70,6 +70,24 @@ pub struct SessionOptions {
     /// Overrides the model's default context length for this session; at
     /// most [`ModelInfo::max_context_length`] (see [`resolve_context`]).
     pub context_length: Option<u32>,
+    /// A LoRA adapter this model loaded ([`Model::load_adapter`]): the
+    /// session runs with it for its whole life. An engine without adapters,
+    /// or an adapter from another model, is an error, never ignored.
+    pub adapter: Option<Arc<dyn Adapter>>,
+}
+
+impl SessionOptions {
+    /// For engines without adapter support: refuses a session that asks
+    /// for one.
+    pub fn refuse_adapter(&self, engine: &str) -> Result<()> {
+        match &self.adapter {
+            None => Ok(()),
+            Some(a) => Err(EngineError::Unsupported(format!(
+                "LoRA adapters on the {engine} engine (asked for {})",
+                a.info().name
+            ))),
+        }
+    }
 }
 
 /// Loaded weights plus tokenizer. Shared by any number of sessions.
@@ -113,6 +131,23 @@ pub trait Model: Send + Sync {
 
     /// Starts a conversation with its own KV cache.
     async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>>;
+
+    /// Loads a LoRA adapter (a GGUF LoRA file or its bytes) for this model;
+    /// `scale` multiplies its effect (1.0: as trained). Sessions opened
+    /// with it ([`SessionOptions::adapter`]) use it; the model itself is
+    /// unchanged. Errors: [`EngineError::WrongFormat`] for a file that is
+    /// not a LoRA adapter, [`EngineError::Corrupt`] for a truncated one,
+    /// [`EngineError::Incompatible`] for one made for another model, and
+    /// [`EngineError::Unsupported`] on engines without adapters (the
+    /// default).
+    async fn load_adapter(&self, source: ModelSource, scale: f32) -> Result<Arc<dyn Adapter>> {
+        let _ = scale;
+        Err(EngineError::Unsupported(format!(
+            "LoRA adapters on the {} engine (asked for {})",
+            self.info().engine,
+            source.display_name()
+        )))
+    }
 }
 
 /// One conversation's KV cache on one model.

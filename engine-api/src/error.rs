@@ -36,6 +36,12 @@ pub enum EngineError {
     #[error("{source_name}: corrupt or truncated model ({reason})")]
     Corrupt { source_name: String, reason: String },
 
+    /// The file is valid but does not fit what it is used with: a LoRA
+    /// adapter for another architecture or shape, an adapter loaded by
+    /// another model.
+    #[error("{source_name}: incompatible ({reason})")]
+    Incompatible { source_name: String, reason: String },
+
     /// The model's architecture is not implemented by this engine.
     #[error("unsupported architecture `{0}`")]
     UnsupportedArchitecture(String),
@@ -90,6 +96,7 @@ impl EngineError {
             Self::NotAFile(_) => "not_a_file",
             Self::WrongFormat { .. } => "wrong_format",
             Self::Corrupt { .. } => "corrupt",
+            Self::Incompatible { .. } => "incompatible",
             Self::UnsupportedArchitecture(_) => "unsupported_architecture",
             Self::UnsupportedQuantization(_) => "unsupported_quantization",
             Self::Unsupported(_) => "unsupported",

@@ -13,6 +13,7 @@
 //!
 //! This crate depends on no engine and builds for `wasm32-unknown-unknown`.
 
+mod adapter;
 mod chat_template;
 mod engine;
 mod error;
@@ -22,6 +23,7 @@ mod text;
 mod threads;
 mod types;
 
+pub use adapter::{Adapter, AdapterInfo, check_adapter_scale, downcast_adapter};
 pub use chat_template::{BuiltinTemplate, ChatTemplate, TemplateOrigin};
 pub use engine::{
     DEFAULT_CONTEXT, InferenceEngine, Model, Session, SessionOptions, check_eval, check_fits,

@@ -118,6 +118,7 @@ impl Model for MockModel {
             .ok_or_else(|| EngineError::InvalidInput(format!("token {token} out of range")))
     }
     async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>> {
+        options.refuse_adapter("mock")?;
         let ctx = resolve_context(
             options.context_length,
             self.info.context_length,
@@ -444,6 +445,7 @@ mod tests {
             let mut s = model
                 .new_session(SessionOptions {
                     context_length: Some(10),
+                    ..Default::default()
                 })
                 .await
                 .unwrap();
@@ -464,6 +466,7 @@ mod tests {
             let mut s = model
                 .new_session(SessionOptions {
                     context_length: Some(13),
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

@@ -427,6 +427,7 @@ impl Model for BurnModel {
     }
 
     async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>> {
+        options.refuse_adapter(crate::ENGINE_ID)?;
         let info = &self.0.info;
         let ctx = resolve_context(
             options.context_length,

@@ -13,15 +13,18 @@
 //! * generation can only stop between tokens: llama.cpp has no safe abort
 //!   hook, so cancellation is checked before each decode.
 
+mod adapter;
 mod backend;
 mod loaded;
 mod model;
 mod session;
 mod validate;
 
+pub use adapter::GgufAdapter;
 /// The thread policy every CPU engine shares (see `arny_engine_api`).
 pub use arny_engine_api::default_threads;
 pub use backend::{backend, last_llama_error};
+pub use loaded::ModelRef;
 pub use model::{GgufEngine, GgufModel};
 
 /// The engine id used in configs and on the command line.

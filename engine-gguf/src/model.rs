@@ -5,16 +5,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arny_engine_api::{
-    BuiltinTemplate, Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest, EngineError,
-    InferenceEngine, LoadOptions, Model, ModelInfo, ModelSource, Result, Session, SessionOptions,
-    SpecialTokens, TokenId, cpu_device, resolve_context,
+    Adapter, BuiltinTemplate, Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest,
+    EngineError, InferenceEngine, LoadOptions, Model, ModelInfo, ModelSource, Result, Session,
+    SessionOptions, SpecialTokens, TokenId, cpu_device, resolve_context,
 };
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 
+use crate::adapter::GgufAdapter;
 use crate::backend::{backend, clear_last_error, last_llama_error};
-use crate::loaded::Inner;
+use crate::loaded::{Inner, ModelRef, SharedModel};
 use crate::session::GgufSession;
 use crate::validate::{check_gguf_bytes, check_gguf_file};
 use crate::{ENGINE_ID, default_threads};
@@ -30,8 +31,10 @@ impl GgufEngine {
 
     /// Loads a model from a path without going through the async trait.
     pub fn load_path(&self, path: &Path, options: &LoadOptions) -> Result<GgufModel> {
+        let (file_bytes, header) = check_gguf_file(path)?;
         let checked = Checked {
-            file_bytes: check_gguf_file(path)?,
+            file_bytes,
+            header,
             source_name: path.display().to_string(),
         };
         GgufModel::load(path, checked, None, options)
@@ -49,9 +52,10 @@ impl InferenceEngine for GgufEngine {
             ModelSource::Path(path) => self.load_path(&path, &options)?,
             ModelSource::Bytes { name, bytes } => {
                 // Checked in memory, before anything is written to disk.
-                check_gguf_bytes(&bytes, &name)?;
+                let header = check_gguf_bytes(&bytes, &name)?;
                 let checked = Checked {
                     file_bytes: bytes.len() as u64,
+                    header,
                     source_name: name,
                 };
                 // llama.cpp reads models from files only: spill to a temp
@@ -74,6 +78,8 @@ impl InferenceEngine for GgufEngine {
 /// What validation established about a model before llama.cpp loads it.
 struct Checked {
     file_bytes: u64,
+    /// The tensor directory, for checking adapters.
+    header: arny_gguf::GgufFile,
     /// The user's name for the model (a path, or the name given with bytes).
     source_name: String,
 }
@@ -99,6 +105,7 @@ impl GgufModel {
         }
         let Checked {
             file_bytes,
+            header,
             source_name,
         } = checked;
         let backend = backend()?;
@@ -162,7 +169,7 @@ impl GgufModel {
             device: cpu_device(None, threads),
             capabilities: Capabilities {
                 logits: true,
-                lora: false,
+                lora: true,
                 grammar: false,
                 embeddings: false,
             },
@@ -177,21 +184,23 @@ impl GgufModel {
         );
         Ok(Self {
             inner: Arc::new(Inner {
-                model,
+                model: SharedModel::new(model),
                 threads,
                 pieces,
                 info,
                 special,
                 template,
                 seed: options.seed,
+                header,
                 _spill: spill,
             }),
         })
     }
 
-    /// The underlying llama.cpp model, for callers that need raw access.
-    pub fn llama_model(&self) -> &LlamaModel {
-        &self.inner.model
+    /// The underlying llama.cpp model, for callers that need raw access;
+    /// adapter loads wait while the borrow is held.
+    pub fn llama_model(&self) -> ModelRef<'_> {
+        self.inner.model.read()
     }
 
     /// The thread count sessions of this model use.
@@ -207,10 +216,20 @@ impl GgufModel {
             info.context_length,
             info.max_context_length,
         )?;
+        let adapter = match &options.adapter {
+            None => None,
+            Some(a) => Some(GgufAdapter::for_model(a, &self.inner)?),
+        };
         GgufSession::new(
             self.inner.clone(),
             NonZeroU32::new(n_ctx).unwrap_or(NonZeroU32::MIN),
+            adapter,
         )
+    }
+
+    /// Loads a GGUF LoRA adapter without going through the async trait.
+    pub fn adapter(&self, source: ModelSource, scale: f32) -> Result<Arc<GgufAdapter>> {
+        GgufAdapter::load(&self.inner, source, scale).map(Arc::new)
     }
 }
 
@@ -233,11 +252,12 @@ impl Model for GgufModel {
     }
 
     fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<TokenId>> {
-        let toks = self
-            .inner
-            .model
-            .vocab()
-            .tokenize(text.as_bytes(), add_special, parse_special);
+        let toks =
+            self.inner
+                .model
+                .read()
+                .vocab()
+                .tokenize(text.as_bytes(), add_special, parse_special);
         toks.into_iter()
             .map(|t| {
                 u32::try_from(t.0).map_err(|_| {
@@ -262,6 +282,10 @@ impl Model for GgufModel {
 
     async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>> {
         Ok(Box::new(self.session(&options)?))
+    }
+
+    async fn load_adapter(&self, source: ModelSource, scale: f32) -> Result<Arc<dyn Adapter>> {
+        Ok(self.adapter(source, scale)?)
     }
 }
 

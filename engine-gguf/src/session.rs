@@ -3,7 +3,10 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use arny_engine_api::{EngineError, Logits, LogitsRequest, Result, Session, TokenId, check_eval};
+use arny_engine_api::{
+    Adapter, EngineError, Logits, LogitsRequest, Result, Session, TokenId, check_eval,
+    downcast_adapter,
+};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -11,6 +14,7 @@ use llama_cpp_2::token::LlamaToken;
 use self_cell::self_cell;
 
 use crate::ENGINE_ID;
+use crate::adapter::GgufAdapter;
 use crate::backend::{backend, clear_last_error, last_llama_error};
 use crate::loaded::Inner;
 
@@ -37,10 +41,16 @@ pub struct GgufSession {
     n_ctx: usize,
     tokens: Vec<TokenId>,
     kv_bytes: u64,
+    /// Kept so the adapter's handle outlives every use of it here.
+    _adapter: Option<Arc<dyn Adapter>>,
 }
 
 impl GgufSession {
-    pub(crate) fn new(inner: Arc<Inner>, n_ctx: NonZeroU32) -> Result<Self> {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        n_ctx: NonZeroU32,
+        adapter: Option<Arc<dyn Adapter>>,
+    ) -> Result<Self> {
         let n_batch = MAX_BATCH.min(n_ctx.get());
         let threads = i32::try_from(inner.threads).unwrap_or(1);
         let params = LlamaContextParams::default()
@@ -51,8 +61,9 @@ impl GgufSession {
             .with_n_threads_batch(threads);
         let backend = backend()?;
         clear_last_error();
-        let cell = ContextCell::try_new(inner, |inner| {
-            inner.model.new_context(backend, params).map_err(|e| {
+        let mut cell = ContextCell::try_new(inner, |inner| {
+            let model = inner.model.read();
+            model.unguarded().new_context(backend, params).map_err(|e| {
                 EngineError::engine(
                     ENGINE_ID,
                     format!(
@@ -62,15 +73,36 @@ impl GgufSession {
                 )
             })
         })?;
-        let m = &cell.borrow_owner().model;
-        let head_dim = u64::try_from(m.n_embd()).unwrap_or(0) / u64::from(m.n_head().max(1));
-        // K and V, f16, for every layer and position.
-        let kv_bytes = 2
-            * 2
-            * u64::from(n_ctx.get())
-            * u64::from(m.n_layer())
-            * u64::from(m.n_head_kv())
-            * head_dim;
+        if let Some(a) = &adapter {
+            let ours: &GgufAdapter = downcast_adapter(a, ENGINE_ID)?;
+            let scale = a.info().scale;
+            let mut handle = ours.handle.lock().unwrap_or_else(|e| e.into_inner());
+            clear_last_error();
+            cell.with_dependent_mut(|inner, ctx| {
+                let _model = inner.model.read();
+                ctx.lora_adapter_set(&mut handle, scale)
+            })
+            .map_err(|e| {
+                EngineError::engine(
+                    ENGINE_ID,
+                    format!(
+                        "attaching the adapter {}: {}",
+                        a.info().name,
+                        last_llama_error().unwrap_or_else(|| e.to_string())
+                    ),
+                )
+            })?;
+        }
+        let kv_bytes = {
+            let m = cell.borrow_owner().model.read();
+            let head_dim = u64::try_from(m.n_embd()).unwrap_or(0) / u64::from(m.n_head().max(1));
+            // K and V, f16, for every layer and position.
+            2 * 2
+                * u64::from(n_ctx.get())
+                * u64::from(m.n_layer())
+                * u64::from(m.n_head_kv())
+                * head_dim
+        };
         Ok(Self {
             cell,
             batch: LlamaBatch::new(n_batch as usize, 1),
@@ -78,6 +110,7 @@ impl GgufSession {
             n_ctx: n_ctx.get() as usize,
             tokens: Vec::new(),
             kv_bytes,
+            _adapter: adapter,
         })
     }
 
@@ -98,7 +131,10 @@ impl GgufSession {
                 .map_err(|e| EngineError::engine(ENGINE_ID, e.to_string()))?;
         }
         let batch = &mut self.batch;
-        self.cell.with_dependent_mut(|_, ctx| {
+        self.cell.with_dependent_mut(|inner, ctx| {
+            // A decode may re-reserve the graph, which reads the model's
+            // adapter list (see `SharedModel`).
+            let _model = inner.model.read();
             clear_last_error();
             ctx.decode(batch).map_err(|e| {
                 EngineError::engine(

@@ -11,6 +11,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 use arny_engine_api::{EngineError, Result, check_model_file};
+use arny_gguf::lora::LoraFile;
 use arny_gguf::{GgufFile, ReadOptions};
 
 /// The merges and scores are checked but not kept (llama.cpp reads them);
@@ -24,23 +25,62 @@ const TOKENS: &str = "tokenizer.ggml.tokens";
 /// llama.cpp's LLAMA_MAX_LAYERS.
 const MAX_LAYERS: u64 = 512;
 
-/// Parses and checks the GGUF file at `path`; returns its size.
-pub fn check_gguf_file(path: &Path) -> Result<u64> {
+/// Parses and checks the GGUF file at `path`; returns its size and its
+/// tensor directory (see [`slim`]).
+pub fn check_gguf_file(path: &Path) -> Result<(u64, GgufFile)> {
+    let (len, gguf) = read_header(path, OPTIONS)?;
+    let name = path.display().to_string();
+    if gguf.get_str("general.type") == Some("adapter") {
+        return Err(adapter_as_model(&name));
+    }
+    check_hparams(&gguf, &name)?;
+    Ok((len, slim(gguf)))
+}
+
+/// Same checks for an in-memory model.
+pub fn check_gguf_bytes(bytes: &[u8], name: &str) -> Result<GgufFile> {
+    let gguf = GgufFile::read_with(bytes, bytes.len() as u64, OPTIONS)
+        .map_err(|e| e.into_engine_error(name))?;
+    if gguf.get_str("general.type") == Some("adapter") {
+        return Err(adapter_as_model(name));
+    }
+    check_hparams(&gguf, name)?;
+    Ok(slim(gguf))
+}
+
+/// Checks an adapter (a file's header, or bytes) against the model's
+/// header: a LoRA adapter, its tensors within the file, every pair fitting
+/// a tensor of the model.
+pub fn check_lora(gguf: &GgufFile, base: &GgufFile, name: &str) -> Result<LoraFile> {
+    let lora = LoraFile::parse(gguf, name)?;
+    lora.check_against(base, name)?;
+    Ok(lora)
+}
+
+/// Parses the header of the file at `path`, with its size.
+pub fn read_header(path: &Path, options: ReadOptions) -> Result<(u64, GgufFile)> {
     let len = check_model_file(path)?;
     let name = path.display().to_string();
     let file = std::fs::File::open(path)
         .map_err(|e| EngineError::io(format!("open {}", path.display()), e))?;
-    let gguf = GgufFile::read_with(BufReader::with_capacity(1 << 16, file), len, OPTIONS)
+    let gguf = GgufFile::read_with(BufReader::with_capacity(1 << 16, file), len, options)
         .map_err(|e| e.into_engine_error(&name))?;
-    check_hparams(&gguf, &name)?;
-    Ok(len)
+    Ok((len, gguf))
 }
 
-/// Same checks for an in-memory model.
-pub fn check_gguf_bytes(bytes: &[u8], name: &str) -> Result<()> {
-    let gguf = GgufFile::read_with(bytes, bytes.len() as u64, OPTIONS)
-        .map_err(|e| e.into_engine_error(name))?;
-    check_hparams(&gguf, name)
+fn adapter_as_model(name: &str) -> EngineError {
+    EngineError::WrongFormat {
+        source_name: name.to_string(),
+        expected: "GGUF model",
+        reason: "it is a LoRA adapter (general.type = adapter); load it with --adapter over its base model".into(),
+    }
+}
+
+/// What adapters are checked against: the architecture and the tensor
+/// directory, without the vocabulary and the rest of the metadata.
+fn slim(mut f: GgufFile) -> GgufFile {
+    f.metadata.retain(|k, _| k == "general.architecture");
+    f
 }
 
 /// The hyperparameters llama.cpp would otherwise assert on.

@@ -545,6 +545,7 @@ impl Model for PteModel {
     }
 
     async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>> {
+        options.refuse_adapter(crate::ENGINE_ID)?;
         let info = &self.inner.info;
         let context_length = resolve_context(
             options.context_length,

@@ -16,8 +16,10 @@ use serde::Serialize;
 use web_time::Instant;
 
 use crate::events::{Event, EventBus};
-use crate::manager::{Lease, ManagerStatus, ModelKey, ModelManager, ModelRef};
-use crate::manifest::{EngineKind, Manifest, ModelSpec, Plan, SpecialistSpec, Strategy};
+use crate::manager::{AdapterRef, Lease, ManagerStatus, ModelKey, ModelManager, ModelRef};
+use crate::manifest::{
+    AdapterSpec, EngineKind, Manifest, ModelSpec, Plan, SpecialistSpec, Strategy,
+};
 use crate::request::SamplingOverrides;
 use crate::{Result, SdkError};
 
@@ -191,6 +193,8 @@ struct Specialist {
     max_tokens: u32,
     sampling: SamplingParams,
     context_length: Option<u32>,
+    /// The LoRA adapter its sessions run with, over `model`.
+    adapter: Option<AdapterRef>,
 }
 
 /// A specialist's sampling: its manifest settings where it has them.
@@ -480,7 +484,11 @@ impl Assistant {
         req.stop = request.stop.clone();
         req.cancel = request.cancel.clone();
         req.sampling = request.sampling.applied_to(&sp.sampling);
-        let mut session = lease.session(&sp.name, sp.context_length).await?;
+        let adapter = match &sp.adapter {
+            Some(a) => Some(lease.adapter(&sp.name, a).await?),
+            None => None,
+        };
+        let mut session = lease.session(&sp.name, sp.context_length, adapter).await?;
         let completion = generate(model.as_ref(), session.get(), req, |t| on_text(&t.text)).await?;
         drop(session);
         Ok(Answer {
@@ -726,9 +734,54 @@ fn specialists(manifest: &Manifest, refs: &HashMap<String, ModelRef>) -> Result<
                 max_tokens: s.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
                 sampling: specialist_sampling(s),
                 context_length: spec.context_length,
+                adapter: s
+                    .adapter
+                    .as_ref()
+                    .map(|a| adapter_ref(manifest, s.name.get_ref(), a))
+                    .transpose()?,
             })
         })
         .collect()
+}
+
+/// Where a specialist's adapter is: a file (relative to the manifest), a
+/// known adapter (written into the cache from this build), or a download.
+fn adapter_ref(manifest: &Manifest, specialist: &str, a: &AdapterSpec) -> Result<AdapterRef> {
+    let (name, path) = if let Some(p) = &a.path {
+        let path = if p.is_absolute() {
+            p.clone()
+        } else {
+            manifest.base_dir.join(p)
+        };
+        (p.display().to_string(), path)
+    } else if let Some(k) = &a.known {
+        let known = arny_model_store::known_adapter(k).ok_or_else(|| {
+            manifest_error(
+                manifest,
+                format!("specialist `{specialist}`: no known adapter `{k}`"),
+            )
+        })?;
+        (
+            known.id.to_string(),
+            arny_model_store::locate_adapter(known)?,
+        )
+    } else if let (Some(url), Some(sha)) = (a.url.as_deref(), a.sha256.as_deref()) {
+        let path = arny_model_store::download(url, sha, &arny_model_store::NoProgress)?;
+        (url.to_string(), path)
+    } else {
+        return Err(manifest_error(
+            manifest,
+            format!(
+                "specialist `{specialist}`: the adapter needs `path`, `known` or `url` + `sha256`"
+            ),
+        ));
+    };
+    Ok(AdapterRef {
+        name,
+        path: std::fs::canonicalize(&path).unwrap_or(path),
+        bytes: None,
+        scale: a.scale.unwrap_or(1.0),
+    })
 }
 
 /// Loads a model and keeps it resident for the assistant's lifetime.

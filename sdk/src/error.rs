@@ -22,6 +22,13 @@ pub enum SdkError {
         #[source]
         source: Arc<EngineError>,
     },
+    #[error("adapter `{adapter}` of specialist `{specialist}` failed to load: {source}")]
+    Adapter {
+        specialist: String,
+        adapter: String,
+        #[source]
+        source: Arc<EngineError>,
+    },
     #[error("memory budget exceeded: `{model}` needs about {needed} bytes, {available} of the {budget}-byte budget can be freed now{}", if busy.is_empty() { String::new() } else { format!(" (busy: {})", busy.join(", ")) })]
     MemoryBudget {
         model: String,
@@ -49,7 +56,7 @@ impl SdkError {
             Self::Manifest { .. } => "manifest",
             Self::UnknownSpecialist { .. } => "unknown_specialist",
             Self::EngineUnavailable { .. } => "engine_unavailable",
-            Self::Load { source, .. } => source.code(),
+            Self::Load { source, .. } | Self::Adapter { source, .. } => source.code(),
             Self::MemoryBudget { .. } => "memory_budget_exceeded",
             Self::Engine(e) => e.code(),
             Self::Router(_) => "router",

@@ -53,6 +53,14 @@ pub enum Event {
         bytes: u64,
         reason: UnloadReason,
     },
+    /// A specialist's LoRA adapter was loaded over its model.
+    AdapterLoaded {
+        model: String,
+        adapter: String,
+        specialist: String,
+        bytes: u64,
+        ms: f64,
+    },
     /// A request went to the cloud endpoint.
     CloudRequest {
         model: String,

@@ -34,7 +34,7 @@ pub use assistant::{
 };
 pub use error::{Result, SdkError};
 pub use events::{Event, UnloadReason};
-pub use manager::{LoadedModel, ManagerStatus, ModelKey, ModelManager};
+pub use manager::{AdapterRef, LoadedModel, ManagerStatus, ModelKey, ModelManager};
 pub use manifest::Manifest;
 pub use request::{AskOptions, SamplingOverrides};
 

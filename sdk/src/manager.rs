@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arny_engine_api::{
-    DeviceRequest, EngineError, InferenceEngine, LoadOptions, Model, ModelSource, Session,
+    Adapter, DeviceRequest, EngineError, InferenceEngine, LoadOptions, Model, ModelSource, Session,
     SessionOptions,
 };
 use futures::FutureExt;
@@ -50,6 +50,19 @@ pub struct ModelRef {
     pub specialists: Vec<String>,
 }
 
+/// A specialist's LoRA adapter, loaded over its model on first use and kept
+/// while the model is resident (its bytes count against the budget).
+#[derive(Clone)]
+pub struct AdapterRef {
+    /// For events and errors: the known id or the file name.
+    pub name: String,
+    /// The file (canonical); also what identifies it.
+    pub path: PathBuf,
+    /// The adapter's bytes, when the app supplied them instead of a file.
+    pub bytes: Option<Arc<[u8]>>,
+    pub scale: f32,
+}
+
 type LoadResult = std::result::Result<Arc<dyn Model>, Arc<EngineError>>;
 #[cfg(not(target_arch = "wasm32"))]
 type LoadFuture = futures::future::BoxFuture<'static, LoadResult>;
@@ -75,14 +88,22 @@ struct Entry {
     sessions: HashMap<String, Box<dyn Session>>,
     /// Bytes of sessions lent out to requests right now.
     lent_session_bytes: u64,
+    /// Adapters loaded over the model, by file. They live as long as the
+    /// model: llama.cpp frees an adapter's memory only with its model.
+    adapters: HashMap<PathBuf, (String, Arc<dyn Adapter>)>,
 }
 
 impl Entry {
     fn bytes(&self) -> u64 {
         let idle: u64 = self.sessions.values().map(|s| s.resident_bytes()).sum();
+        let adapters: u64 = self
+            .adapters
+            .values()
+            .map(|(_, a)| a.info().resident_bytes)
+            .sum();
         match self.slot {
             Slot::Loading(_) => self.model_ref.estimate,
-            Slot::Ready(_) => self.weight_bytes + idle + self.lent_session_bytes,
+            Slot::Ready(_) => self.weight_bytes + idle + self.lent_session_bytes + adapters,
         }
     }
     fn evictable(&self) -> bool {
@@ -108,6 +129,8 @@ pub struct LoadedModel {
     pub pinned: bool,
     /// Milliseconds since it was last used.
     pub idle_ms: u64,
+    /// LoRA adapters loaded over it.
+    pub adapters: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -194,6 +217,7 @@ impl ModelManager {
                                 weight_bytes: 0,
                                 sessions: HashMap::new(),
                                 lent_session_bytes: 0,
+                                adapters: HashMap::new(),
                             },
                         );
                         self.inner.events.emit(Event::Loading {
@@ -417,6 +441,12 @@ impl ModelManager {
                 active: e.active,
                 pinned: e.pinned,
                 idle_ms: e.last_used.elapsed().as_millis() as u64,
+                adapters: {
+                    let mut names: Vec<String> =
+                        e.adapters.values().map(|(n, _)| n.clone()).collect();
+                    names.sort();
+                    names
+                },
             })
             .collect();
         models.sort_by(|a, b| a.model.cmp(&b.model));
@@ -490,14 +520,74 @@ impl Lease {
         &self.key
     }
 
+    /// `adapter` loaded over this lease's model: the copy already loaded,
+    /// else a new load (an [`Event::AdapterLoaded`]), counted against the
+    /// budget. `specialist` names who wants it, for events and errors.
+    pub async fn adapter(
+        &self,
+        specialist: &str,
+        adapter: &AdapterRef,
+    ) -> Result<Arc<dyn Adapter>> {
+        if let Some((_, a)) = self
+            .manager
+            .lock()
+            .get(&self.key)
+            .and_then(|e| e.adapters.get(&adapter.path))
+        {
+            return Ok(a.clone());
+        }
+        let started = Instant::now();
+        let source = match &adapter.bytes {
+            Some(bytes) => ModelSource::Bytes {
+                name: adapter.name.clone(),
+                bytes: bytes.clone(),
+            },
+            None => ModelSource::Path(adapter.path.clone()),
+        };
+        let loaded = self
+            .model
+            .load_adapter(source, adapter.scale)
+            .await
+            .map_err(|e| SdkError::Adapter {
+                specialist: specialist.to_string(),
+                adapter: adapter.name.clone(),
+                source: Arc::new(e),
+            })?;
+        let mut st = self.manager.lock();
+        let Some(e) = st.get_mut(&self.key) else {
+            return Ok(loaded);
+        };
+        // Two requests may have loaded it at once: keep the first.
+        let kept = e
+            .adapters
+            .entry(adapter.path.clone())
+            .or_insert_with(|| (adapter.name.clone(), loaded.clone()))
+            .1
+            .clone();
+        if Arc::ptr_eq(&kept, &loaded) {
+            self.manager.inner.events.emit(Event::AdapterLoaded {
+                model: e.model_ref.id.clone(),
+                adapter: adapter.name.clone(),
+                specialist: specialist.to_string(),
+                bytes: loaded.info().resident_bytes,
+                ms: started.elapsed().as_secs_f64() * 1e3,
+            });
+            self.manager.evict_for(&mut st, &self.key)?;
+        }
+        Ok(kept)
+    }
+
     /// A session for `role`: the one kept from its last request when there
     /// is one (its KV cache still holds the role's system prompt), else a
-    /// new one, counted against the budget. It goes back to the pool when
-    /// the returned guard drops, whatever happened to the request.
+    /// new one with `adapter`, counted against the budget. A role always
+    /// comes with the same adapter, so a kept session's cache is never
+    /// reused under another one. It goes back to the pool when the
+    /// returned guard drops, whatever happened to the request.
     pub async fn session(
         &self,
         role: &str,
         context_length: Option<u32>,
+        adapter: Option<Arc<dyn Adapter>>,
     ) -> Result<PooledSession<'_>> {
         let kept = {
             let mut st = self.manager.lock();
@@ -517,7 +607,10 @@ impl Lease {
             None => {
                 let s = self
                     .model
-                    .new_session(SessionOptions { context_length })
+                    .new_session(SessionOptions {
+                        context_length,
+                        adapter,
+                    })
                     .await?;
                 let bytes = s.resident_bytes();
                 let mut st = self.manager.lock();
@@ -764,15 +857,15 @@ mod tests {
         let lease = block_on(m.acquire(&model(&e, "a"))).unwrap();
         assert_eq!(m.status().resident_bytes, 100 * MB);
         {
-            let mut s = block_on(lease.session("math", None)).unwrap();
+            let mut s = block_on(lease.session("math", None, None)).unwrap();
             let _ = s.get();
             assert_eq!(m.status().resident_bytes, 110 * MB);
         }
         // Returned to the pool: still counted, and reused by its role.
         assert_eq!(m.status().resident_bytes, 110 * MB);
-        drop(block_on(lease.session("math", None)).unwrap());
+        drop(block_on(lease.session("math", None, None)).unwrap());
         assert_eq!(m.status().resident_bytes, 110 * MB);
-        drop(block_on(lease.session("chat", None)).unwrap());
+        drop(block_on(lease.session("chat", None, None)).unwrap());
         assert_eq!(m.status().resident_bytes, 120 * MB);
     }
 }

@@ -144,6 +144,26 @@ pub struct SpecialistSpec {
     pub temperature: Option<f32>,
     /// Penalty on recently generated tokens (default 1.0, none).
     pub repetition_penalty: Option<f32>,
+    /// A LoRA adapter over `model` that makes this specialist (`arny tune`
+    /// makes them): the model stays loaded once, and the specialist's
+    /// sessions run with the adapter.
+    pub adapter: Option<AdapterSpec>,
+}
+
+/// Where a specialist's LoRA adapter comes from: exactly one of `path`,
+/// `known` or `url` (with `sha256`), as for models.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSpec {
+    /// A GGUF LoRA file, relative to the manifest.
+    pub path: Option<PathBuf>,
+    /// An adapter Arny ships (`arny models list`).
+    pub known: Option<String>,
+    /// Downloaded once into the models folder; needs `sha256`.
+    pub url: Option<String>,
+    pub sha256: Option<String>,
+    /// Multiplies the adapter's effect (default 1.0: as trained).
+    pub scale: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -440,6 +460,65 @@ impl Manifest {
                     self.error(at, format!("specialists[{i}].max_tokens: must be positive"))
                 );
             }
+            if let Some(a) = &s.adapter {
+                self.validate_adapter(i, a, at.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_adapter(
+        &self,
+        i: usize,
+        a: &AdapterSpec,
+        at: Option<std::ops::Range<usize>>,
+    ) -> Result<(), SdkError> {
+        let sources = [a.path.is_some(), a.known.is_some(), a.url.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if sources != 1 {
+            return Err(self.error(
+                at,
+                format!(
+                    "specialists[{i}].adapter: give exactly one of `path`, `known` or `url` (found {sources})"
+                ),
+            ));
+        }
+        let sha_ok = a
+            .sha256
+            .as_ref()
+            .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
+        if a.url.is_some() && !sha_ok {
+            return Err(self.error(
+                at,
+                format!(
+                    "specialists[{i}].adapter.sha256: a `url` needs the file's SHA-256 (64 hex digits)"
+                ),
+            ));
+        }
+        if let Some(k) = &a.known
+            && arny_model_store::known_adapter(k).is_none()
+        {
+            let names: Vec<_> = arny_model_store::KNOWN_ADAPTERS
+                .iter()
+                .map(|a| a.id)
+                .collect();
+            return Err(self.error(
+                at,
+                format!(
+                    "specialists[{i}].adapter.known: no known adapter `{k}` (known: {})",
+                    names.join(", ")
+                ),
+            ));
+        }
+        if let Some(scale) = a.scale
+            && !(scale.is_finite() && (0.0..=4.0).contains(&scale))
+        {
+            return Err(self.error(
+                at,
+                format!("specialists[{i}].adapter.scale: {scale} is not in [0, 4]"),
+            ));
         }
         Ok(())
     }

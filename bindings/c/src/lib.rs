@@ -108,7 +108,7 @@ impl From<SdkError> for Failure {
             SdkError::Manifest { .. } => ArnyCode::Manifest,
             SdkError::UnknownSpecialist { .. } => ArnyCode::UnknownSpecialist,
             SdkError::EngineUnavailable { .. } => ArnyCode::EngineUnavailable,
-            SdkError::Load { .. } => ArnyCode::LoadFailed,
+            SdkError::Load { .. } | SdkError::Adapter { .. } => ArnyCode::LoadFailed,
             SdkError::MemoryBudget { .. } => ArnyCode::MemoryBudget,
             SdkError::Engine(_) => ArnyCode::Engine,
             SdkError::Router(_) => ArnyCode::Router,

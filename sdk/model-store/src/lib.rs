@@ -16,6 +16,12 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
+mod adapters;
+pub use adapters::{
+    KNOWN_ADAPTERS, KnownAdapter, MATH_SMOLLM2_135M, adapter_bytes, adapter_path, known_adapter,
+    locate_adapter,
+};
+
 /// A model Arny knows how to obtain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KnownModel {
@@ -514,6 +520,11 @@ fn unpack_member(
     }
     w.flush().map_err(io(format!("write {}", out.display())))?;
     Ok(hex(&hasher.finalize()))
+}
+
+/// The SHA-256 of `bytes`, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// Lower-case hex of `bytes` (SHA-256 digests in file names and sidecars).

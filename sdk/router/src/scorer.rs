@@ -104,6 +104,7 @@ impl ModelScorer {
         let session = model
             .new_session(SessionOptions {
                 context_length: Some(opts.context_length),
+                ..Default::default()
             })
             .await?;
         let mut scorer = Self {

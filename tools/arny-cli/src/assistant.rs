@@ -64,6 +64,16 @@ pub fn show_events(assistant: &Assistant) {
                         bytes as f64 / (1 << 20) as f64
                     );
                 }
+                Event::AdapterLoaded {
+                    adapter,
+                    specialist,
+                    bytes,
+                    ms,
+                    ..
+                } => eprintln!(
+                    "Loaded the {specialist} adapter ({adapter}): {:.1} MiB in {ms:.0} ms",
+                    bytes as f64 / (1 << 20) as f64
+                ),
                 Event::LoadFailed { model, error } => eprintln!("Loading {model} failed: {error}"),
                 Event::Unloaded { model, reason, .. } => eprintln!("Unloaded {model} ({reason:?})"),
                 _ => {}

@@ -291,6 +291,7 @@ fn sdk_run(model: &dyn Model, tokens: &[TokenId], n_gen: usize, ctx: u32) -> Res
         let mut session = model
             .new_session(SessionOptions {
                 context_length: Some(ctx),
+                ..Default::default()
             })
             .await?;
         let request = GenerateRequest {

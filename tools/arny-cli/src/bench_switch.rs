@@ -3,7 +3,10 @@
 //! - cold: the specialist's model is not loaded (load + first token);
 //! - warm switch (hybrid plan): two specialists on two resident model
 //!   copies, asked alternately;
-//! - role switch (universal plan): one model, two roles asked alternately.
+//! - role switch (universal plan): one model, two roles asked alternately;
+//! - LoRA switch: one resident model, two specialists that are LoRA
+//!   adapters over it, asked alternately; and what loading an adapter
+//!   costs on its own.
 //!
 //! Every number is the wall time of a request up to its first token
 //! (`max_tokens = 1`), measured through the SDK exactly as an app calls it,
@@ -42,6 +45,18 @@ struct Report {
     warm_switch_first_token: Stats,
     /// Request to first token, universal plan, switching roles on one model.
     role_switch_first_token: Stats,
+    /// Request to first token, one model, switching between two LoRA
+    /// specialists (the shipped math adapter under two names: the cost of
+    /// a switch does not depend on what the adapter learned).
+    lora_switch_first_token: Stats,
+    /// `Model::load_adapter` of the math adapter (file to usable), alone.
+    adapter_load: Stats,
+    /// Resident bytes by the manager's accounting: the model with its two
+    /// plain-prompt sessions (universal plan), and with the two LoRA
+    /// specialists' sessions and adapters.
+    resident_bytes_universal: u64,
+    resident_bytes_lora: u64,
+    adapter_bytes: u64,
 }
 
 fn manifest(text: &str, dir: &Path) -> Result<Manifest> {
@@ -91,12 +106,24 @@ pub fn run(model_path: &Path, reps: usize, json: bool) -> Result<()> {
         drop(a);
         let u = Assistant::new(universal, options()).await?;
         let role_switch_first_token = alternate(&u, reps).await?;
+        let resident_bytes_universal = u.status().memory.resident_bytes;
+        drop(u);
+        let l = Assistant::new(lora_manifest(model_path, dir.path())?, options()).await?;
+        let lora_switch_first_token = alternate(&l, reps).await?;
+        let resident_bytes_lora = l.status().memory.resident_bytes;
+        drop(l);
+        let (adapter_load, adapter_bytes) = adapter_loads(model_path, reps).await?;
         anyhow::Ok(Report {
             model: model_path.display().to_string(),
             cold_load,
             cold_first_token,
             warm_switch_first_token,
             role_switch_first_token,
+            lora_switch_first_token,
+            adapter_load,
+            resident_bytes_universal,
+            resident_bytes_lora,
+            adapter_bytes,
         })
     })?;
     if json {
@@ -140,6 +167,59 @@ fn manifests(model_path: &Path, dir: &Path) -> Result<(Manifest, Manifest)> {
         SPECIALISTS.replace("model = \"B\"", "model = \"a\"")
     );
     Ok((manifest(&hybrid, dir)?, manifest(&universal, dir)?))
+}
+
+/// One model (`a`) and both specialists as LoRA adapters over it: two
+/// copies of the shipped math adapter, so the plan holds two adapters as
+/// it would two tuned specialists.
+fn lora_manifest(model_path: &Path, dir: &Path) -> Result<Manifest> {
+    let adapter = arny_model_store::locate_adapter(&arny_model_store::MATH_SMOLLM2_135M)?;
+    for name in ["math.lora.gguf", "wellness.lora.gguf"] {
+        std::fs::copy(&adapter, dir.join(name))
+            .with_context(|| format!("copy the adapter to {name}"))?;
+    }
+    let a = dir.join("a.gguf");
+    if !a.is_file() {
+        std::fs::copy(model_path, &a)?;
+    }
+    let specialists = SPECIALISTS
+        .replace("model = \"B\"", "model = \"a\"")
+        .replace(
+            "examples = [\"what is 2 + 2\"",
+            "adapter = { path = \"math.lora.gguf\" }\nexamples = [\"what is 2 + 2\"",
+        )
+        .replace(
+            "examples = [\"I feel sad\"",
+            "adapter = { path = \"wellness.lora.gguf\" }\nexamples = [\"I feel sad\"",
+        );
+    let text = format!(
+        "plan = \"hybrid\"\nidle_unload_secs = 3600\nmemory_budget = \"8 GiB\"\n\n\
+         [[models]]\nid = \"a\"\nengine = \"gguf\"\npath = \"a.gguf\"\ncontext_length = 1024\n\n{specialists}"
+    );
+    manifest(&text, dir)
+}
+
+/// `reps` loads of the math adapter into one loaded model, each timed from
+/// the file to a usable adapter. Returns the times and the adapter's bytes.
+async fn adapter_loads(model_path: &Path, reps: usize) -> Result<(Stats, u64)> {
+    use arny_engine_api::{InferenceEngine, LoadOptions, ModelSource};
+    let adapter = arny_model_store::locate_adapter(&arny_model_store::MATH_SMOLLM2_135M)?;
+    let model = arny_engine_gguf::GgufEngine::new()
+        .load(
+            ModelSource::Path(model_path.to_path_buf()),
+            LoadOptions::default(),
+        )
+        .await?;
+    let (mut times, mut bytes) = (Vec::new(), 0);
+    for _ in 0..reps {
+        let t = Instant::now();
+        let a = model
+            .load_adapter(ModelSource::Path(adapter.clone()), 1.0)
+            .await?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        bytes = a.info().resident_bytes;
+    }
+    Ok((Stats::of(times), bytes))
 }
 
 /// Cold starts: the math specialist's model is unloaded before each ask.
@@ -199,6 +279,11 @@ fn print_table(report: &Report) {
             "role switch (universal), 1st token",
             &report.role_switch_first_token,
         ),
+        (
+            "LoRA switch (one model), 1st token",
+            &report.lora_switch_first_token,
+        ),
+        ("adapter load (alone)", &report.adapter_load),
     ] {
         println!(
             "{name:<34} {:>10.1} {:>10.1} {:>10.1} {:>4}",
@@ -208,4 +293,11 @@ fn print_table(report: &Report) {
             s.samples.len()
         );
     }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "resident: one model, two plain roles {:.1} MiB; one model, two LoRA specialists {:.1} MiB (adapter {:.1} MiB)",
+        mib(report.resident_bytes_universal),
+        mib(report.resident_bytes_lora),
+        mib(report.adapter_bytes)
+    );
 }

@@ -3,14 +3,16 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Result;
-use arny_engine_api::{ChatMessage, Generation, Prompt, SessionOptions};
+use arny_engine_api::{ChatMessage, Generation, Prompt};
 
-use crate::runtime::{ModelArgs, SamplingArgs, load, stream_to_stdout};
+use crate::runtime::{AdapterArgs, ModelArgs, SamplingArgs, load, stream_to_stdout};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
     /// Print token counts and speed after each answer (on stderr).
@@ -22,6 +24,7 @@ const HELP: &str = "Commands: /reset starts over, /exit (or Ctrl-D) quits.";
 
 pub fn run(args: Args) -> Result<()> {
     let (model, _) = load(&args.model)?;
+    let options = args.adapter.session_options(&model)?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
@@ -39,7 +42,7 @@ pub fn run(args: Args) -> Result<()> {
             .collect::<Vec<_>>()
     };
     futures::executor::block_on(async {
-        let mut session = model.new_session(SessionOptions::default()).await?;
+        let mut session = model.new_session(options).await?;
         let mut conversation = fresh();
         let mut lines = std::io::stdin().lock().lines();
         loop {

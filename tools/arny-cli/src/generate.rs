@@ -1,14 +1,16 @@
 //! `arny generate`: one prompt in, a streamed answer out.
 
 use anyhow::{Context, Result};
-use arny_engine_api::{ChatMessage, Generation, Prompt, SessionOptions};
+use arny_engine_api::{ChatMessage, Generation, Prompt};
 
-use crate::runtime::{ModelArgs, SamplingArgs, load, read_prompt, stream_to_stdout};
+use crate::runtime::{AdapterArgs, ModelArgs, SamplingArgs, load, read_prompt, stream_to_stdout};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
     /// Print a JSON summary (text, token ids, timings) as the last line.
@@ -35,9 +37,10 @@ pub fn run(args: Args) -> Result<()> {
         Prompt::Chat(messages)
     };
     let request = args.sampling.request(prompt);
+    let options = args.adapter.session_options(&model)?;
 
     futures::executor::block_on(async {
-        let mut session = model.new_session(SessionOptions::default()).await?;
+        let mut session = model.new_session(options).await?;
         let generation = Generation::new(model.as_ref(), session.as_mut(), request)?;
         let done = stream_to_stdout(generation).await?;
         if args.json {
@@ -52,6 +55,7 @@ pub fn run(args: Args) -> Result<()> {
                 "finish_reason": done.finish_reason,
                 "engine": model.info().engine,
                 "model": path.display().to_string(),
+                "adapter": args.adapter.adapter.as_ref().map(|p| p.display().to_string()),
             });
             println!("{summary}");
         }

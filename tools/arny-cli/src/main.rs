@@ -7,6 +7,7 @@ mod bench_raw;
 mod bench_switch;
 mod chat;
 mod conformance;
+mod eval;
 mod export;
 mod generate;
 mod info;
@@ -17,6 +18,7 @@ mod route;
 mod runtime;
 mod serve;
 mod stats;
+mod tune;
 mod web;
 
 use std::process::ExitCode;
@@ -66,6 +68,12 @@ enum Command {
     /// Convert a model for another engine (GGUF to ExecuTorch `.pte`).
     #[command(subcommand)]
     Export(export::Command),
+    /// Task accuracy on JSONL examples with answers (greedy, any engine,
+    /// optionally with --adapter): tuned against base.
+    Eval(eval::Args),
+    /// Fine-tune a LoRA adapter (a specialist) from JSONL examples, on the
+    /// CPU, with PEFT; writes a GGUF LoRA that `--adapter` loads.
+    Tune(tune::Args),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +108,8 @@ fn main() -> ExitCode {
         Command::Conformance(a) => conformance::run(a),
         Command::Models(c) => models::run(c),
         Command::Export(c) => export::run(c),
+        Command::Tune(a) => tune::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use arny_engine_api::{
     DeviceRequest, EngineKind, GenerateRequest, InferenceEngine, LoadOptions, Model, ModelSource,
-    Prompt, SamplingParams,
+    Prompt, SamplingParams, SessionOptions,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -36,6 +36,38 @@ pub struct ModelArgs {
     /// the cores, at most 8).
     #[arg(long)]
     pub threads: Option<u32>,
+}
+
+/// `--adapter`, for the commands that run sessions.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdapterArgs {
+    /// A LoRA adapter (GGUF, e.g. from `arny tune`) over the model; the
+    /// engines without adapters refuse it.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// How strongly the adapter applies (1.0: as trained).
+    #[arg(long, default_value_t = 1.0, requires = "adapter")]
+    pub adapter_scale: f32,
+}
+
+impl AdapterArgs {
+    /// Session options with the adapter loaded over `model`, if one was
+    /// given.
+    pub fn session_options(&self, model: &Arc<dyn Model>) -> Result<SessionOptions> {
+        let adapter = match &self.adapter {
+            None => None,
+            Some(path) => Some(
+                futures::executor::block_on(
+                    model.load_adapter(ModelSource::Path(path.clone()), self.adapter_scale),
+                )
+                .with_context(|| format!("cannot load the adapter {}", path.display()))?,
+            ),
+        };
+        Ok(SessionOptions {
+            adapter,
+            ..SessionOptions::default()
+        })
+    }
 }
 
 /// The engine for `kind`, if this build has it.

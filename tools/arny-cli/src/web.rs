@@ -56,7 +56,8 @@ fn demo_dir(given: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// The built-in manifest, adapted to a page: one model for every role
-/// (universal plan: loaded once, instant switches), run by the Burn engine,
+/// (universal plan: loaded once, instant switches), run by the Burn engine
+/// (without the specialists' LoRA adapters, which it cannot run yet),
 /// fetched from this server and checked against its SHA-256 (`sha256`).
 /// `other_model`: the page runs a model other than the default, so the
 /// context the built-in manifest sets for the default model is dropped and
@@ -78,6 +79,13 @@ pub fn demo_manifest(sha256: &str, other_model: bool) -> Result<String> {
         spec.insert("sha256".into(), sha256.into());
         if other_model {
             spec.remove("context_length");
+        }
+    }
+    // The Burn engine has no LoRA adapters yet: in the page the specialists
+    // run on the model alone, with their system prompts.
+    if let Some(specialists) = m.get_mut("specialists").and_then(|v| v.as_array_mut()) {
+        for spec in specialists.iter_mut().filter_map(|v| v.as_table_mut()) {
+            spec.remove("adapter");
         }
     }
     let text = format!(

@@ -286,6 +286,57 @@ fn ask_routes_and_streams_the_answer() {
     );
 }
 
+/// The built-in math specialist is the shipped LoRA adapter over the
+/// default model: it answers the example exactly, where the base
+/// model with the old tutor prompt rambled.
+#[test]
+fn the_math_specialist_is_a_tuned_adapter() {
+    let out = arny(&["ask", "--specialist", "math", "What is 20% of 80?"], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let last = out
+        .stdout
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .filter(|w| w.chars().any(|c| c.is_ascii_digit()))
+        .map(|w| w.trim_matches('.'))
+        .next_back();
+    assert_eq!(last, Some("16"), "answer: {}", out.stdout);
+}
+
+/// Bad adapters on the command line: one clear line each, as for models.
+#[test]
+fn bad_adapters_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = arny_model_path().display().to_string();
+    let cut = dir.path().join("cut.gguf");
+    let adapter = arny_model_store::locate_adapter(&arny_model_store::MATH_SMOLLM2_135M).unwrap();
+    let bytes = std::fs::read(adapter).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let cut = cut.display().to_string();
+    for (adapter, needle) in [
+        (model.as_str(), "not a gguf lora adapter"),
+        (cut.as_str(), "truncated"),
+    ] {
+        assert_clean_failure(
+            &arny(&["generate", "--adapter", adapter, "What is 2+2?"], None),
+            needle,
+        );
+    }
+    assert_clean_failure(
+        &arny(
+            &[
+                "generate",
+                "--engine",
+                "pte",
+                "--adapter",
+                &cut,
+                "What is 2+2?",
+            ],
+            None,
+        ),
+        "unsupported: lora adapters on the pte engine",
+    );
+}
+
 #[test]
 fn route_writes_one_json_line_per_input() {
     let input = "{\"text\": \"What is 15% of 80?\"}\n{\"text\": \"Plan a route through five stores\", \"label\": \"logistics\"}\n\n{\"text\": \"Write a sonnet about rain\"}\n";

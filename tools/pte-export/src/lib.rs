@@ -208,19 +208,21 @@ pub fn venv_ready(venv: &Path) -> bool {
 
 /// Which of a child's streams carries its progress lines.
 #[derive(Clone, Copy)]
-enum Lines {
+pub enum Lines {
     Stdout,
     Stderr,
 }
 
 /// Runs `cmd`, handing each line of the `lines` stream to `on_line` as it
-/// arrives; on failure the error carries the last lines of both streams.
-fn run_logged(
+/// arrives; on failure the error carries the last lines of both streams,
+/// on success the result is the other stream's last lines. The Python
+/// tools (the exporter, `arny tune`) run through this.
+pub fn run_logged(
     cmd: &mut Command,
     what: &str,
     lines: Lines,
     on_line: &mut dyn FnMut(&str),
-) -> Result<(), ExportError> {
+) -> Result<Vec<String>, ExportError> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -261,7 +263,7 @@ fn run_logged(
             detail: [other_tail, tail].concat().join("\n"),
         });
     }
-    Ok(())
+    Ok(other_tail)
 }
 
 /// The last 30 lines, each also handed to `each`.
