@@ -752,6 +752,42 @@ examples = ["hello", "how are you"]
     }
 
     #[test]
+    fn adapters_are_checked_like_models() {
+        let with = |adapter: &str| {
+            MINI.replace(
+                "system_prompt = \"You do math.\"",
+                &format!("system_prompt = \"You do math.\"\nadapter = {adapter}"),
+            )
+        };
+        let m = parse(&with("{ known = \"math-smollm2-135m\", scale = 0.5 }")).unwrap();
+        let a = m.specialists[0].adapter.as_ref().unwrap();
+        assert_eq!(
+            (a.known.as_deref(), a.scale),
+            (Some("math-smollm2-135m"), Some(0.5))
+        );
+        for (adapter, needle) in [
+            ("{ known = \"nope\" }", "no known adapter `nope`"),
+            (
+                "{ path = \"a.gguf\", known = \"math-smollm2-135m\" }",
+                "exactly one of",
+            ),
+            ("{ url = \"https://x/a.gguf\" }", "adapter.sha256"),
+            ("{ path = \"a.gguf\", scale = -1.0 }", "adapter.scale"),
+            ("{ path = \"a.gguf\", rank = 4 }", "rank"),
+        ] {
+            let (line, msg) = err_of(&with(adapter));
+            assert!(msg.contains(needle), "{adapter}: {msg}");
+            assert!(line.is_some(), "{adapter}: no line in {msg}");
+        }
+        assert!(
+            Manifest::builtin()
+                .specialist("math")
+                .is_some_and(|s| s.adapter.is_some()),
+            "the built-in math specialist is the shipped adapter"
+        );
+    }
+
+    #[test]
     fn manifests_built_in_code_are_validated() {
         let mut m = parse(MINI).unwrap();
         m.source = None;

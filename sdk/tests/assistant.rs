@@ -765,3 +765,101 @@ async fn model_bytes_replace_the_file_and_early_events_are_seen() {
     let text = answer.text.to_lowercase();
     assert!(text.contains('4') || text.contains("four"), "{text}");
 }
+
+/// Specialists as LoRA adapters over one resident model: the shipped math
+/// adapter loads once on first use (an `adapter_loaded` event), counts
+/// against the budget, is named in `status()`, and answers as tuned; a
+/// specialist whose adapter is a model file fails with a typed error that
+/// names it, and the others keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn specialists_can_be_adapters_over_one_model() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let tail = "";
+    let mut m = manifest(
+        dir.path(),
+        "plan = \"hybrid\"",
+        &["m.gguf"],
+        ["m", "m", "m"],
+        tail,
+    );
+    m.specialists[0].adapter = Some(arny_sdk::manifest::AdapterSpec {
+        path: None,
+        known: Some("math-smollm2-135m".into()),
+        url: None,
+        sha256: None,
+        scale: None,
+    });
+    m.specialists[0].system_prompt =
+        "You are a precise calculator. Work it out in one short line and end with the result."
+            .into();
+    m.specialists[2].adapter = Some(arny_sdk::manifest::AdapterSpec {
+        path: Some("m.gguf".into()),
+        known: None,
+        url: None,
+        sha256: None,
+        scale: None,
+    });
+    let a = Assistant::new(m, options()).await.unwrap();
+    let mut events = a.events();
+    let before = a.status().memory.resident_bytes;
+
+    let mut r = AskRequest::new("What is 20% of 80?");
+    r.specialist = Some("math".into());
+    r.max_tokens = Some(48);
+    let answer = a.ask(r, |_| {}).await.unwrap();
+    assert!(
+        answer.text.trim_end_matches('.').ends_with("16"),
+        "{}",
+        answer.text
+    );
+    let loaded: Vec<Event> = drain(&mut events)
+        .into_iter()
+        .filter(|e| matches!(e, Event::AdapterLoaded { .. }))
+        .collect();
+    assert_eq!(loaded.len(), 1, "{loaded:?}");
+    let Event::AdapterLoaded {
+        specialist,
+        adapter,
+        bytes,
+        ..
+    } = &loaded[0]
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (specialist.as_str(), adapter.as_str()),
+        ("math", "math-smollm2-135m")
+    );
+    assert!(*bytes > 9_000_000 && *bytes < 10_500_000, "{bytes}");
+    let status = a.status().memory;
+    assert_eq!(status.models.len(), 1, "one resident model");
+    assert_eq!(status.models[0].adapters, ["math-smollm2-135m"]);
+    assert!(
+        status.resident_bytes >= before + bytes,
+        "the adapter is counted"
+    );
+
+    // Asked again: the same adapter, no second load.
+    let mut r = AskRequest::new("What is 30 + 43?");
+    r.specialist = Some("math".into());
+    r.max_tokens = Some(48);
+    a.ask(r, |_| {}).await.unwrap();
+    assert!(
+        !drain(&mut events)
+            .iter()
+            .any(|e| matches!(e, Event::AdapterLoaded { .. }))
+    );
+
+    let mut r = AskRequest::new("Plan my errands");
+    r.specialist = Some("logistics".into());
+    let err = a.ask(r, |_| {}).await.unwrap_err();
+    assert_eq!(err.code(), "wrong_format", "{err}");
+    assert!(err.to_string().contains("logistics"), "{err}");
+    let mut r = AskRequest::new("I feel sad today");
+    r.specialist = Some("wellness".into());
+    r.max_tokens = Some(8);
+    a.ask(r, |_| {})
+        .await
+        .expect("the other specialists still answer");
+}

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use arny_engine_api::{
-    EngineKind, GenerateRequest, LoadOptions, Model, ModelSource, Prompt, SamplingParams,
+    Adapter, EngineKind, GenerateRequest, LoadOptions, Model, ModelSource, Prompt, SamplingParams,
     SessionOptions, TokenId, generate,
 };
 use serde::Serialize;
@@ -41,6 +41,11 @@ pub struct Args {
     /// resident models, and a universal-plan role switch (medians over -r).
     #[arg(long)]
     switch: bool,
+    /// Run the sessions with this LoRA adapter; the baseline is then the
+    /// same model without it (in place of raw llama.cpp), so the ratio is
+    /// the adapter's cost.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,6 +87,10 @@ struct Report {
     cpu_cores: usize,
     /// 1-minute load average when the bench started (Linux).
     load_average: Option<f64>,
+    /// What `raw` is: `llama-cpp-2` (llama.cpp's own API) or `no adapter`
+    /// (the same engine and model without `--adapter`).
+    baseline: &'static str,
+    adapter: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -117,6 +126,7 @@ struct Bench {
     n_gen: usize,
     tokens: Vec<TokenId>,
     raw: Option<crate::bench_raw::RawBench>,
+    adapter: Option<Arc<dyn Adapter>>,
 }
 
 /// Per-rep measurements of both paths.
@@ -133,7 +143,7 @@ struct Samples {
 impl Bench {
     fn new(args: &Args) -> Result<Self> {
         // The raw baseline is llama.cpp's own API: it exists for gguf only.
-        let no_raw = args.no_raw || args.model.engine != EngineKind::Gguf;
+        let no_raw = args.no_raw || args.adapter.is_some() || args.model.engine != EngineKind::Gguf;
         let path = model_path(&args.model)?;
         let engine = engine(args.model.engine)?;
         // Sessions get the bench's context; the load keeps the model's
@@ -152,6 +162,13 @@ impl Bench {
         let n_prompt = fit_prompt(model.as_ref(), args.n_prompt, args.n_gen)?;
         let ctx = (n_prompt + args.n_gen + 1) as u32;
         let tokens = workload(model.as_ref(), n_prompt);
+        let adapter = match &args.adapter {
+            None => None,
+            Some(p) => Some(
+                futures::executor::block_on(model.load_adapter(ModelSource::Path(p.clone()), 1.0))
+                    .with_context(|| format!("cannot load the adapter {}", p.display()))?,
+            ),
+        };
         let raw = if no_raw {
             None
         } else {
@@ -167,6 +184,7 @@ impl Bench {
             n_gen: args.n_gen,
             tokens,
             raw,
+            adapter,
         })
     }
 
@@ -174,7 +192,7 @@ impl Bench {
     /// always runs on a warmer cache.
     fn measure(&self, reps: usize) -> Result<Samples> {
         let warm = &self.tokens[..self.tokens.len().min(32)];
-        sdk_run(self.model.as_ref(), warm, 4, self.ctx)?;
+        sdk_run(self.model.as_ref(), warm, 4, self.ctx, self.adapter.clone())?;
         if let Some(r) = &self.raw {
             r.run(warm, 4)?;
         }
@@ -198,13 +216,30 @@ impl Bench {
     }
 
     fn sdk_rep(&self, s: &mut Samples) -> Result<()> {
-        let (pp, tg) = sdk_run(self.model.as_ref(), &self.tokens, self.n_gen, self.ctx)?;
+        let (pp, tg) = sdk_run(
+            self.model.as_ref(),
+            &self.tokens,
+            self.n_gen,
+            self.ctx,
+            self.adapter.clone(),
+        )?;
         s.pp.push(pp);
         s.tg.push(tg);
         Ok(())
     }
 
     fn raw_rep(&self, s: &mut Samples) -> Result<()> {
+        if self.adapter.is_some() {
+            let (pp, tg) = sdk_run(
+                self.model.as_ref(),
+                &self.tokens,
+                self.n_gen,
+                self.ctx,
+                None,
+            )?;
+            s.raw_pp.push(pp);
+            s.raw_tg.push(tg);
+        }
         if let Some(r) = &self.raw {
             let (pp, tg) = r.run(&self.tokens, self.n_gen)?;
             s.raw_pp.push(pp);
@@ -214,7 +249,8 @@ impl Bench {
     }
 
     fn report(&self, args: &Args, s: Samples, load_average: Option<f64>) -> Report {
-        let with_raw = |v: Vec<f64>| self.raw.as_ref().map(|_| v);
+        let baseline = self.raw.is_some() || self.adapter.is_some();
+        let with_raw = |v: Vec<f64>| baseline.then_some(v);
         let info = self.model.info();
         Report {
             engine: info.engine.clone(),
@@ -227,12 +263,18 @@ impl Bench {
             reps: args.reps,
             pp_tok_s: Pair::new(s.pp, with_raw(s.raw_pp)),
             tg_tok_s: Pair::new(s.tg, with_raw(s.raw_tg)),
-            load_ms: Pair::new(s.load, with_raw(s.raw_load)),
+            load_ms: Pair::new(s.load, self.raw.as_ref().map(|_| s.raw_load)),
             peak_rss_bytes: peak_rss(),
             cpu_cores: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
             load_average,
+            baseline: if self.adapter.is_some() {
+                "no adapter"
+            } else {
+                "llama-cpp-2"
+            },
+            adapter: args.adapter.as_ref().map(|p| p.display().to_string()),
         }
     }
 }
@@ -286,12 +328,18 @@ fn workload(model: &dyn Model, n: usize) -> Vec<TokenId> {
 }
 
 /// One SDK rep: returns (prefill tok/s, decode tok/s).
-fn sdk_run(model: &dyn Model, tokens: &[TokenId], n_gen: usize, ctx: u32) -> Result<(f64, f64)> {
+fn sdk_run(
+    model: &dyn Model,
+    tokens: &[TokenId],
+    n_gen: usize,
+    ctx: u32,
+    adapter: Option<Arc<dyn Adapter>>,
+) -> Result<(f64, f64)> {
     futures::executor::block_on(async {
         let mut session = model
             .new_session(SessionOptions {
                 context_length: Some(ctx),
-                ..Default::default()
+                adapter,
             })
             .await?;
         let request = GenerateRequest {
@@ -337,12 +385,17 @@ fn print_table(r: &Report) {
                 name, path, s.median, s.min, s.max
             )
         };
-        line("arny", &pair.arny);
+        let (with, without) = if r.adapter.is_some() {
+            ("lora", "base")
+        } else {
+            ("arny", "raw")
+        };
+        line(with, &pair.arny);
         if let Some(raw) = &pair.raw {
-            line("raw", raw);
+            line(without, raw);
         }
         if let Some(ratio) = pair.ratio {
-            println!("{:<10} ratio arny/raw = {ratio:.3}", "");
+            println!("{:<10} ratio {with}/{without} = {ratio:.3}", "");
         }
     }
     if let Some(b) = r.peak_rss_bytes {

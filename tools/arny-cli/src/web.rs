@@ -55,6 +55,9 @@ fn demo_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(dir.clone())
 }
 
+/// The math specialist's prompt where it runs without its adapter.
+const BASE_MATH_PROMPT: &str = "You are a precise mathematics tutor. Solve problems step by step, explain the method, and check the result.";
+
 /// The built-in manifest, adapted to a page: one model for every role
 /// (universal plan: loaded once, instant switches), run by the Burn engine
 /// (without the specialists' LoRA adapters, which it cannot run yet),
@@ -82,10 +85,16 @@ pub fn demo_manifest(sha256: &str, other_model: bool) -> Result<String> {
         }
     }
     // The Burn engine has no LoRA adapters yet: in the page the specialists
-    // run on the model alone, with their system prompts.
+    // run on the model alone. An adapter's terse system prompt was trained
+    // with it; the base model answers math better when told to show its
+    // working (the prompt the math specialist had before its adapter).
     if let Some(specialists) = m.get_mut("specialists").and_then(|v| v.as_array_mut()) {
         for spec in specialists.iter_mut().filter_map(|v| v.as_table_mut()) {
-            spec.remove("adapter");
+            if spec.remove("adapter").is_some()
+                && spec.get("name").and_then(|n| n.as_str()) == Some("math")
+            {
+                spec.insert("system_prompt".into(), BASE_MATH_PROMPT.into());
+            }
         }
     }
     let text = format!(
