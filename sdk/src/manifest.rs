@@ -365,28 +365,13 @@ impl Manifest {
                     self.error(at, format!("models[{i}].id: `{id}` is empty or used twice"))
                 );
             }
-            let sources = [m.path.is_some(), m.known.is_some(), m.url.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
-            if sources != 1 {
-                return Err(self.error(
-                    at,
-                    format!(
-                        "models[{i}] (`{id}`): give exactly one of `path`, `known` or `url` (found {sources})"
-                    ),
-                ));
-            }
-            let sha_ok = m
-                .sha256
-                .as_ref()
-                .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
-            if m.url.is_some() && !sha_ok {
-                return Err(self.error(
-                    at,
-                    format!("models[{i}].sha256: a `url` needs the file's SHA-256 (64 hex digits)"),
-                ));
-            }
+            self.check_source(
+                &format!("models[{i}] (`{id}`)"),
+                &format!("models[{i}]"),
+                [m.path.is_some(), m.known.is_some(), m.url.is_some()],
+                m.sha256.as_deref(),
+                at.clone(),
+            )?;
             if let Some(k) = &m.known
                 && arny_model_store::known(k).is_none()
             {
@@ -467,36 +452,49 @@ impl Manifest {
         Ok(())
     }
 
+    /// Where a file comes from (a model, an adapter): exactly one of
+    /// `path`, `known`, `url`; a `url` with the file's SHA-256. `what`
+    /// names the entry, `field` prefixes `.sha256` in the message.
+    fn check_source(
+        &self,
+        what: &str,
+        field: &str,
+        sources: [bool; 3],
+        sha256: Option<&str>,
+        at: Option<std::ops::Range<usize>>,
+    ) -> Result<(), SdkError> {
+        let given = sources.iter().filter(|b| **b).count();
+        if given != 1 {
+            return Err(self.error(
+                at,
+                format!("{what}: give exactly one of `path`, `known` or `url` (found {given})"),
+            ));
+        }
+        let sha_ok =
+            sha256.is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
+        if sources[2] && !sha_ok {
+            return Err(self.error(
+                at,
+                format!("{field}.sha256: a `url` needs the file's SHA-256 (64 hex digits)"),
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_adapter(
         &self,
         i: usize,
         a: &AdapterSpec,
         at: Option<std::ops::Range<usize>>,
     ) -> Result<(), SdkError> {
-        let sources = [a.path.is_some(), a.known.is_some(), a.url.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
-        if sources != 1 {
-            return Err(self.error(
-                at,
-                format!(
-                    "specialists[{i}].adapter: give exactly one of `path`, `known` or `url` (found {sources})"
-                ),
-            ));
-        }
-        let sha_ok = a
-            .sha256
-            .as_ref()
-            .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
-        if a.url.is_some() && !sha_ok {
-            return Err(self.error(
-                at,
-                format!(
-                    "specialists[{i}].adapter.sha256: a `url` needs the file's SHA-256 (64 hex digits)"
-                ),
-            ));
-        }
+        let field = format!("specialists[{i}].adapter");
+        self.check_source(
+            &field,
+            &field,
+            [a.path.is_some(), a.known.is_some(), a.url.is_some()],
+            a.sha256.as_deref(),
+            at.clone(),
+        )?;
         if let Some(k) = &a.known
             && arny_model_store::known_adapter(k).is_none()
         {

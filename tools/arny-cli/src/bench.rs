@@ -95,6 +95,11 @@ struct Report {
 
 pub fn run(args: Args) -> Result<()> {
     if args.switch {
+        if args.adapter.is_some() {
+            bail!(
+                "unsupported: --adapter with --switch (the switch bench uses the shipped math adapter itself)"
+            );
+        }
         if args.reps == 0 {
             bail!("invalid input: need -r >= 1");
         }

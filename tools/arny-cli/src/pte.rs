@@ -8,7 +8,8 @@ use anyhow::{Result, bail};
 use arny_pte_export::{self as pte, PteQuant};
 use indicatif::{ProgressBar, ProgressStyle};
 
-fn spinner() -> ProgressBar {
+/// A spinner with the elapsed time, for long steps without a known size.
+pub fn spinner() -> ProgressBar {
     let bar = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),

@@ -6,12 +6,14 @@
 //! is a bar over the optimizer steps with the loss and the time left.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 use arny_engine_api::EngineKind;
 use arny_tune::{TuneEvent, TuneOptions};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::pte::spinner;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -57,15 +59,6 @@ pub struct Args {
     /// CPU threads (default: every core).
     #[arg(long, default_value_t = 0)]
     threads: u32,
-}
-
-fn spinner() -> ProgressBar {
-    let bar = ProgressBar::new_spinner().with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }
 
 pub fn run(args: Args) -> Result<()> {
