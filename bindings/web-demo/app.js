@@ -43,14 +43,25 @@ let pending = null;
 
 function onEvent(e) {
   switch (e.event) {
-    case "download":
+    case "download": {
+      const what = e.model ?? `adapter ${e.adapter}`;
       progress(
         e.total
-          ? `Downloading ${e.model}: ${mib(e.loaded)} of ${mib(e.total)} MiB`
-          : `Downloading ${e.model}: ${mib(e.loaded)} MiB`,
+          ? `Downloading ${what}: ${mib(e.loaded)} of ${mib(e.total)} MiB`
+          : `Downloading ${what}: ${mib(e.loaded)} MiB`,
         e.total ? e.loaded / e.total : null,
       );
       break;
+    }
+    case "adapter_loaded": {
+      // Specialists tuned as LoRA adapters over the one resident model;
+      // listed on the body for the page's tests.
+      const loaded = (document.body.dataset.adapters ?? "").split(" ").filter(Boolean);
+      loaded.push(`${e.specialist}:${e.adapter}`);
+      document.body.dataset.adapters = loaded.join(" ");
+      progress(`Loaded the ${e.specialist} adapter (${mib(e.bytes)} MiB in ${Math.round(e.ms)} ms)`, 1);
+      break;
+    }
     case "loading":
       progress(`Loading ${e.model}…`, 0);
       break;

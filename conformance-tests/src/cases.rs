@@ -767,8 +767,9 @@ fn random_adapter(path: &std::path::Path) -> Vec<u8> {
 
 /// LoRA adapters follow `Capabilities::lora`. An engine that has them loads
 /// one (from bytes) for its model: a session with it answers differently,
-/// one with scale 0 exactly as without, and a model file passed as an
-/// adapter is `wrong_format`. An engine without them refuses the load as
+/// one with scale 0 exactly as without; a model file passed as an adapter
+/// is `wrong_format`, a truncated adapter `corrupt`, one for another base
+/// `incompatible`. An engine without them refuses the load as
 /// `unsupported`. Either way the model is unchanged afterwards.
 pub async fn adapters_follow_capabilities(t: &Tck) {
     let m = t.model.as_ref();
@@ -806,6 +807,19 @@ pub async fn adapters_follow_capabilities(t: &Tck) {
         let model_file = ModelSource::Path(crate::tiny_gguf());
         let err = m.load_adapter(model_file, 1.0).await.expect_err("refused");
         assert_eq!(err.code(), "wrong_format", "{err}");
+        let bytes = random_adapter(&crate::tiny_gguf());
+        let truncated = ModelSource::Bytes {
+            name: "truncated-lora".into(),
+            bytes: bytes[..bytes.len() - 100].to_vec().into(),
+        };
+        let err = m.load_adapter(truncated, 1.0).await.expect_err("refused");
+        assert_eq!(err.code(), "corrupt", "{err}");
+        let foreign = ModelSource::Bytes {
+            name: "reference-model-lora".into(),
+            bytes: random_adapter(&crate::reference_gguf()).into(),
+        };
+        let err = m.load_adapter(foreign, 1.0).await.expect_err("refused");
+        assert_eq!(err.code(), "incompatible", "{err}");
     }
     assert_eq!(last_logits(m, &prompt).await, before);
 }

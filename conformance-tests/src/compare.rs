@@ -11,9 +11,11 @@
 //! both continue the prompt greedily on their own for `greedy_tokens`
 //! tokens and the continuations are compared.
 
+use std::sync::Arc;
+
 use arny_engine_api::{
-    EngineError, GenerateRequest, Model, Prompt, SessionOptions, TokenId, generate, prompt_tokens,
-    teacher_forced_logits,
+    Adapter, EngineError, GenerateRequest, Model, Prompt, SessionOptions, TokenId, generate,
+    prompt_tokens, teacher_forced_logits,
 };
 use serde::Serialize;
 
@@ -147,18 +149,40 @@ pub fn argmax(z: &[f32]) -> usize {
     best
 }
 
-async fn greedy(model: &dyn Model, prompt: &str, n: u32) -> Result<Vec<TokenId>, EngineError> {
-    let mut s = model.new_session(SessionOptions::default()).await?;
+async fn greedy(
+    model: &dyn Model,
+    adapter: &Option<Arc<dyn Adapter>>,
+    prompt: &str,
+    n: u32,
+) -> Result<Vec<TokenId>, EngineError> {
+    let mut s = model.new_session(with_adapter(adapter)).await?;
     let mut req = GenerateRequest::chat(prompt);
     req.max_tokens = n;
     req.ignore_eos = true;
     Ok(generate(model, s.as_mut(), req, |_| {}).await?.tokens)
 }
 
+fn with_adapter(adapter: &Option<Arc<dyn Adapter>>) -> SessionOptions {
+    SessionOptions {
+        adapter: adapter.clone(),
+        ..SessionOptions::default()
+    }
+}
+
 /// Compares `candidate` with `reference` on `opts`' prompts.
 pub async fn compare(
     reference: &dyn Model,
     candidate: &dyn Model,
+    opts: &CompareOptions,
+) -> Result<Comparison, EngineError> {
+    compare_adapted((reference, None), (candidate, None), opts).await
+}
+
+/// [`compare`] with each side's sessions running an adapter its model
+/// loaded (the same adapter file on both, for a fair comparison).
+pub async fn compare_adapted(
+    (reference, ref_adapter): (&dyn Model, Option<Arc<dyn Adapter>>),
+    (candidate, cand_adapter): (&dyn Model, Option<Arc<dyn Adapter>>),
     opts: &CompareOptions,
 ) -> Result<Comparison, EngineError> {
     if reference.info().vocab_size != candidate.info().vocab_size {
@@ -172,8 +196,8 @@ pub async fn compare(
     let (mut agree, mut total, mut kl_sum, mut kl_max, mut identical) =
         (0usize, 0usize, 0f64, 0f64, 0usize);
     let (mut disagreement_gaps, mut top2_gaps) = (Vec::new(), Vec::new());
-    let mut rs = reference.new_session(SessionOptions::default()).await?;
-    let mut cs = candidate.new_session(SessionOptions::default()).await?;
+    let mut rs = reference.new_session(with_adapter(&ref_adapter)).await?;
+    let mut cs = candidate.new_session(with_adapter(&cand_adapter)).await?;
     for prompt in &opts.prompts {
         let p = Prompt::Chat(vec![arny_engine_api::ChatMessage::user(prompt.clone())]);
         let tokens = prompt_tokens(reference, &p)?;
@@ -184,7 +208,7 @@ pub async fn compare(
             )));
         }
         // The reference's own continuation is the text both read.
-        let cont = greedy(reference, prompt, opts.positions as u32).await?;
+        let cont = greedy(reference, &ref_adapter, prompt, opts.positions as u32).await?;
         let mut seq = tokens.clone();
         seq.extend_from_slice(&cont);
         let rl = teacher_forced_logits(rs.as_mut(), &seq).await?;
@@ -208,8 +232,8 @@ pub async fn compare(
             km = km.max(kl);
             n += 1;
         }
-        let g_ref = greedy(reference, prompt, opts.greedy_tokens).await?;
-        let g_cand = greedy(candidate, prompt, opts.greedy_tokens).await?;
+        let g_ref = greedy(reference, &ref_adapter, prompt, opts.greedy_tokens).await?;
+        let g_cand = greedy(candidate, &cand_adapter, prompt, opts.greedy_tokens).await?;
         let common = g_ref
             .iter()
             .zip(&g_cand)

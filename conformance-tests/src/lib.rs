@@ -22,6 +22,7 @@ use arny_engine_api::{InferenceEngine, LoadOptions, Model, ModelSource};
 
 pub mod cases;
 pub mod compare;
+pub mod peft;
 
 pub use arny_tiny_models::TinyLlama;
 

@@ -8,20 +8,23 @@
 //! gives llama.cpp's token ids. Sampling, templates and streaming are
 //! engine-api's, as for every engine.
 
+mod adapter;
 mod llama;
 
 use std::sync::{Arc, Mutex};
 
 use arny_engine_api::{
-    BuiltinTemplate, Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest, EngineError,
-    InferenceEngine, LoadOptions, Logits, LogitsRequest, Model, ModelInfo, ModelSource, Result,
-    Session, SessionOptions, SpecialTokens, TokenId, check_eval, check_model_file, resolve_context,
+    Adapter, BuiltinTemplate, Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest,
+    EngineError, InferenceEngine, LoadOptions, Logits, LogitsRequest, Model, ModelInfo,
+    ModelSource, Result, Session, SessionOptions, SpecialTokens, TokenId, check_eval,
+    check_model_file, resolve_context,
 };
 use arny_gguf::GgufFile;
 use arny_tokenizer::BpeTokenizer;
 use burn::tensor::Device;
 
-pub use llama::{Config, KvCache, Llama, WeightPrecision};
+pub use adapter::BurnAdapter;
+pub use llama::{Config, KvCache, Llama, Lora, WeightPrecision};
 
 /// The id manifests and the CLI use.
 pub const ENGINE_ID: &str = "burn";
@@ -246,6 +249,7 @@ impl InferenceEngine for BurnEngine {
         let pool = thread_pool(placement.backend, options.threads)?;
         tracing::info!(model = %name, backend = ?placement.backend, ?precision, "burn model loaded");
         Ok(Arc::new(BurnModel(Arc::new(Inner {
+            header: file.into_directory(),
             llama,
             tokenizer,
             template,
@@ -332,6 +336,7 @@ fn model_info(
         device: format!("{}, {precision:?} weights", placement.name),
         capabilities: Capabilities {
             logits: true,
+            lora: true,
             ..Capabilities::default()
         },
     })
@@ -353,6 +358,9 @@ fn thread_pool(backend: Backend, threads: Option<u32>) -> Result<Option<rayon::T
 }
 
 struct Inner {
+    /// The file's architecture and tensor directory, that adapters are
+    /// checked against.
+    header: GgufFile,
     llama: Llama,
     tokenizer: BpeTokenizer,
     template: ChatTemplate,
@@ -375,13 +383,14 @@ impl Inner {
         tokens: &[TokenId],
         cache: &mut KvCache,
         rows: usize,
+        lora: Option<&Lora>,
     ) -> burn::tensor::Tensor<2> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         #[cfg(not(target_family = "wasm"))]
         if let Some(pool) = &self.pool {
-            return pool.install(|| self.llama.forward(tokens, cache, rows));
+            return pool.install(|| self.llama.forward(tokens, cache, rows, lora));
         }
-        self.llama.forward(tokens, cache, rows)
+        self.llama.forward(tokens, cache, rows, lora)
     }
 }
 
@@ -426,8 +435,15 @@ impl Model for BurnModel {
         })
     }
 
+    async fn load_adapter(&self, source: ModelSource, scale: f32) -> Result<Arc<dyn Adapter>> {
+        Ok(Arc::new(BurnAdapter::load(&self.0, source, scale)?))
+    }
+
     async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>> {
-        options.refuse_adapter(crate::ENGINE_ID)?;
+        let adapter = match &options.adapter {
+            Some(a) => Some(BurnAdapter::for_model(a, &self.0)?),
+            None => None,
+        };
         let info = &self.0.info;
         let ctx = resolve_context(
             options.context_length,
@@ -439,12 +455,15 @@ impl Model for BurnModel {
             cache: KvCache::new(self.0.llama.cfg.n_layer),
             tokens: Vec::new(),
             context: ctx as usize,
+            adapter,
         }))
     }
 }
 
 pub struct BurnSession {
     model: Arc<Inner>,
+    /// Checked at creation to be a [`BurnAdapter`] of this model.
+    adapter: Option<Arc<dyn Adapter>>,
     cache: KvCache,
     tokens: Vec<TokenId>,
     context: usize,
@@ -465,7 +484,8 @@ impl BurnSession {
             let all = request == LogitsRequest::All;
             let wanted = all || (last && request == LogitsRequest::Last);
             let rows = if all { chunk.len() } else { 1 };
-            let out = self.model.forward(chunk, &mut self.cache, rows);
+            let lora = self.adapter.as_ref().and_then(BurnAdapter::lora);
+            let out = self.model.forward(chunk, &mut self.cache, rows, lora);
             self.tokens.extend_from_slice(chunk);
             if wanted {
                 // Async readback: the only kind a browser's WebGPU offers.

@@ -10,6 +10,7 @@
 
 use arny_engine_api::EngineError;
 use arny_gguf::GgufFile;
+use arny_gguf::lora::LoraFile;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
@@ -353,8 +354,15 @@ impl Llama {
     }
 
     /// Runs `tokens` (appended after what `cache` holds) and returns the
-    /// logits of the last `rows` positions: `[rows, vocab]`.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: usize) -> Tensor<2> {
+    /// logits of the last `rows` positions: `[rows, vocab]`. With `lora`,
+    /// every adapted projection adds its low-rank delta.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        rows: usize,
+        lora: Option<&Lora>,
+    ) -> Tensor<2> {
         let (s, past) = (tokens.len(), cache.len);
         let e = self.cfg.n_embd;
         let mut emb = Vec::with_capacity(s * e);
@@ -369,7 +377,8 @@ impl Llama {
             rope: self.rope_tables(past, s),
         };
         for (l, b) in self.blocks.iter().enumerate() {
-            x = self.block(b, x, &mut cache.k[l], &mut cache.v[l], &step);
+            let delta = lora.map(|a| &a.blocks[l]);
+            x = self.block(b, delta, x, &mut cache.k[l], &mut cache.v[l], &step);
         }
         cache.len = past + s;
         let rows = rows.min(s);
@@ -395,15 +404,16 @@ impl Llama {
     fn block(
         &self,
         b: &Block,
+        lora: Option<&BlockLora>,
         x: Tensor<2>,
         k_cache: &mut Option<Tensor<3>>,
         v_cache: &mut Option<Tensor<3>>,
         step: &Step,
     ) -> Tensor<2> {
         let h = self.rms_norm(x.clone(), &b.attn_norm);
-        let x = x + self.attention(b, h, k_cache, v_cache, step);
+        let x = x + self.attention(b, lora, h, k_cache, v_cache, step);
         let h = self.rms_norm(x.clone(), &b.ffn_norm);
-        x + self.mlp(b, h)
+        x + self.mlp(b, lora, h)
     }
 
     /// Grouped-query attention over the cached and the new positions; the
@@ -411,6 +421,7 @@ impl Llama {
     fn attention(
         &self,
         b: &Block,
+        lora: Option<&BlockLora>,
         h: Tensor<2>,
         k_cache: &mut Option<Tensor<3>>,
         v_cache: &mut Option<Tensor<3>>,
@@ -418,14 +429,15 @@ impl Llama {
     ) -> Tensor<2> {
         let c = &self.cfg;
         let (s, hd) = (step.seq, c.head_dim);
-        let heads = |w: &Tensor<2>, n: usize| {
-            Self::mm(h.clone(), w, self.precision)
+        let delta = |p: Proj| lora.and_then(|l| l.get(p));
+        let heads = |w: &Tensor<2>, p: Proj, n: usize| {
+            self.project(h.clone(), w, delta(p))
                 .reshape([s, n, hd])
                 .swap_dims(0, 1)
         };
-        let q = Self::rope(heads(&b.wq, c.n_head), &step.rope);
-        let k = Self::rope(heads(&b.wk, c.n_head_kv), &step.rope);
-        let v = heads(&b.wv, c.n_head_kv);
+        let q = Self::rope(heads(&b.wq, Proj::Q, c.n_head), &step.rope);
+        let k = Self::rope(heads(&b.wk, Proj::K, c.n_head_kv), &step.rope);
+        let v = heads(&b.wv, Proj::V, c.n_head_kv);
         let append = |cache: &mut Option<Tensor<3>>, new: Tensor<3>| {
             let all = match cache.take() {
                 Some(prev) => Tensor::cat(vec![prev, new], 1),
@@ -446,18 +458,169 @@ impl Llama {
         let scale = 1.0 / (hd as f32).sqrt();
         let scores = q.matmul(expand(k).swap_dims(1, 2)).mul_scalar(scale) + step.mask.clone();
         let attn = softmax(scores, 2).matmul(expand(v)); // [n_head, s, hd]
-        Self::mm(
+        self.project(
             attn.swap_dims(0, 1).reshape([s, c.n_embd]),
             &b.wo,
-            self.precision,
+            delta(Proj::O),
         )
     }
 
     /// SwiGLU: `down(silu(gate(h)) * up(h))`.
-    fn mlp(&self, b: &Block, h: Tensor<2>) -> Tensor<2> {
-        let gate = silu(Self::mm(h.clone(), &b.w_gate, self.precision));
-        let up = Self::mm(h, &b.w_up, self.precision);
-        Self::mm(gate * up, &b.w_down, self.precision)
+    fn mlp(&self, b: &Block, lora: Option<&BlockLora>, h: Tensor<2>) -> Tensor<2> {
+        let delta = |p: Proj| lora.and_then(|l| l.get(p));
+        let gate = silu(self.project(h.clone(), &b.w_gate, delta(Proj::Gate)));
+        let up = self.project(h, &b.w_up, delta(Proj::Up));
+        self.project(gate * up, &b.w_down, delta(Proj::Down))
+    }
+
+    /// `x @ w`, plus `(x @ A) @ B` when the projection is adapted. The
+    /// delta runs in f32 whatever the weights' precision: it is small, and
+    /// rounding it to f16 would blur the few bits a fine-tune changes.
+    fn project(&self, x: Tensor<2>, w: &Tensor<2>, delta: Option<&LowRank>) -> Tensor<2> {
+        match delta {
+            None => Self::mm(x, w, self.precision),
+            Some(d) => {
+                let low = x.clone().matmul(d.a.clone()).matmul(d.b.clone());
+                Self::mm(x, w, self.precision) + low
+            }
+        }
+    }
+}
+
+/// The seven projections of a block, as GGUF names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    const ALL: [Proj; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    fn gguf_name(self) -> &'static str {
+        match self {
+            Self::Q => "attn_q",
+            Self::K => "attn_k",
+            Self::V => "attn_v",
+            Self::O => "attn_output",
+            Self::Gate => "ffn_gate",
+            Self::Up => "ffn_up",
+            Self::Down => "ffn_down",
+        }
+    }
+
+    /// `blk.N.attn_q.weight` → (N, Q).
+    fn parse(name: &str) -> Option<(usize, Self)> {
+        let rest = name.strip_prefix("blk.")?.strip_suffix(".weight")?;
+        let (layer, proj) = rest.split_once('.')?;
+        let p = Self::ALL.into_iter().find(|p| p.gguf_name() == proj)?;
+        Some((layer.parse().ok()?, p))
+    }
+}
+
+/// One adapted weight's delta: `A: [in, r]`, `B: [r, out]`, with the
+/// adapter's scale folded into `B`.
+struct LowRank {
+    a: Tensor<2>,
+    b: Tensor<2>,
+}
+
+/// A block's adapted projections.
+#[derive(Default)]
+struct BlockLora {
+    deltas: [Option<LowRank>; 7],
+}
+
+impl BlockLora {
+    fn get(&self, p: Proj) -> Option<&LowRank> {
+        self.deltas[p as usize].as_ref()
+    }
+}
+
+/// A LoRA adapter's deltas on the model's device, in f32. GGUF stores the
+/// Q and K deltas' `B` rows permuted as llama.cpp wants, the same way as
+/// the base weights they add to, so they apply as they are.
+pub struct Lora {
+    blocks: Vec<BlockLora>,
+    /// Bytes the deltas take on the device.
+    pub device_bytes: u64,
+}
+
+impl Lora {
+    /// The deltas of `lora` (parsed from `file`'s header, checked against
+    /// the base's) for `model`, scaled by `scale` (`alpha / rank` times the
+    /// caller's). A scale of 0 keeps nothing: the session is the base.
+    pub fn load(
+        model: &Llama,
+        file: &GgufFile,
+        bytes: &[u8],
+        lora: &LoraFile,
+        scale: f32,
+        source: &str,
+    ) -> Result<Self, EngineError> {
+        let mut blocks: Vec<BlockLora> = (0..model.cfg.n_layer)
+            .map(|_| BlockLora::default())
+            .collect();
+        let mut device_bytes = 0;
+        for pair in &lora.pairs {
+            let Some((layer, proj)) = Proj::parse(&pair.base).filter(|(l, _)| *l < blocks.len())
+            else {
+                return Err(EngineError::Unsupported(format!(
+                    "the burn engine adapts the blocks' seven projections; {source} also adapts {}",
+                    pair.base
+                )));
+            };
+            if scale == 0.0 {
+                continue;
+            }
+            let (n_in, r, n_out) = (
+                pair.a.dims[0] as usize,
+                pair.a.dims[1] as usize,
+                pair.b.dims[1] as usize,
+            );
+            let data = |t| {
+                let v = file
+                    .dequantize(bytes, t)
+                    .map_err(|e| EngineError::Corrupt {
+                        source_name: source.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(EngineError::Corrupt {
+                        source_name: source.to_string(),
+                        reason: format!("{} holds non-finite values", pair.base),
+                    });
+                }
+                Ok(v)
+            };
+            // ggml [n_in, r] is `r` rows of `n_in`: transposed to [in, r].
+            let a =
+                Tensor::<2>::from_data(TensorData::new(data(&pair.a)?, [r, n_in]), &model.device)
+                    .transpose();
+            let b =
+                Tensor::<2>::from_data(TensorData::new(data(&pair.b)?, [n_out, r]), &model.device)
+                    .transpose()
+                    .mul_scalar(scale);
+            device_bytes += WeightPrecision::F32.bytes(r * (n_in + n_out));
+            blocks[layer].deltas[proj as usize] = Some(LowRank { a, b });
+        }
+        Ok(Self {
+            blocks,
+            device_bytes,
+        })
     }
 }
 

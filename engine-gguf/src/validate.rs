@@ -26,7 +26,7 @@ const TOKENS: &str = "tokenizer.ggml.tokens";
 const MAX_LAYERS: u64 = 512;
 
 /// Parses and checks the GGUF file at `path`; returns its size and its
-/// tensor directory (see [`slim`]).
+/// tensor directory (see [`GgufFile::into_directory`]).
 pub fn check_gguf_file(path: &Path) -> Result<(u64, GgufFile)> {
     let (len, gguf) = read_header(path, OPTIONS)?;
     let name = path.display().to_string();
@@ -34,7 +34,7 @@ pub fn check_gguf_file(path: &Path) -> Result<(u64, GgufFile)> {
         return Err(adapter_as_model(&name));
     }
     check_hparams(&gguf, &name)?;
-    Ok((len, slim(gguf)))
+    Ok((len, gguf.into_directory()))
 }
 
 /// Same checks for an in-memory model.
@@ -45,7 +45,7 @@ pub fn check_gguf_bytes(bytes: &[u8], name: &str) -> Result<GgufFile> {
         return Err(adapter_as_model(name));
     }
     check_hparams(&gguf, name)?;
-    Ok(slim(gguf))
+    Ok(gguf.into_directory())
 }
 
 /// Checks an adapter (a file's header, or bytes) against the model's
@@ -74,13 +74,6 @@ fn adapter_as_model(name: &str) -> EngineError {
         expected: "GGUF model",
         reason: "it is a LoRA adapter (general.type = adapter); load it with --adapter over its base model".into(),
     }
-}
-
-/// What adapters are checked against: the architecture and the tensor
-/// directory, without the vocabulary and the rest of the metadata.
-fn slim(mut f: GgufFile) -> GgufFile {
-    f.metadata.retain(|k, _| k == "general.architecture");
-    f
 }
 
 /// The hyperparameters llama.cpp would otherwise assert on.

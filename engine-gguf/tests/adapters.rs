@@ -395,69 +395,31 @@ fn bad_adapters_are_typed_errors() {
     );
 }
 
-/// The shipped math adapter on llama.cpp makes PEFT's choices: teacher-
-/// forced over held-out examples, the next token agrees with PEFT's tuned
-/// model (in torch, float32) as often as the base agrees with PEFT's base,
-/// and where the adapter changes PEFT's choice, llama.cpp changes it too.
-/// A wrong Q/K row permutation or scale would break the last part first.
+/// The shipped math adapter on llama.cpp makes PEFT's choices (see
+/// `arny_conformance::peft`).
 #[test]
 fn the_shipped_math_adapter_runs_as_peft_does() {
-    let refs: serde_json::Value = serde_json::from_str(include_str!(
-        "../../sdk/model-store/adapters/math-smollm2-135m.reference.json"
-    ))
-    .unwrap();
+    let known = &arny_model_store::MATH_SMOLLM2_135M;
     let model = load(&base_path());
-    let file = arny_model_store::locate_adapter(&arny_model_store::MATH_SMOLLM2_135M).unwrap();
+    let file = arny_model_store::locate_adapter(known).unwrap();
     let adapter: Arc<dyn Adapter> = model.adapter(ModelSource::Path(file), 1.0).unwrap();
     assert_eq!(adapter.info().rank, 16);
-    let (mut tuned_same, mut base_same, mut changed, mut followed, mut total) = (0, 0, 0, 0, 0);
-    for ex in refs["examples"].as_array().unwrap() {
-        let ids = |v: &serde_json::Value| -> Vec<u32> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t.as_u64().unwrap() as u32)
-                .collect()
-        };
-        let tokens = ids(&ex["tokens"]);
-        let (want_tuned, want_base) = (ids(&ex["tuned"]["top1"]), ids(&ex["base"]["top1"]));
-        let top1 = |a: Option<Arc<dyn Adapter>>| -> Vec<u32> {
-            let mut s = model
-                .session(&SessionOptions {
-                    adapter: a,
-                    ..Default::default()
-                })
-                .unwrap();
-            let l = block_on(s.eval(&tokens, LogitsRequest::All)).unwrap();
-            (0..l.rows()).map(|i| argmax(l.row(i)) as u32).collect()
-        };
-        let (got_tuned, got_base) = (top1(Some(adapter.clone())), top1(None));
-        for p in 0..tokens.len() {
-            total += 1;
-            tuned_same += usize::from(got_tuned[p] == want_tuned[p]);
-            base_same += usize::from(got_base[p] == want_base[p]);
-            if want_tuned[p] != want_base[p] {
-                changed += 1;
-                followed += usize::from(got_tuned[p] == want_tuned[p]);
-            }
-        }
-    }
-    let rate = |n: usize, d: usize| n as f64 / d.max(1) as f64;
-    let (tuned, base, follow) = (
-        rate(tuned_same, total),
-        rate(base_same, total),
-        rate(followed, changed),
-    );
-    eprintln!(
-        "top-1 agreement with PEFT over {total} positions: with the adapter {tuned:.3}, \
-         without {base:.3}; where the adapter changes PEFT's choice ({changed}), llama.cpp \
-         follows {follow:.3}"
-    );
-    assert!(changed >= 20, "the adapter changes only {changed} choices");
-    assert!(base >= 0.9, "base: {base}");
+    let reference = arny_model_store::adapter_reference(known).unwrap();
+    let r = block_on(arny_conformance::peft::agreement(
+        &model, adapter, reference,
+    ))
+    .unwrap();
+    eprintln!("llama.cpp against PEFT: {r:?}");
     assert!(
-        tuned >= base - 0.03,
-        "with the adapter {tuned}, without {base}"
+        r.changed >= 20,
+        "the adapter changes only {} choices",
+        r.changed
     );
-    assert!(follow >= 0.85, "llama.cpp follows the adapter at {follow}");
+    assert!(r.base >= 0.9, "{r:?}");
+    assert!(r.tuned >= r.base - 0.03, "{r:?}");
+    assert!(
+        r.follows >= 0.85,
+        "llama.cpp follows the adapter at {}",
+        r.follows
+    );
 }

@@ -69,6 +69,10 @@ pub struct AssistantOptions {
     /// by manifest model id. They replace that model's `path`, `known` or
     /// `url`; nothing is read from disk or the network for it.
     pub model_bytes: HashMap<String, Arc<[u8]>>,
+    /// LoRA adapters the app already holds, by the manifest's name for
+    /// them: the `url`, `known` id or `path` as written. They replace the
+    /// download or the file; specialists naming the same adapter share it.
+    pub adapter_bytes: HashMap<String, Arc<[u8]>>,
     /// Receives every event from the start, including the loads that
     /// [`Assistant::new`] itself does (the universal plan's model, a model
     /// gateway), which [`Assistant::events`] subscribes too late to see.
@@ -81,6 +85,7 @@ impl Default for AssistantOptions {
             engines: Engines::builtin(),
             fetch_missing: true,
             model_bytes: HashMap::new(),
+            adapter_bytes: HashMap::new(),
             events: None,
         }
     }
@@ -247,7 +252,7 @@ impl Assistant {
             events.clone(),
         );
         let refs = model_refs(&manifest, &options)?;
-        let specialists = specialists(&manifest, &refs)?;
+        let specialists = specialists(&manifest, &refs, &options.adapter_bytes)?;
         let mut pinned = Vec::new();
         if manifest.plan == Plan::Universal {
             // One model for every role, loaded now and kept.
@@ -717,7 +722,11 @@ fn model_key(manifest: &Manifest, spec: &ModelSpec, fetch_missing: bool) -> Resu
     Ok(key)
 }
 
-fn specialists(manifest: &Manifest, refs: &HashMap<String, ModelRef>) -> Result<Vec<Specialist>> {
+fn specialists(
+    manifest: &Manifest,
+    refs: &HashMap<String, ModelRef>,
+    adapter_bytes: &HashMap<String, Arc<[u8]>>,
+) -> Result<Vec<Specialist>> {
     manifest
         .specialists
         .iter()
@@ -737,16 +746,31 @@ fn specialists(manifest: &Manifest, refs: &HashMap<String, ModelRef>) -> Result<
                 adapter: s
                     .adapter
                     .as_ref()
-                    .map(|a| adapter_ref(manifest, s.name.get_ref(), a))
+                    .map(|a| adapter_ref(manifest, s.name.get_ref(), a, adapter_bytes))
                     .transpose()?,
             })
         })
         .collect()
 }
 
-/// Where a specialist's adapter is: a file (relative to the manifest), a
-/// known adapter (written into the cache from this build), or a download.
-fn adapter_ref(manifest: &Manifest, specialist: &str, a: &AdapterSpec) -> Result<AdapterRef> {
+/// Where a specialist's adapter is: bytes the app holds, a file (relative
+/// to the manifest), a known adapter (written into the cache from this
+/// build), or a download.
+fn adapter_ref(
+    manifest: &Manifest,
+    specialist: &str,
+    a: &AdapterSpec,
+    held: &HashMap<String, Arc<[u8]>>,
+) -> Result<AdapterRef> {
+    if let Some((key, bytes)) = a.name().and_then(|k| held.get_key_value(k)) {
+        return Ok(AdapterRef {
+            name: key.clone(),
+            // Not a file: only has to identify the adapter.
+            path: PathBuf::from(format!("memory:adapter:{key}")),
+            bytes: Some(bytes.clone()),
+            scale: a.scale.unwrap_or(1.0),
+        });
+    }
     let (name, path) = if let Some(p) = &a.path {
         let path = if p.is_absolute() {
             p.clone()

@@ -166,6 +166,18 @@ pub struct AdapterSpec {
     pub scale: Option<f32>,
 }
 
+impl AdapterSpec {
+    /// How the manifest names the adapter: its `url`, else its `known` id,
+    /// else its `path` as written. Apps that hold the bytes key them so
+    /// ([`crate::AssistantOptions::adapter_bytes`]).
+    pub fn name(&self) -> Option<&str> {
+        self.url
+            .as_deref()
+            .or(self.known.as_deref())
+            .or_else(|| self.path.as_deref().and_then(|p| p.to_str()))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewaySpec {

@@ -487,6 +487,7 @@ async fn an_engine_missing_from_the_build_is_a_clear_error() {
         engines: arny_sdk::Engines::default(),
         fetch_missing: false,
         model_bytes: Default::default(),
+        adapter_bytes: Default::default(),
         events: None,
     };
     let e = Assistant::new(m, opts).await.err().unwrap();
@@ -862,4 +863,45 @@ async fn specialists_can_be_adapters_over_one_model() {
     a.ask(r, |_| {})
         .await
         .expect("the other specialists still answer");
+}
+
+/// An adapter the app already holds (a page's download, an app bundle)
+/// replaces the manifest's `url`: nothing is downloaded, and the held bytes
+/// are what the specialist runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapters_can_come_from_bytes_the_app_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let mut m = manifest(
+        dir.path(),
+        "plan = \"universal\"",
+        &["m.gguf"],
+        ["m", "m", "m"],
+        "",
+    );
+    let url = "http://127.0.0.1:9/never-fetched/math.lora.gguf";
+    m.specialists[0].adapter = Some(arny_sdk::manifest::AdapterSpec {
+        path: None,
+        known: None,
+        url: Some(url.into()),
+        sha256: Some(arny_model_store::MATH_SMOLLM2_135M.sha256.into()),
+        scale: None,
+    });
+    m.specialists[0].system_prompt =
+        "You are a precise calculator. Work it out in one short line and end with the result."
+            .into();
+    let bytes = arny_model_store::adapter_bytes(&arny_model_store::MATH_SMOLLM2_135M).unwrap();
+    let mut opts = options();
+    opts.adapter_bytes.insert(url.into(), bytes.into());
+    let a = Assistant::new(m, opts).await.unwrap();
+    let mut r = AskRequest::new("What is 20% of 80?");
+    r.specialist = Some("math".into());
+    r.max_tokens = Some(48);
+    let answer = a.ask(r, |_| {}).await.unwrap();
+    assert!(
+        answer.text.trim_end_matches('.').ends_with("16"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(a.status().memory.models[0].adapters, [url]);
 }

@@ -285,7 +285,8 @@ impl Assistant {
     /// - `device`: `"auto"` (default), `"gpu"` or `"cpu"`, for every model;
     /// - `models`: `{ id: Uint8Array }` weights the page already has;
     /// - `onEvent(event)`: `{event: "download", model, loaded, total}` while
-    ///   weights download, then the SDK's events (`loading`,
+    ///   weights download (`{event: "download", adapter, loaded, total}`
+    ///   for a specialist's adapter), then the SDK's events (`loading`,
     ///   `load_progress`, `loaded`, `routed`, `unloaded`, ...).
     ///
     /// Models without bytes are fetched from their manifest `url`.
@@ -375,6 +376,32 @@ impl Assistant {
             };
             model_bytes.insert(id, bytes.into());
         }
+        // Specialists' LoRA adapters, fetched once per `url` however many
+        // specialists share one.
+        let mut adapter_bytes: HashMap<String, Arc<[u8]>> = HashMap::new();
+        for s in &manifest.specialists {
+            let Some(a) = &s.adapter else { continue };
+            let Some(url) = a.url.as_deref() else {
+                return Err(JsError::new(&format!(
+                    "manifest: specialist `{}`: in the browser an adapter needs a `url` (+ `sha256`)",
+                    s.name.get_ref()
+                )));
+            };
+            if adapter_bytes.contains_key(url) {
+                continue;
+            }
+            let progress = |loaded: u64, total: Option<u64>| {
+                let e = Object::new();
+                let _ = Reflect::set(&e, &"event".into(), &"download".into());
+                let _ = Reflect::set(&e, &"adapter".into(), &url.into());
+                let _ = Reflect::set(&e, &"loaded".into(), &(loaded as f64).into());
+                let total = total.map_or(JsValue::NULL, |t| (t as f64).into());
+                let _ = Reflect::set(&e, &"total".into(), &total);
+                emit(e.into());
+            };
+            let bytes = fetch_bytes(url, a.sha256.as_deref(), &progress).await?;
+            adapter_bytes.insert(url.to_string(), bytes.into());
+        }
 
         let (tx, mut rx) = futures::channel::mpsc::unbounded::<Event>();
         spawn_local(async move {
@@ -386,6 +413,7 @@ impl Assistant {
             engines: Engines::builtin(),
             fetch_missing: false,
             model_bytes,
+            adapter_bytes,
             events: Some(tx),
         };
         let inner = SdkAssistant::new(manifest, options)

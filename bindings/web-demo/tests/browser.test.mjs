@@ -1,7 +1,8 @@
 // The web demo in Debian's Chromium, driven by playwright-core, on both of
 // the page's paths: WebGPU (Chromium's SwiftShader adapter when the machine
 // has no GPU) and the CPU backend. Each path loads a model in the page,
-// asks a math and a wellness question through the UI, stops an answer
+// asks a math question (the real model's math specialist is its LoRA
+// adapter) and a wellness question through the UI, stops an answer
 // mid-stream and saves a screenshot under tests/artifacts/. The CPU path
 // runs the real model and checks what it answers; the WebGPU path runs the
 // generated tiny model (`arny models tiny`), because SwiftShader decodes
@@ -132,15 +133,20 @@ for (const [device, model] of [["gpu", "tiny"], ["cpu", "real"]]) {
       if (device === "gpu") assert.match(used, /^wgpu: /, `WebGPU path, got ${used}`);
       else assert.match(used, /^cpu/, `CPU path, got ${used}`);
 
-      // Math: the whole streamed answer (the real model's says 4; the tiny
-      // model's is noise, but it streams and ends).
-      const math = await send(page, "What is 2+2?");
+      // Math: the whole streamed answer. On the real model the math
+      // specialist is the shipped LoRA adapter, run by Burn in wasm, and
+      // it answers 16; the tiny model's answer is noise, but it streams
+      // and ends.
+      const math = await send(page, model === "real" ? "What is 20% of 80?" : "What is 2+2?");
       await waitDone(math);
       mark("math answered");
       const mathText = await math.locator(".text").textContent();
       assert.equal(await math.getAttribute("data-label"), "math");
-      if (model === "real") assert.match(mathText, /4/, `the answer has 4: ${mathText}`);
-      else assert.ok(mathText.length > 0, "the tiny model streamed an answer");
+      if (model === "real") {
+        assert.match(mathText, /\b16\b/, `the answer has 16: ${mathText}`);
+        const adapters = await page.evaluate(() => document.body.dataset.adapters ?? "");
+        assert.match(adapters, /math:.*math-smollm2-135m/, `the math adapter was loaded: ${adapters}`);
+      } else assert.ok(mathText.length > 0, "the tiny model streamed an answer");
       assert.notEqual(await math.getAttribute("data-finish"), "error", mathText);
 
       // Wellness, stopped mid-stream: after a few pieces on the real model;

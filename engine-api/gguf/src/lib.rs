@@ -269,6 +269,14 @@ impl GgufFile {
         self.get_str("general.architecture")
     }
 
+    /// Only what a LoRA adapter is checked against
+    /// ([`lora::LoraFile::check_against`]): the architecture and the tensor
+    /// directory, without the vocabulary and the rest of the metadata.
+    pub fn into_directory(mut self) -> Self {
+        self.metadata.retain(|k, _| k == "general.architecture");
+        self
+    }
+
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }

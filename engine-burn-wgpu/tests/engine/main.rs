@@ -3,6 +3,7 @@
 //! for the real model's shapes serve every test (on a software GPU each
 //! new shape costs seconds).
 
+mod adapters;
 mod precision;
 mod tck;
 mod tiny;

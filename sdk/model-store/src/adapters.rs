@@ -65,6 +65,16 @@ fn embedded(_: &KnownAdapter) -> Option<&'static [u8]> {
     None
 }
 
+/// What `arny tune` recorded of PEFT's model in torch (float32) for a
+/// shipped adapter: held-out token sequences with the tuned and the base
+/// model's top-1 choice at every position. Engines are checked against it.
+pub fn adapter_reference(adapter: &KnownAdapter) -> Option<&'static str> {
+    match adapter.id {
+        "math-smollm2-135m" => Some(include_str!("../adapters/math-smollm2-135m.reference.json")),
+        _ => None,
+    }
+}
+
 /// The adapter's bytes as compiled into this build (none in wasm, where
 /// the page fetches them).
 pub fn adapter_bytes(adapter: &KnownAdapter) -> Option<&'static [u8]> {

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 
 mod adapters;
 pub use adapters::{
-    KNOWN_ADAPTERS, KnownAdapter, MATH_SMOLLM2_135M, adapter_bytes, adapter_path, known_adapter,
-    locate_adapter,
+    KNOWN_ADAPTERS, KnownAdapter, MATH_SMOLLM2_135M, adapter_bytes, adapter_path,
+    adapter_reference, known_adapter, locate_adapter,
 };
 
 /// A model Arny knows how to obtain.

@@ -1,8 +1,8 @@
 //! `arny web`: serves the browser demo (bindings/web-demo) on loopback.
 //!
 //! The page runs everything itself (wasm SDK, Burn on WebGPU or the CPU);
-//! this only hands it files: the page, the wasm package, a manifest and the
-//! default model's bytes.
+//! this only hands it files: the page, the wasm package, a manifest, the
+//! default model's bytes and the specialists' LoRA adapters.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -58,13 +58,19 @@ fn demo_dir(given: Option<PathBuf>) -> Result<PathBuf> {
 /// The math specialist's prompt where it runs without its adapter.
 const BASE_MATH_PROMPT: &str = "You are a precise mathematics tutor. Solve problems step by step, explain the method, and check the result.";
 
+/// Where the page fetches a known adapter.
+fn adapter_url(a: &arny_model_store::KnownAdapter) -> String {
+    format!("adapters/{}", a.file_name)
+}
+
 /// The built-in manifest, adapted to a page: one model for every role
-/// (universal plan: loaded once, instant switches), run by the Burn engine
-/// (without the specialists' LoRA adapters, which it cannot run yet),
-/// fetched from this server and checked against its SHA-256 (`sha256`).
+/// (universal plan: loaded once, instant switches), run by the Burn engine,
+/// fetched from this server and checked against its SHA-256 (`sha256`);
+/// the specialists' known LoRA adapters are fetched from here too.
 /// `other_model`: the page runs a model other than the default, so the
 /// context the built-in manifest sets for the default model is dropped and
-/// that model's own default applies.
+/// that model's own default applies, and the adapters (trained for the
+/// default model) are left out.
 pub fn demo_manifest(sha256: &str, other_model: bool) -> Result<String> {
     let mut m: toml::Table = arny_sdk::manifest::BUILTIN
         .parse()
@@ -84,16 +90,30 @@ pub fn demo_manifest(sha256: &str, other_model: bool) -> Result<String> {
             spec.remove("context_length");
         }
     }
-    // The Burn engine has no LoRA adapters yet: in the page the specialists
-    // run on the model alone. An adapter's terse system prompt was trained
-    // with it; the base model answers math better when told to show its
-    // working (the prompt the math specialist had before its adapter).
     if let Some(specialists) = m.get_mut("specialists").and_then(|v| v.as_array_mut()) {
         for spec in specialists.iter_mut().filter_map(|v| v.as_table_mut()) {
-            if spec.remove("adapter").is_some()
-                && spec.get("name").and_then(|n| n.as_str()) == Some("math")
-            {
-                spec.insert("system_prompt".into(), BASE_MATH_PROMPT.into());
+            let Some(adapter) = spec.get_mut("adapter").and_then(|a| a.as_table_mut()) else {
+                continue;
+            };
+            let known = adapter
+                .get("known")
+                .and_then(|k| k.as_str())
+                .and_then(arny_model_store::known_adapter);
+            match known {
+                Some(k) if !other_model => {
+                    adapter.remove("known");
+                    adapter.insert("url".into(), adapter_url(k).into());
+                    adapter.insert("sha256".into(), k.sha256.into());
+                }
+                _ => {
+                    // The adapter's terse system prompt was trained with
+                    // it; the base model answers math better when told to
+                    // show its working (the prompt it had before).
+                    spec.remove("adapter");
+                    if spec.get("name").and_then(|n| n.as_str()) == Some("math") {
+                        spec.insert("system_prompt".into(), BASE_MATH_PROMPT.into());
+                    }
+                }
             }
         }
     }
@@ -120,7 +140,7 @@ pub fn run(args: Args) -> Result<()> {
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache"),
     );
-    let app = Router::new()
+    let mut app = Router::new()
         .route(
             "/arny.toml",
             get(move || async move {
@@ -130,9 +150,12 @@ pub fn run(args: Args) -> Result<()> {
                 )
             }),
         )
-        .route_service(&format!("/{MODEL_URL}"), ServeFile::new(&model))
-        .fallback_service(ServeDir::new(&dir))
-        .layer(no_cache);
+        .route_service(&format!("/{MODEL_URL}"), ServeFile::new(&model));
+    for a in arny_model_store::KNOWN_ADAPTERS {
+        let path = arny_model_store::locate_adapter(a)?;
+        app = app.route_service(&format!("/{}", adapter_url(a)), ServeFile::new(path));
+    }
+    let app = app.fallback_service(ServeDir::new(&dir)).layer(no_cache);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
