@@ -735,7 +735,7 @@ async fn last_logits(m: &dyn Model, tokens: &[u32]) -> Vec<f32> {
 
 /// A seeded random LoRA adapter (rank 2 on every Q and V projection) for
 /// the GGUF file at `path`, as GGUF bytes.
-fn random_adapter(path: &std::path::Path) -> Vec<u8> {
+pub fn random_adapter(path: &std::path::Path) -> Vec<u8> {
     use arny_gguf::{GgufFile, GgufWriter, Value};
     let bytes = std::fs::read(path).expect("read the tiny model");
     let base = GgufFile::from_bytes(&bytes).expect("parse the tiny model");

@@ -544,6 +544,21 @@ impl Model for PteModel {
         })
     }
 
+    /// A program carries its weights and XNNPACK packs them at load, so
+    /// there is nothing to add a delta to at run time: an adapter is merged
+    /// at export instead, one program per specialist.
+    async fn load_adapter(
+        &self,
+        source: arny_engine_api::ModelSource,
+        _scale: f32,
+    ) -> Result<std::sync::Arc<dyn arny_engine_api::Adapter>> {
+        Err(EngineError::Unsupported(format!(
+            "LoRA adapters on the pte engine (asked for {}): merge it into a program with \
+             `arny export pte --adapter FILE` and run that program",
+            source.display_name()
+        )))
+    }
+
     async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>> {
         options.refuse_adapter(crate::ENGINE_ID)?;
         let info = &self.inner.info;

@@ -261,7 +261,14 @@ impl Assistant {
                 .ok_or_else(|| no_specialists(&manifest))?;
             pinned.push(pin(&manager, &first.model).await?);
         }
-        let gateway = build_gateway(&manifest, &refs, &manager, &mut pinned).await?;
+        let gateway = build_gateway(
+            &manifest,
+            &refs,
+            &manager,
+            &options.adapter_bytes,
+            &mut pinned,
+        )
+        .await?;
         #[cfg(feature = "cloud")]
         let cloud = cloud_client(&manifest)?;
         // In a page the engines' futures are not Send, so neither is this;
@@ -833,13 +840,8 @@ fn cloud_client(manifest: &Manifest) -> Result<Option<arny_cloud::CloudClient>> 
     Ok(Some(arny_cloud::CloudClient::new(cfg)?))
 }
 
-async fn build_gateway(
-    manifest: &Manifest,
-    refs: &HashMap<String, ModelRef>,
-    manager: &ModelManager,
-    pinned: &mut Vec<Lease>,
-) -> Result<Gateway> {
-    let g = &manifest.gateway;
+/// The example utterances per label: the specialists' and the cloud's.
+fn label_examples(manifest: &Manifest) -> Vec<LabelExamples> {
     let mut sets: Vec<LabelExamples> = manifest
         .specialists
         .iter()
@@ -848,12 +850,67 @@ async fn build_gateway(
             examples: s.examples.clone(),
         })
         .collect();
-    if !g.cloud_examples.is_empty() {
+    if !manifest.gateway.cloud_examples.is_empty() {
         sets.push(LabelExamples {
             label: CLOUD.into(),
-            examples: g.cloud_examples.clone(),
+            examples: manifest.gateway.cloud_examples.clone(),
         });
     }
+    sets
+}
+
+/// The labels as the model strategy describes them to the model.
+fn label_prompts(manifest: &Manifest) -> Vec<arny_router::LabelPrompt> {
+    manifest
+        .specialists
+        .iter()
+        .map(|s| arny_router::LabelPrompt {
+            label: s.name.get_ref().clone(),
+            description: s
+                .description
+                .clone()
+                .unwrap_or_else(|| s.name.get_ref().clone()),
+        })
+        .chain(std::iter::once(arny_router::LabelPrompt {
+            label: CLOUD.into(),
+            description: "anything else: general knowledge, writing, translation, code".into(),
+        }))
+        .collect()
+}
+
+/// Every example utterance of `manifest` as a chat for `arny tune`
+/// (`{"messages": [...], "answer": label word}` per line): what the model
+/// strategy shows the gateway model, and the answer it should score
+/// highest. A gateway adapter tuned on these is named in
+/// `[gateway] adapter`.
+pub fn gateway_training_data(manifest: &Manifest) -> Vec<serde_json::Value> {
+    let prompts = label_prompts(manifest);
+    label_examples(manifest)
+        .iter()
+        .flat_map(|set| {
+            let prompts = &prompts;
+            set.examples
+                .iter()
+                .filter(|e| !e.trim().is_empty())
+                .map(move |e| {
+                    serde_json::json!({
+                        "messages": arny_router::training_example(prompts, &set.label, e),
+                        "answer": arny_router::answer_word(&set.label),
+                    })
+                })
+        })
+        .collect()
+}
+
+async fn build_gateway(
+    manifest: &Manifest,
+    refs: &HashMap<String, ModelRef>,
+    manager: &ModelManager,
+    adapter_bytes: &HashMap<String, Arc<[u8]>>,
+    pinned: &mut Vec<Lease>,
+) -> Result<Gateway> {
+    let g = &manifest.gateway;
+    let sets = label_examples(manifest);
     let examples = || -> Result<Arc<dyn Classifier>> {
         let c = ExampleClassifier::train(&sets, &ExampleOptions::default())?;
         tracing::info!(report = ?c.report(), "gateway classifier trained");
@@ -871,24 +928,18 @@ async fn build_gateway(
             })?
             .get_ref();
         let lease = pin(manager, model_ref(manifest, refs, id)?).await?;
-        let prompts: Vec<arny_router::LabelPrompt> = manifest
-            .specialists
-            .iter()
-            .map(|s| arny_router::LabelPrompt {
-                label: s.name.get_ref().clone(),
-                description: s
-                    .description
-                    .clone()
-                    .unwrap_or_else(|| s.name.get_ref().clone()),
-            })
-            .chain(std::iter::once(arny_router::LabelPrompt {
-                label: CLOUD.into(),
-                description: "anything else: general knowledge, writing, translation, code".into(),
-            }))
-            .collect();
+        let prompts = label_prompts(manifest);
+        let adapter = match &g.adapter {
+            Some(spec) => {
+                let r = adapter_ref(manifest, "gateway", spec, adapter_bytes)?;
+                Some(lease.adapter("gateway", &r).await?)
+            }
+            None => None,
+        };
         let opts = arny_router::ScorerOptions {
             calibration_per_label: g.calibration_per_label,
             few_shot: g.few_shot,
+            adapter,
             ..Default::default()
         };
         let scorer =

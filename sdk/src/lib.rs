@@ -31,6 +31,7 @@ pub use arny_engine_api::{
 pub use arny_router::{CLOUD, Decision, LabelScore};
 pub use assistant::{
     Answer, AskRequest, Assistant, AssistantOptions, DEFAULT_MAX_TOKENS, Engines, Handler, Status,
+    gateway_training_data,
 };
 pub use error::{Result, SdkError};
 pub use events::{Event, UnloadReason};

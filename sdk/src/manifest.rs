@@ -196,6 +196,10 @@ pub struct GatewaySpec {
     /// Worked examples per label the model strategy shows the model.
     #[serde(default = "default_few_shot")]
     pub few_shot: usize,
+    /// A LoRA adapter over the gateway model, tuned on the examples
+    /// (`arny route --tune-data`, then `arny tune`); the model strategy
+    /// scores with it. Usually with `few_shot = 0`: it was trained without.
+    pub adapter: Option<AdapterSpec>,
 }
 
 impl Default for GatewaySpec {
@@ -208,6 +212,7 @@ impl Default for GatewaySpec {
             cloud_examples: Vec::new(),
             calibration_per_label: default_calibration(),
             few_shot: default_few_shot(),
+            adapter: None,
         }
     }
 }
@@ -458,7 +463,7 @@ impl Manifest {
                 );
             }
             if let Some(a) = &s.adapter {
-                self.validate_adapter(i, a, at.clone())?;
+                self.validate_adapter(&format!("specialists[{i}].adapter"), a, at.clone())?;
             }
         }
         Ok(())
@@ -495,14 +500,13 @@ impl Manifest {
 
     fn validate_adapter(
         &self,
-        i: usize,
+        field: &str,
         a: &AdapterSpec,
         at: Option<std::ops::Range<usize>>,
     ) -> Result<(), SdkError> {
-        let field = format!("specialists[{i}].adapter");
         self.check_source(
-            &field,
-            &field,
+            field,
+            field,
             [a.path.is_some(), a.known.is_some(), a.url.is_some()],
             a.sha256.as_deref(),
             at.clone(),
@@ -517,7 +521,7 @@ impl Manifest {
             return Err(self.error(
                 at,
                 format!(
-                    "specialists[{i}].adapter.known: no known adapter `{k}` (known: {})",
+                    "{field}.known: no known adapter `{k}` (known: {})",
                     names.join(", ")
                 ),
             ));
@@ -525,10 +529,7 @@ impl Manifest {
         if let Some(scale) = a.scale
             && !(scale.is_finite() && (0.0..=4.0).contains(&scale))
         {
-            return Err(self.error(
-                at,
-                format!("specialists[{i}].adapter.scale: {scale} is not in [0, 4]"),
-            ));
+            return Err(self.error(at, format!("{field}.scale: {scale} is not in [0, 4]")));
         }
         Ok(())
     }
@@ -568,6 +569,15 @@ impl Manifest {
                 ));
             }
             _ => {}
+        }
+        if let Some(a) = &g.adapter {
+            if g.strategy == Strategy::Examples {
+                return Err(self.error(
+                    None,
+                    "gateway.adapter: the `examples` strategy uses no model; use `model` or `ensemble`".into(),
+                ));
+            }
+            self.validate_adapter("gateway.adapter", a, None)?;
         }
         if matches!(g.strategy, Strategy::Examples | Strategy::Ensemble) {
             for (i, s) in self.specialists.iter().enumerate() {
@@ -795,6 +805,25 @@ examples = ["hello", "how are you"]
                 .is_some_and(|s| s.adapter.is_some()),
             "the built-in math specialist is the shipped adapter"
         );
+    }
+
+    #[test]
+    fn a_gateway_adapter_needs_the_model_strategy() {
+        let with = |gateway: &str| format!("{MINI}\n[gateway]\n{gateway}\n");
+        let m = parse(&with(
+            "strategy = \"model\"\nmodel = \"m\"\nfew_shot = 0\nadapter = { path = \"gw.gguf\" }",
+        ))
+        .unwrap();
+        assert_eq!(
+            m.gateway.adapter.as_ref().and_then(|a| a.name()),
+            Some("gw.gguf")
+        );
+        let (_, msg) = err_of(&with("adapter = { path = \"gw.gguf\" }"));
+        assert!(msg.contains("gateway.adapter"), "{msg}");
+        let (_, msg) = err_of(&with(
+            "strategy = \"model\"\nmodel = \"m\"\nadapter = { known = \"nope\" }",
+        ));
+        assert!(msg.contains("gateway.adapter.known"), "{msg}");
     }
 
     #[test]

@@ -905,3 +905,55 @@ async fn adapters_can_come_from_bytes_the_app_holds() {
     );
     assert_eq!(a.status().memory.models[0].adapters, [url]);
 }
+
+/// `[gateway] adapter`: the model strategy scores with the adapter loaded
+/// over the gateway model (an `adapter_loaded` event for `gateway`), and
+/// its scores are not those of the model alone. The shipped math adapter
+/// stands in for a tuned gateway here: the wiring is what is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_adapter_changes_what_the_model_strategy_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(dir.path(), &["m.gguf"]);
+    let gateway = |adapter: &str| {
+        format!(
+            "\n[gateway]\nstrategy = \"model\"\nmodel = \"m\"\nfew_shot = 0\ncalibration_per_label = 2\n{adapter}\n"
+        )
+    };
+    let route = async |tail: String| {
+        let m = manifest(dir.path(), "", &["m.gguf"], ["m", "m", "m"], &tail);
+        let (tx, mut rx) = futures::channel::mpsc::unbounded();
+        let mut opts = options();
+        opts.events = Some(tx);
+        let a = Assistant::new(m, opts).await.unwrap();
+        let d = a.route("I feel anxious before exams").await.unwrap();
+        let mut gateway_adapters = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            if let Event::AdapterLoaded {
+                specialist,
+                adapter,
+                ..
+            } = e
+            {
+                gateway_adapters.push((specialist, adapter));
+            }
+        }
+        (d, gateway_adapters)
+    };
+    let (plain, none) = route(gateway("")).await;
+    assert!(none.is_empty(), "{none:?}");
+    let (tuned, loaded) = route(gateway("adapter = { known = \"math-smollm2-135m\" }")).await;
+    assert_eq!(
+        loaded,
+        [("gateway".to_string(), "math-smollm2-135m".to_string())]
+    );
+    let moved = plain
+        .scores
+        .iter()
+        .zip(&tuned.scores)
+        .map(|(a, b)| (a.probability - b.probability).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        moved > 1e-3,
+        "the adapter changes nothing: {plain:?} vs {tuned:?}"
+    );
+}

@@ -2,7 +2,7 @@
 """GGUF -> ExecuTorch `.pte`, offline: the export step of Strategy B.
 
     python export_pte.py --from MODEL.gguf --out DIR [--quant fp32|8da4w|8da8w]
-                         [--max-len 512]
+                         [--max-len 512] [--adapter LORA.gguf [--adapter-scale S]]
 
 Writes DIR/model.pte, DIR/tokenizer.json, DIR/tokenizer_config.json and
 DIR/arny-export.json (the sidecar: source SHA-256, quantization, max length,
@@ -18,6 +18,12 @@ bundle, a download) needs nothing beside it:
     get_arny_chat_template    the model's chat template (Jinja)
     get_arny_config           JSON: name, architecture, parameters, trained
                               context length, quantization, special tokens
+
+With --adapter, a GGUF LoRA adapter (as `arny tune` writes and llama.cpp
+loads) is merged into the weights before the export: W += s * B @ A with
+s = scale * alpha / rank. ExecuTorch programs carry their weights, so a
+specialist on this engine is a program of its own, not a delta over a
+shared one.
 
 Only standard ATen ops are used (no custom_sdpa / update_cache), because
 the runtime libraries in the executorch wheel do not carry the custom LLM
@@ -76,12 +82,92 @@ def gguf_scalar(reader, key: str):
     return value.tolist()[0]
 
 
+# GGUF LoRA target -> the transformers Llama module that holds the weight.
+LORA_MODULES = {
+    "attn_q": ("self_attn", "q_proj"),
+    "attn_k": ("self_attn", "k_proj"),
+    "attn_v": ("self_attn", "v_proj"),
+    "attn_output": ("self_attn", "o_proj"),
+    "ffn_gate": ("mlp", "gate_proj"),
+    "ffn_up": ("mlp", "up_proj"),
+    "ffn_down": ("mlp", "down_proj"),
+}
+
+
+def unpermute(w, n_head: int):
+    """Undoes llama.cpp's Q/K row order (the GGUF converter's permute, which
+    `arny tune` applies to LoRA B too): transformers' weights are in the
+    original order."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+class ExportError(Exception):
+    pass
+
+
+def merge_lora(model, path: Path, scale: float, arch: str) -> dict:
+    """Adds the adapter at `path` into `model`'s weights; returns what the
+    sidecar records of it."""
+    import re
+
+    import gguf
+    import numpy as np
+    import torch
+
+    reader = gguf.GGUFReader(str(path))
+    if gguf_scalar(reader, "general.type") != "adapter" or gguf_scalar(reader, "adapter.type") != "lora":
+        raise ExportError(f"{path} is not a GGUF LoRA adapter (general.type = adapter, adapter.type = lora)")
+    if gguf_scalar(reader, "general.architecture") != arch:
+        raise ExportError(f"{path} is an adapter for `{gguf_scalar(reader, 'general.architecture')}` models, the model is `{arch}`")
+    alpha = gguf_scalar(reader, "adapter.lora.alpha")
+    halves = {}
+    pattern = re.compile(r"^blk\.(\d+)\.(\w+)\.weight\.lora_([ab])$")
+    for t in reader.tensors:
+        m = pattern.match(t.name)
+        if not m or m.group(2) not in LORA_MODULES:
+            raise ExportError(f"{path}: tensor {t.name} is not a LoRA half of a block projection")
+        halves.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = np.asarray(t.data, dtype=np.float32)
+    cfg = model.config
+    layers = model.model.layers
+    rank = 0
+    with torch.no_grad():
+        for (layer, target), ab in sorted(halves.items()):
+            if set(ab) != {"a", "b"} or layer >= len(layers):
+                raise ExportError(f"{path}: blk.{layer}.{target} is incomplete or outside the model")
+            # numpy shapes are ggml's dims reversed: A [r, in], B [out, r].
+            a, b = ab["a"], ab["b"]
+            r = a.shape[0]
+            rank = max(rank, r)
+            if target == "attn_q":
+                b = unpermute(b, cfg.num_attention_heads)
+            elif target == "attn_k":
+                b = unpermute(b, cfg.num_key_value_heads)
+            part, name = LORA_MODULES[target]
+            weight = getattr(getattr(layers[layer], part), name).weight
+            if b.shape[1] != r or (b.shape[0], a.shape[1]) != tuple(weight.shape):
+                raise ExportError(
+                    f"{path}: blk.{layer}.{target} makes {(b.shape[0], a.shape[1])}, the model's weight is {tuple(weight.shape)} (another base model?)"
+                )
+            s = scale * (alpha / r if alpha else 1.0)
+            weight += torch.from_numpy(s * (b @ a)).to(weight.dtype)
+    return {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "alpha": alpha,
+        "rank": rank,
+        "scale": scale,
+        "tensors": len(halves),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="source", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--quant", default="fp32", choices=sorted(QUANTS))
     ap.add_argument("--max-len", type=int, default=512)
+    ap.add_argument("--adapter", type=Path, help="a GGUF LoRA adapter to merge into the weights")
+    ap.add_argument("--adapter-scale", type=float, default=1.0)
     args = ap.parse_args()
 
     started = time.time()
@@ -91,6 +177,12 @@ def main() -> int:
         return 2
     if args.max_len < 16:
         print("error: --max-len must be at least 16", file=sys.stderr)
+        return 2
+    if args.adapter is not None and not args.adapter.is_file():
+        print(f"error: the adapter {args.adapter} is not a file", file=sys.stderr)
+        return 2
+    if not (args.adapter_scale >= 0.0 and args.adapter_scale < float("inf")):
+        print("error: --adapter-scale must be a finite number >= 0", file=sys.stderr)
         return 2
 
     stage(1, "reading the GGUF (transformers dequantizes it to float32)")
@@ -126,6 +218,13 @@ def main() -> int:
             str(src_dir), gguf_file=source.name, dtype=torch.float32
         )
         model.eval()
+        adapter = None
+        if args.adapter is not None:
+            try:
+                adapter = merge_lora(model, args.adapter.resolve(), args.adapter_scale, arch)
+            except ExportError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         parameters = sum(p.numel() for p in model.parameters())
         hf_dir = work / "hf"
         model.save_pretrained(hf_dir)
@@ -152,6 +251,7 @@ def main() -> int:
             "end_of_generation_ids": eot,
             "add_bos_token": bool(add_bos) if add_bos is not None else False,
             "source_sha256": source_sha,
+            "adapter": adapter,
         }
         tokenizer_json = (hf_dir / "tokenizer.json").read_text(encoding="utf-8")
 
@@ -220,6 +320,7 @@ def main() -> int:
             "source": source.name,
             "source_sha256": source_sha,
             "quantization": args.quant,
+            "adapter": adapter,
             "qlinear": qlinear,
             "qembedding": qembedding,
             "max_seq_len": args.max_len,

@@ -1,7 +1,7 @@
 //! Burn (CPU backend, f32 weights; wgpu backend, f16 weights where the
 //! adapter has shader f16) against llama.cpp on the same GGUF file, on a subset of the
-//! comparison's prompts, and the greedy answer to "What is 2+2?" token for
-//! token.
+//! comparison's prompts, and (on the CPU) the greedy answer to "What is
+//! 2+2?" token for token.
 //!
 //! The issue's bar is top-1 ≥ 98% and mean KL ≤ 0.02 nats. Measured on all
 //! 20 × 64 positions: top-1 0.970, mean KL 0.0028, so the KL bar holds and
@@ -52,9 +52,13 @@ fn agrees_with_llama_cpp(device: DeviceRequest) {
         req.max_tokens = 24;
         futures::executor::block_on(generate(m, s.as_mut(), req, |_| {})).unwrap()
     };
-    let (a, b) = (answer(reference.as_ref()), answer(burn.as_ref()));
-    assert_eq!(b.tokens, a.tokens, "{:?} vs {:?}", b.text, a.text);
-    assert!(b.text.contains('4'), "{}", b.text);
+    // On wgpu the TCK's greedy case already answers this prompt on the
+    // real model; on a software GPU 24 more decoded tokens cost ~20 s.
+    if device != DeviceRequest::Gpu {
+        let (a, b) = (answer(reference.as_ref()), answer(burn.as_ref()));
+        assert_eq!(b.tokens, a.tokens, "{:?} vs {:?}", b.text, a.text);
+        assert!(b.text.contains('4'), "{}", b.text);
+    }
 
     // On a software GPU (lavapipe) a decoded token takes most of a second
     // and every new sequence length seconds more: wgpu gets the first of the

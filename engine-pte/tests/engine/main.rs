@@ -5,5 +5,6 @@
 
 mod bad_programs;
 mod export_llm_signature;
+mod merged_adapter;
 mod reference;
 mod tck;

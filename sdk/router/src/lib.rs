@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 pub use examples::{CalibrationReport, ExampleClassifier, ExampleOptions};
 pub use features::Featurizer;
-pub use scorer::{LabelPrompt, ModelScorer, ScorerOptions};
+pub use scorer::{
+    LabelPrompt, ModelScorer, ScorerOptions, answer_word, system_prompt, training_example,
+};
 
 use arny_engine_api::EngineError;
 

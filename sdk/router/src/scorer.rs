@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use arny_engine_api::{
-    ChatMessage, LogitsRequest, Model, Prompt, Session, SessionOptions, TokenId, prompt_tokens,
+    Adapter, ChatMessage, LogitsRequest, Model, Prompt, Session, SessionOptions, TokenId,
+    prompt_tokens,
 };
 use futures::lock::Mutex;
 
@@ -24,6 +25,9 @@ pub struct ScorerOptions {
     pub few_shot: usize,
     /// Context of the scorer's session; requests are cut to fit.
     pub context_length: u32,
+    /// A LoRA adapter tuned on [`training_example`]s (`arny tune`): the
+    /// scorer's session runs with it.
+    pub adapter: Option<Arc<dyn Adapter>>,
 }
 
 impl Default for ScorerOptions {
@@ -34,6 +38,7 @@ impl Default for ScorerOptions {
             // 5 on the routing dev set (0.83 on a second set with 5).
             few_shot: 5,
             context_length: 2048,
+            adapter: None,
         }
     }
 }
@@ -72,12 +77,10 @@ impl ModelScorer {
                 "the model scorer needs at least two labels".into(),
             ));
         }
-        let mut system = String::from("You sort requests into categories. The categories are:\n");
+        let system = system_prompt(labels);
         let mut answers = Vec::new();
         for l in labels {
-            let word = answer_word(&l.label);
-            system.push_str(&format!("- {word}: {}\n", l.description));
-            let toks = model.tokenize(word, false, false)?;
+            let toks = model.tokenize(answer_word(&l.label), false, false)?;
             if toks.is_empty() {
                 return Err(RouterError::Config(format!(
                     "label `{}` tokenizes to nothing",
@@ -86,7 +89,6 @@ impl ModelScorer {
             }
             answers.push(toks);
         }
-        system.push_str("Reply with the category name only.");
         // Worked examples from the end of each list (calibration takes its
         // picks from the start), interleaved so no label comes last always.
         let mut shots = Vec::new();
@@ -104,7 +106,7 @@ impl ModelScorer {
         let session = model
             .new_session(SessionOptions {
                 context_length: Some(opts.context_length),
-                ..Default::default()
+                adapter: opts.adapter.clone(),
             })
             .await?;
         let mut scorer = Self {
@@ -223,8 +225,31 @@ impl Classifier for ModelScorer {
 
 /// The word the model answers with for a label. `cloud` is an
 /// implementation detail of routing; to the model it is "other".
-fn answer_word(label: &str) -> &str {
+/// The word the model answers for `label`.
+pub fn answer_word(label: &str) -> &str {
     if label == CLOUD { "other" } else { label }
+}
+
+/// The scorer's instructions: the categories with their descriptions.
+pub fn system_prompt(labels: &[LabelPrompt]) -> String {
+    let mut system = String::from("You sort requests into categories. The categories are:\n");
+    for l in labels {
+        system.push_str(&format!("- {}: {}\n", answer_word(&l.label), l.description));
+    }
+    system.push_str("Reply with the category name only.");
+    system
+}
+
+/// One example as a chat for `arny tune`: the scorer's instructions, the
+/// utterance, and its label's word as the answer, so a tuned gateway sees
+/// at run time exactly what it was trained on (without worked examples:
+/// set `few_shot = 0` for it).
+pub fn training_example(labels: &[LabelPrompt], label: &str, text: &str) -> [ChatMessage; 3] {
+    [
+        ChatMessage::system(system_prompt(labels)),
+        ChatMessage::user(text),
+        ChatMessage::assistant(answer_word(label)),
+    ]
 }
 
 fn log_softmax(z: &[f32]) -> Vec<f32> {

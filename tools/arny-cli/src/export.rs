@@ -38,6 +38,14 @@ pub struct PteArgs {
     /// The program's context in tokens (its static KV cache).
     #[arg(long, default_value_t = pte::DEFAULT_MAX_LEN)]
     max_len: u32,
+    /// A LoRA adapter (GGUF, e.g. from `arny tune`) to merge into the
+    /// weights: ExecuTorch programs carry their weights, so on the pte
+    /// engine a tuned specialist is a program of its own.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// How strongly the merged adapter applies (1.0: as trained).
+    #[arg(long, default_value_t = 1.0, requires = "adapter")]
+    adapter_scale: f32,
     /// Export again even if the cache has this export.
     #[arg(long)]
     force: bool,
@@ -57,15 +65,21 @@ fn run_pte(args: PteArgs) -> Result<()> {
     if args.max_len < 16 {
         bail!("invalid input: --max-len must be at least 16");
     }
-    let (source, out) = match (&args.from, &args.out) {
-        (Some(from), Some(out)) => (from.clone(), out.clone()),
+    let source = match &args.from {
+        Some(from) => from.clone(),
+        None => crate::paths::model_path_for(EngineKind::Gguf, None)?,
+    };
+    let adapter = args
+        .adapter
+        .as_deref()
+        .map(|a| pte::MergedAdapter::new(a, &source, args.adapter_scale))
+        .transpose()?;
+    let out = match (&args.from, &args.out) {
+        (_, Some(out)) => out.clone(),
         (Some(_), None) => bail!("invalid input: --from needs --out"),
-        (None, out) => {
-            let source = crate::paths::model_path_for(EngineKind::Gguf, None)?;
-            let out = out
-                .clone()
-                .unwrap_or_else(|| pte::export_dir(&store::DEFAULT_MODEL, quant, args.max_len));
-            (source, out)
+        (None, None) => {
+            let m = &store::DEFAULT_MODEL;
+            pte::export_dir_for(m.file_name, m.sha256, quant, args.max_len, adapter.as_ref())
         }
     };
     let program = out.join("model.pte");
@@ -74,7 +88,7 @@ fn run_pte(args: PteArgs) -> Result<()> {
     if cached && !args.force && program.is_file() && sidecar.is_file() {
         eprintln!("already exported: {}", program.display());
     } else {
-        export_with_progress(&source, &out, quant, args.max_len)?;
+        export_with_progress(&source, &out, quant, args.max_len, adapter.as_ref())?;
     }
     if args.json {
         let text = std::fs::read_to_string(&sidecar)

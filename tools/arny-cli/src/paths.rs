@@ -45,7 +45,7 @@ pub fn default_export(quant: PteQuant) -> Result<PathBuf> {
                 "No {quant} ExecuTorch export of the default model in the cache yet; exporting it (about 5 min, once)."
             );
             let source = default_gguf()?;
-            crate::pte::export_with_progress(&source, &dir, quant, pte::DEFAULT_MAX_LEN)?;
+            crate::pte::export_with_progress(&source, &dir, quant, pte::DEFAULT_MAX_LEN, None)?;
             Ok(dir.join("model.pte"))
         }
         Err(e) => Err(e.into()),

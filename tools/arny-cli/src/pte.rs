@@ -24,6 +24,7 @@ pub fn export_with_progress(
     out: &Path,
     quant: PteQuant,
     max_len: u32,
+    adapter: Option<&pte::MergedAdapter>,
 ) -> Result<PathBuf> {
     if !source.is_file() {
         bail!("not found: {}", source.display());
@@ -45,7 +46,7 @@ pub fn export_with_progress(
         quant.name()
     ));
     let started = Instant::now();
-    let result = pte::export(&venv, source, out, quant, max_len, &mut |stage| {
+    let result = pte::export(&venv, source, out, quant, max_len, adapter, &mut |stage| {
         bar.set_message(stage.to_string());
     });
     bar.finish_and_clear();

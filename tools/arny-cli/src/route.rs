@@ -14,6 +14,11 @@ pub struct Args {
     /// Override the manifest's confidence threshold.
     #[arg(long)]
     threshold: Option<f32>,
+    /// Write the manifest's example utterances as training data for a
+    /// gateway adapter (JSONL for `arny tune`: the model strategy's prompt,
+    /// the utterance, its label) to this file, and route nothing.
+    #[arg(long, value_name = "FILE")]
+    tune_data: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -25,6 +30,17 @@ struct Line {
 
 pub fn run(args: Args) -> Result<()> {
     let mut manifest = args.config.manifest()?;
+    if let Some(path) = &args.tune_data {
+        let rows = arny_sdk::gateway_training_data(&manifest);
+        let mut text = String::new();
+        for r in &rows {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("{} examples written to {}", rows.len(), path.display());
+        return Ok(());
+    }
     if let Some(t) = args.threshold {
         anyhow::ensure!((0.0..=1.0).contains(&t), "--threshold {t} is not in [0, 1]");
         manifest.gateway.threshold = t;

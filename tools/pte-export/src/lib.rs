@@ -49,6 +49,10 @@ pub enum ExportError {
         status: String,
         detail: String,
     },
+    /// The adapter to merge is not one for this model (typed as the
+    /// engines type it: `wrong_format`, `corrupt`, `incompatible`).
+    #[error("the adapter: {0}")]
+    Adapter(#[from] arny_engine_api::EngineError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -102,15 +106,60 @@ impl std::fmt::Display for PteQuant {
     }
 }
 
-/// The cache key of an export of the file with `source_sha256`.
-pub fn export_key(source_sha256: &str, quant: PteQuant, max_len: u32) -> String {
+/// A LoRA adapter merged into the weights at export: ExecuTorch programs
+/// carry their weights, so on the pte engine a specialist is a program.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergedAdapter {
+    /// A GGUF LoRA file (as `arny tune` writes and llama.cpp loads).
+    pub path: PathBuf,
+    pub sha256: String,
+    /// Multiplies the adapter's effect (1.0: as trained).
+    pub scale: f32,
+}
+
+impl MergedAdapter {
+    /// Checks the adapter at `path` against the model at `base` as the
+    /// engines do (a LoRA file, for this architecture, every pair matching
+    /// a weight of the model), before any Python starts, and hashes it.
+    pub fn new(path: &Path, base: &Path, scale: f32) -> Result<Self, ExportError> {
+        arny_engine_api::check_adapter_scale(scale)?;
+        let name = path.display().to_string();
+        arny_engine_api::check_model_file(path)?;
+        let bytes = std::fs::read(path).map_err(io("reading the adapter"))?;
+        let lora = arny_gguf::GgufFile::from_bytes(&bytes)
+            .map_err(|e| e.into_engine_error(&name))
+            .and_then(|f| arny_gguf::lora::LoraFile::parse(&f, &name))?;
+        let base_bytes = std::fs::read(base).map_err(io("reading the model to export"))?;
+        let header = arny_gguf::GgufFile::from_bytes(&base_bytes)
+            .map_err(|e| e.into_engine_error(&base.display().to_string()))?;
+        lora.check_against(&header, &name)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            sha256: hex(&Sha256::digest(&bytes)),
+            scale,
+        })
+    }
+}
+
+/// The cache key of an export of the file with `source_sha256` (with
+/// `adapter` merged into it).
+pub fn export_key(
+    source_sha256: &str,
+    quant: PteQuant,
+    max_len: u32,
+    adapter: Option<&MergedAdapter>,
+) -> String {
     let mut h = Sha256::new();
+    let merged = adapter
+        .map(|a| format!("{}*{}", a.sha256, a.scale))
+        .unwrap_or_default();
     for part in [
         source_sha256.as_bytes(),
         quant.name().as_bytes(),
         max_len.to_string().as_bytes(),
         EXPORTER.as_bytes(),
         REQUIREMENTS.as_bytes(),
+        merged.as_bytes(),
     ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
@@ -120,7 +169,7 @@ pub fn export_key(source_sha256: &str, quant: PteQuant, max_len: u32) -> String 
 
 /// The export folder of a known model, whether or not it exists.
 pub fn export_dir(model: &KnownModel, quant: PteQuant, max_len: u32) -> PathBuf {
-    export_dir_for(model.file_name, model.sha256, quant, max_len)
+    export_dir_for(model.file_name, model.sha256, quant, max_len, None)
 }
 
 /// The export folder of any GGUF file named `file_name` with content
@@ -130,12 +179,14 @@ pub fn export_dir_for(
     source_sha256: &str,
     quant: PteQuant,
     max_len: u32,
+    adapter: Option<&MergedAdapter>,
 ) -> PathBuf {
     let stem = file_name.split('.').next().unwrap_or(file_name);
+    let merged = if adapter.is_some() { "-lora" } else { "" };
     models_dir().join("pte").join(format!(
-        "{stem}-{}-{}",
+        "{stem}{merged}-{}-{}",
         quant.name(),
-        export_key(source_sha256, quant, max_len)
+        export_key(source_sha256, quant, max_len, adapter)
     ))
 }
 
@@ -170,9 +221,26 @@ pub fn cached_export(
     max_len: u32,
     stage: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, ExportError> {
+    cached_merged_export(source, quant, max_len, None, stage)
+}
+
+/// [`cached_export`] with `adapter` merged into the weights.
+pub fn cached_merged_export(
+    source: &Path,
+    quant: PteQuant,
+    max_len: u32,
+    adapter: Option<&MergedAdapter>,
+    stage: &mut dyn FnMut(&str),
+) -> Result<PathBuf, ExportError> {
     let bytes = std::fs::read(source).map_err(io("reading the model to export"))?;
     let name = source.file_name().unwrap_or_default().to_string_lossy();
-    let dir = export_dir_for(&name, &hex(&Sha256::digest(&bytes)), quant, max_len);
+    let dir = export_dir_for(
+        &name,
+        &hex(&Sha256::digest(&bytes)),
+        quant,
+        max_len,
+        adapter,
+    );
     if let Some(program) = complete(&dir) {
         return Ok(program);
     }
@@ -180,7 +248,7 @@ pub fn cached_export(
     if !venv_ready(&venv) {
         return Err(ExportError::VenvMissing(venv));
     }
-    export(&venv, source, &dir, quant, max_len, stage)
+    export(&venv, source, &dir, quant, max_len, adapter, stage)
 }
 
 /// The export venv's folder: `$ARNY_PTE_VENV`, else `pte-venv` beside the
@@ -318,14 +386,16 @@ pub fn ensure_venv(venv: &Path, log: &mut dyn FnMut(&str)) -> Result<(), ExportE
     Ok(())
 }
 
-/// Exports `source` (a GGUF file) into `out` with the venv's Python.
-/// `stage` receives the exporter's progress lines ("2/5 tracing ...").
+/// Exports `source` (a GGUF file) into `out` with the venv's Python, with
+/// `adapter` merged into the weights when given. `stage` receives the
+/// exporter's progress lines ("2/5 tracing ...").
 pub fn export(
     venv: &Path,
     source: &Path,
     out: &Path,
     quant: PteQuant,
     max_len: u32,
+    adapter: Option<&MergedAdapter>,
     stage: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, ExportError> {
     let mut script = tempfile::Builder::new()
@@ -346,6 +416,12 @@ pub fn export(
         .arg(quant.name())
         .arg("--max-len")
         .arg(max_len.to_string());
+    if let Some(a) = adapter {
+        cmd.arg("--adapter")
+            .arg(&a.path)
+            .arg("--adapter-scale")
+            .arg(a.scale.to_string());
+    }
     run_logged(&mut cmd, "the PTE exporter", Lines::Stderr, &mut |line| {
         if let Some(s) = line.strip_prefix("ARNY-STAGE ") {
             stage(s);
@@ -361,11 +437,29 @@ mod tests {
     #[test]
     fn the_key_changes_with_every_input() {
         let sha = DEFAULT_MODEL.sha256;
-        let base = export_key(sha, PteQuant::Fp32, 512);
-        assert_eq!(base, export_key(sha, PteQuant::Fp32, 512));
-        assert_ne!(base, export_key(sha, PteQuant::A8W4, 512));
-        assert_ne!(base, export_key(sha, PteQuant::Fp32, 256));
-        assert_ne!(base, export_key(&"0".repeat(64), PteQuant::Fp32, 512));
+        let key = |sha: &str, q, len, a: Option<&MergedAdapter>| export_key(sha, q, len, a);
+        let base = key(sha, PteQuant::Fp32, 512, None);
+        assert_eq!(base, key(sha, PteQuant::Fp32, 512, None));
+        assert_ne!(base, key(sha, PteQuant::A8W4, 512, None));
+        assert_ne!(base, key(sha, PteQuant::Fp32, 256, None));
+        assert_ne!(base, key(&"0".repeat(64), PteQuant::Fp32, 512, None));
+        let lora = MergedAdapter {
+            path: "a.gguf".into(),
+            sha256: "1".repeat(64),
+            scale: 1.0,
+        };
+        let merged = key(sha, PteQuant::Fp32, 512, Some(&lora));
+        assert_ne!(base, merged);
+        let half = MergedAdapter {
+            scale: 0.5,
+            ..lora.clone()
+        };
+        assert_ne!(merged, key(sha, PteQuant::Fp32, 512, Some(&half)));
+        let other = MergedAdapter {
+            sha256: "2".repeat(64),
+            ..lora
+        };
+        assert_ne!(merged, key(sha, PteQuant::Fp32, 512, Some(&other)));
     }
 
     #[test]
