@@ -150,17 +150,18 @@ pub fn export_key(
     adapter: Option<&MergedAdapter>,
 ) -> String {
     let mut h = Sha256::new();
-    let merged = adapter
-        .map(|a| format!("{}*{}", a.sha256, a.scale))
-        .unwrap_or_default();
-    for part in [
+    // Only a merged export hashes the adapter: plain exports keep the key
+    // they had before adapters existed, and stay cached.
+    let merged = adapter.map(|a| format!("{}*{}", a.sha256, a.scale));
+    let max_len = max_len.to_string();
+    let parts = [
         source_sha256.as_bytes(),
         quant.name().as_bytes(),
-        max_len.to_string().as_bytes(),
+        max_len.as_bytes(),
         EXPORTER.as_bytes(),
         REQUIREMENTS.as_bytes(),
-        merged.as_bytes(),
-    ] {
+    ];
+    for part in parts.into_iter().chain(merged.as_deref().map(str::as_bytes)) {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
