@@ -161,7 +161,10 @@ pub fn export_key(
         EXPORTER.as_bytes(),
         REQUIREMENTS.as_bytes(),
     ];
-    for part in parts.into_iter().chain(merged.as_deref().map(str::as_bytes)) {
+    for part in parts
+        .into_iter()
+        .chain(merged.as_deref().map(str::as_bytes))
+    {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
