@@ -53,7 +53,7 @@ pub enum Event {
         bytes: u64,
         reason: UnloadReason,
     },
-    /// A specialist's LoRA adapter was loaded over its model.
+    /// A specialist's (or the gateway's) LoRA adapter was loaded over its model.
     AdapterLoaded {
         model: String,
         adapter: String,
