@@ -11,7 +11,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::{EngineError, Result};
 
@@ -85,4 +85,27 @@ pub fn downcast_adapter<'a, T: 'static>(
             source_name: adapter.info().name.clone(),
             reason: format!("the adapter was loaded by another engine, not {engine}"),
         })
+}
+
+/// `adapter` as the engine's type `T`, checked to belong to the model
+/// whose shared state is `model` (`owner` reads the adapter's link to it):
+/// another engine's or another model's adapter is
+/// [`EngineError::Incompatible`].
+pub fn adapter_for_model<'a, T: 'static, M>(
+    adapter: &'a Arc<dyn Adapter>,
+    engine: &str,
+    model: &Arc<M>,
+    owner: impl FnOnce(&T) -> &Weak<M>,
+) -> Result<&'a T> {
+    let ours: &T = downcast_adapter(adapter, engine)?;
+    let same = owner(ours)
+        .upgrade()
+        .is_some_and(|o| Arc::ptr_eq(&o, model));
+    if !same {
+        return Err(EngineError::Incompatible {
+            source_name: adapter.info().name.clone(),
+            reason: "the adapter was loaded by another model".into(),
+        });
+    }
+    Ok(ours)
 }

@@ -23,7 +23,7 @@ mod text;
 mod threads;
 mod types;
 
-pub use adapter::{Adapter, AdapterInfo, check_adapter_scale, downcast_adapter};
+pub use adapter::{Adapter, AdapterInfo, adapter_for_model, check_adapter_scale, downcast_adapter};
 pub use chat_template::{BuiltinTemplate, ChatTemplate, TemplateOrigin};
 pub use engine::{
     DEFAULT_CONTEXT, InferenceEngine, Model, Session, SessionOptions, check_eval, check_fits,

@@ -7,7 +7,7 @@ use std::any::Any;
 use std::sync::{Arc, Weak};
 
 use arny_engine_api::{
-    Adapter, AdapterInfo, EngineError, ModelSource, Result, check_adapter_scale, downcast_adapter,
+    Adapter, AdapterInfo, ModelSource, Result, adapter_for_model, check_adapter_scale,
 };
 use arny_gguf::GgufFile;
 use arny_gguf::lora::LoraFile;
@@ -67,14 +67,7 @@ impl BurnAdapter {
         adapter: &Arc<dyn Adapter>,
         inner: &Arc<Inner>,
     ) -> Result<Arc<dyn Adapter>> {
-        let ours: &BurnAdapter = downcast_adapter(adapter, ENGINE_ID)?;
-        let same = ours.owner.upgrade().is_some_and(|o| Arc::ptr_eq(&o, inner));
-        if !same {
-            return Err(EngineError::Incompatible {
-                source_name: ours.info.name.clone(),
-                reason: "the adapter was loaded for another model".into(),
-            });
-        }
+        adapter_for_model(adapter, ENGINE_ID, inner, |a: &BurnAdapter| &a.owner)?;
         Ok(adapter.clone())
     }
 

@@ -13,7 +13,7 @@ use std::any::Any;
 use std::sync::{Arc, Mutex, Weak};
 
 use arny_engine_api::{
-    Adapter, AdapterInfo, EngineError, ModelSource, Result, check_adapter_scale, downcast_adapter,
+    Adapter, AdapterInfo, EngineError, ModelSource, Result, adapter_for_model, check_adapter_scale,
 };
 use arny_gguf::GgufFile;
 use llama_cpp_2::model::LlamaLoraAdapter;
@@ -108,14 +108,7 @@ impl GgufAdapter {
         adapter: &Arc<dyn Adapter>,
         inner: &Arc<Inner>,
     ) -> Result<Arc<dyn Adapter>> {
-        let ours: &GgufAdapter = downcast_adapter(adapter, ENGINE_ID)?;
-        let same = ours.owner.upgrade().is_some_and(|o| Arc::ptr_eq(&o, inner));
-        if !same {
-            return Err(EngineError::Incompatible {
-                source_name: ours.info.name.clone(),
-                reason: "the adapter was loaded into another model".into(),
-            });
-        }
+        adapter_for_model(adapter, ENGINE_ID, inner, |a: &GgufAdapter| &a.owner)?;
         Ok(adapter.clone())
     }
 }
