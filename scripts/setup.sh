@@ -22,6 +22,8 @@
 #   tune        pte-export plus peft and a newer transformers in a small
 #               layer over it (`arny tune`; it also installs them itself)
 #   web         the wasm32 target and wasm-bindgen-cli (the browser package)
+#   web-cli     wasm-bindgen-cli alone (part of web; CI builds it in the
+#               background while the workspace compiles)
 #   browser     Chromium and the playwright-core driver (the browser tests)
 #   test        all of the above, rustfmt, clippy, and the `openai` client
 #               venv the server tests use
@@ -60,7 +62,7 @@ has() {
 }
 for c in ${want//,/ } ${unwanted//,/ }; do
   case "$c" in
-    burn | pte | pte-export | tune | web | browser | test) ;;
+    burn | pte | pte-export | tune | web | web-cli | browser | test) ;;
     *) echo "setup.sh: unknown component $c" >&2; exit 2 ;;
   esac
 done
@@ -118,7 +120,7 @@ fi
 # Must be exactly the version of the wasm-bindgen crate in Cargo.lock, or the
 # JS it writes refuses the module. Not `--locked`: one of its locked
 # dependencies is no longer in the registry. About 3 minutes, once.
-if has web; then
+if has web-cli || { has web && [[ ",$unwanted," != *",web-cli,"* ]]; }; then
   wb_version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
   tools_dir="${ARNY_TOOLS_DIR:-$HOME/.cargo}"
   if [ "$("$tools_dir/bin/wasm-bindgen" --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ]; then

@@ -26,10 +26,16 @@ stage() {
 # The export venv (~6 GB of wheels to unpack) and the tune layer over it
 # install in the background while the workspace compiles; the export stage
 # waits for them.
-scripts/setup.sh --deps-only --with test --without pte-export,tune
+# wasm-bindgen-cli (3 min of compiling, needed only by the browser package)
+# builds beside it too: the workspace build leaves a core idle in its serial
+# stretches.
+scripts/setup.sh --deps-only --with test --without pte-export,tune,web-cli
 venv_log=$(mktemp)
 scripts/setup.sh --deps-only --with pte-export,tune >"$venv_log" 2>&1 &
 venv_pid=$!
+cli_log=$(mktemp)
+scripts/setup.sh --deps-only --with web-cli >"$cli_log" 2>&1 &
+cli_pid=$!
 target="${CARGO_TARGET_DIR:-target}"
 arny="$target/release/arny"
 # The CLI with every engine, and the same features in every cargo command
@@ -75,7 +81,9 @@ if [ -x "$clippy_driver" ]; then
   export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 fi
 stage "building the workspace and its tests, linted by clippy (cold: llama.cpp and Burn, ~32 min on 2 cores)"
-cargo build --release --locked --workspace --all-targets "${features[@]}"
+# --timings leaves a report of where the build's time went in
+# $target/cargo-timings (CI's cold-run figures come from it).
+cargo build --release --locked --workspace --all-targets "${features[@]}" --timings
 if [ -z "${RUSTC_WORKSPACE_WRAPPER:-}" ]; then
   stage "clippy (warnings are errors)"
   cargo clippy --release --locked --workspace --all-targets "${features[@]}" -- -D warnings
@@ -102,6 +110,12 @@ stage "the browser package (wasm32: the SDK, the router, the Burn engine), expor
 export_log=$(mktemp)
 "$arny" export pte --quant fp32 >/dev/null 2>"$export_log" &
 export_pid=$!
+if ! wait "$cli_pid"; then
+  cat "$cli_log" >&2
+  say "installing wasm-bindgen-cli failed"
+  exit 1
+fi
+cat "$cli_log" >&2
 scripts/build-web.sh
 stage "the PTE engine (which reports itself unavailable there) builds for wasm32-unknown-unknown"
 cargo build --release --locked -p arny-engine-pte --target wasm32-unknown-unknown
