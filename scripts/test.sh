@@ -23,6 +23,17 @@ stage() {
   say "$1"
 }
 
+# Waits for a background job, shows its log, and stops the run if it failed.
+await_job() {
+  local ok=0
+  wait "$1" || ok=$?
+  cat "$2" >&2
+  if [ "$ok" -ne 0 ]; then
+    say "$3 failed"
+    exit 1
+  fi
+}
+
 # The export venv (~6 GB of wheels to unpack) and the tune layer over it
 # install in the background while the workspace compiles; the export stage
 # waits for them.
@@ -80,7 +91,7 @@ if [ -x "$clippy_driver" ]; then
   export RUSTC_WORKSPACE_WRAPPER="$clippy_driver"
   export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 fi
-stage "building the workspace and its tests, linted by clippy (cold: llama.cpp and Burn, ~32 min on 2 cores)"
+stage "building the workspace and its tests, linted by clippy (cold: llama.cpp and Burn, 23 to 32 min on 2 cores)"
 # --timings leaves a report of where the build's time went in
 # $target/cargo-timings (CI's cold-run figures come from it).
 cargo build --release --locked --workspace --all-targets "${features[@]}" --timings
@@ -96,12 +107,7 @@ stage "fetching the default model"
 # exporter and its pinned requirements; a fresh machine exports them here
 # (about 7 min and 1 min on 2 cores).
 stage "the PTE export venv and the tune layer (installed in the background since setup)"
-if ! wait "$venv_pid"; then
-  cat "$venv_log" >&2
-  say "creating the PTE export venv failed"
-  exit 1
-fi
-cat "$venv_log" >&2
+await_job "$venv_pid" "$venv_log" "creating the PTE export venv"
 # The export runs beside the wasm32 builds: measured cold, the export and
 # the browser package's build took 1080 s together, 1198 s one after the
 # other (the export alone uses both cores; most of the gain is the
@@ -110,22 +116,12 @@ stage "the browser package (wasm32: the SDK, the router, the Burn engine), expor
 export_log=$(mktemp)
 "$arny" export pte --quant fp32 >/dev/null 2>"$export_log" &
 export_pid=$!
-if ! wait "$cli_pid"; then
-  cat "$cli_log" >&2
-  say "installing wasm-bindgen-cli failed"
-  exit 1
-fi
-cat "$cli_log" >&2
+await_job "$cli_pid" "$cli_log" "installing wasm-bindgen-cli"
 scripts/build-web.sh
 stage "the PTE engine (which reports itself unavailable there) builds for wasm32-unknown-unknown"
 cargo build --release --locked -p arny-engine-pte --target wasm32-unknown-unknown
 stage "waiting for the ExecuTorch export"
-if ! wait "$export_pid"; then
-  cat "$export_log" >&2
-  say "exporting the default model to ExecuTorch failed"
-  exit 1
-fi
-cat "$export_log" >&2
+await_job "$export_pid" "$export_log" "exporting the default model to ExecuTorch"
 
 stage "tests"
 # The SDK's app-level test runs once per engine listed here.
