@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use arny_engine_api::{
-    Adapter, ChatMessage, Completion, EngineError, FinishReason, GenerateRequest, LoadOptions,
-    LogitsRequest, Model, ModelSource, Prompt, SamplingParams, Session, SessionOptions, TokenEvent,
-    next_token_logits, prompt_tokens, sampler::argmax, teacher_forced_logits,
+    Adapter, ChatMessage, Completion, Constraint, EngineError, FinishReason, GenerateRequest,
+    LoadOptions, LogitsRequest, Model, ModelSource, Prompt, SamplingParams, Session,
+    SessionOptions, TokenEvent, next_token_logits, prompt_tokens, sampler::argmax,
+    teacher_forced_logits,
 };
 
 use crate::{Tck, Which};
@@ -173,6 +174,106 @@ pub async fn greedy_answers_two_plus_two(t: &Tck) {
     assert_eq!(u.generated_tokens, done.tokens.len());
     assert_eq!(u.prefill_tokens, u.prompt_tokens);
     assert!(u.ttft_ms > 0.0 && u.prefill_tok_s > 0.0 && u.decode_tok_s > 0.0);
+}
+
+/// On random weights the model wants nothing in particular: the output is
+/// valid only because every step was masked.
+pub async fn constraint_holds_whatever_the_logits(t: &Tck) {
+    let m = t.model.as_ref();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "minimum": 1, "maximum": 9},
+            "color": {"enum": ["red", "green"]}
+        },
+        "required": ["n", "color"],
+        "additionalProperties": false
+    });
+    for sampling in [
+        SamplingParams::greedy(),
+        SamplingParams::with_temperature(1.0),
+    ] {
+        let req = GenerateRequest {
+            sampling,
+            constraint: Some(Constraint::JsonSchema(schema.clone())),
+            ..greedy("Pick a number and a color.", 64)
+        };
+        let (events, done) = run(m, req).await;
+        assert!(!done.incomplete, "{done:?}");
+        assert_eq!(done.finish_reason, FinishReason::Eos);
+        assert_eq!(joined(&events, &done), done.text);
+        let v: serde_json::Value = serde_json::from_str(&done.text).expect(&done.text);
+        assert!((1..=9).contains(&v["n"].as_i64().unwrap()), "{v}");
+        assert!(
+            ["red", "green"].contains(&v["color"].as_str().unwrap()),
+            "{v}"
+        );
+    }
+    // Too few tokens to finish: says so.
+    let req = GenerateRequest {
+        constraint: Some(Constraint::Regex("[a-z]{40}".into())),
+        ..greedy("Spell a long word.", 3)
+    };
+    let (_, done) = run(m, req).await;
+    assert_eq!(done.finish_reason, FinishReason::MaxTokens);
+    assert!(done.incomplete);
+    // A keyword the compiler does not enforce is refused before any token.
+    let req = GenerateRequest {
+        constraint: Some(Constraint::JsonSchema(
+            serde_json::json!({"type": "object", "not": {"required": ["x"]}}),
+        )),
+        ..greedy("hi", 8)
+    };
+    let mut s = session(m).await;
+    match arny_engine_api::generate(m, s.as_mut(), req, |_| {}).await {
+        Err(EngineError::InvalidConstraint(msg)) => {
+            assert!(msg.contains("\"not\""), "{msg}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s.tokens().is_empty(), "nothing may run before the refusal");
+}
+
+/// Log-probabilities: the greedy choice is the top alternative, and the
+/// alternatives come best first.
+pub async fn top_logprobs_rank_the_choice(t: &Tck) {
+    let m = t.model.as_ref();
+    let req = GenerateRequest {
+        logprobs: true,
+        top_logprobs: 5,
+        ..greedy("Name a fruit.", 6)
+    };
+    let (events, _) = run(m, req).await;
+    assert!(!events.is_empty());
+    for e in &events {
+        assert_eq!(e.top_logprobs.len(), 5, "{e:?}");
+        assert_eq!(e.top_logprobs[0].0, e.token, "{e:?}");
+        assert!(
+            (e.top_logprobs[0].1 - e.logprob.unwrap()).abs() < 1e-4,
+            "{e:?}"
+        );
+        assert!(e.top_logprobs.windows(2).all(|w| w[0].1 >= w[1].1), "{e:?}");
+        assert!(e.top_logprobs.iter().all(|(_, lp)| *lp <= 0.0));
+    }
+}
+
+/// The real model, held to a schema, still answers the question.
+pub async fn constrained_json_names_the_capital(t: &Tck) {
+    let m = t.model.as_ref();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": false
+    });
+    let req = GenerateRequest {
+        constraint: Some(Constraint::JsonSchema(schema)),
+        ..greedy("What is the capital of France? Reply in JSON.", 32)
+    };
+    let (_, done) = run(m, req).await;
+    assert!(!done.incomplete, "{done:?}");
+    let v: serde_json::Value = serde_json::from_str(&done.text).expect(&done.text);
+    assert_eq!(v, serde_json::json!({"city": "Paris"}), "{}", done.text);
 }
 
 pub async fn greedy_is_deterministic_across_sessions(t: &Tck) {

@@ -168,6 +168,8 @@ macro_rules! engine_tck {
             bad_files_give_typed_errors,
             sessions_run_concurrently,
             adapters_follow_capabilities,
+            constraint_holds_whatever_the_logits,
+            top_logprobs_rank_the_choice,
         );
         $crate::engine_tck!(@cases reference, Reference,
             info_is_consistent,
@@ -175,6 +177,7 @@ macro_rules! engine_tck {
             special_tokens_parse,
             chat_template_matches_reference,
             greedy_answers_two_plus_two,
+            constrained_json_names_the_capital,
             streamed_pieces_are_utf8_safe,
             logits_agree_across_paths,
             truncate_then_continue_matches_fresh,

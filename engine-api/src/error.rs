@@ -67,6 +67,17 @@ pub enum EngineError {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// An output constraint (JSON Schema, regex, grammar) cannot be
+    /// enforced: a keyword the compiler does not support, a malformed
+    /// pattern. Reported before anything is generated.
+    #[error("invalid constraint: {0}")]
+    InvalidConstraint(String),
+
+    /// The constraint's matcher failed during generation. Generation stops
+    /// here; it never continues unconstrained.
+    #[error("constraint failed: {0}")]
+    ConstraintFailed(String),
+
     /// The chat template failed to parse or render.
     #[error("chat template: {0}")]
     Template(String),
@@ -103,6 +114,8 @@ impl EngineError {
             Self::ContextOverflow { .. } => "context_overflow",
             Self::Cancelled => "cancelled",
             Self::InvalidInput(_) => "invalid_input",
+            Self::InvalidConstraint(_) => "invalid_constraint",
+            Self::ConstraintFailed(_) => "constraint_failed",
             Self::Template(_) => "template",
             Self::Io { .. } => "io",
             Self::Engine { .. } => "engine",

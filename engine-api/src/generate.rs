@@ -4,7 +4,8 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
-use crate::sampler::{Sampler, SamplingParams, log_prob};
+use crate::constraint::{Constraint, ConstraintState};
+use crate::sampler::{Sampler, SamplingParams, log_prob, top_log_probs};
 use crate::text::{StopMatcher, Utf8Stream};
 use crate::{
     CancelToken, ChatMessage, EngineError, Logits, LogitsRequest, Model, Result, Session, TokenId,
@@ -35,8 +36,17 @@ pub struct GenerateRequest {
     pub ignore_eos: bool,
     /// Report each token's log-probability under the model.
     pub logprobs: bool,
+    /// Also report this many most likely alternatives at each step (0-20);
+    /// needs `logprobs`.
+    pub top_logprobs: u32,
+    /// What the output must match; enforced at every token (see
+    /// [`crate::Constraint`]).
+    pub constraint: Option<Constraint>,
     pub cancel: CancelToken,
 }
+
+/// The most alternatives a request may ask for per token.
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 impl GenerateRequest {
     pub fn new(prompt: Prompt) -> Self {
@@ -47,6 +57,8 @@ impl GenerateRequest {
             stop: Vec::new(),
             ignore_eos: false,
             logprobs: false,
+            top_logprobs: 0,
+            constraint: None,
             cancel: CancelToken::new(),
         }
     }
@@ -67,13 +79,19 @@ pub struct TokenEvent {
     /// empty while a character or a possible stop string is incomplete.
     pub text: String,
     pub logprob: Option<f32>,
+    /// The most likely tokens at this step with their log-probabilities,
+    /// best first (requests with `top_logprobs`). They are the model's
+    /// unconstrained probabilities, before penalties.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_logprobs: Vec<(TokenId, f32)>,
 }
 
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
-    /// The model produced an end-of-generation token.
+    /// The model produced an end-of-generation token, or the request's
+    /// constraint was complete and allowed nothing else.
     Eos,
     /// A stop string appeared.
     StopString,
@@ -129,6 +147,11 @@ pub struct Completion {
     /// character). A streaming consumer prints it after the last event;
     /// it is already part of `text`.
     pub tail: String,
+    /// The request had a constraint and the output does not complete it
+    /// (generation ended on `max_tokens`, a full context, a stop string or
+    /// a cancel). Always false without a constraint.
+    #[serde(default)]
+    pub incomplete: bool,
     pub usage: Usage,
 }
 
@@ -145,6 +168,7 @@ pub struct Generation<'a> {
     session: &'a mut dyn Session,
     request: GenerateRequest,
     sampler: Sampler,
+    constraint: Option<ConstraintState>,
     utf8: Utf8Stream,
     stops: StopMatcher,
     /// Logits for the next token; `None` until prefill has run.
@@ -171,6 +195,22 @@ impl<'a> Generation<'a> {
     ) -> Result<Self> {
         let started = Instant::now();
         let sampler = Sampler::new(request.sampling.clone(), model.default_seed())?;
+        if request.top_logprobs > MAX_TOP_LOGPROBS {
+            return Err(EngineError::InvalidInput(format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}",
+                request.top_logprobs
+            )));
+        }
+        if request.top_logprobs > 0 && !request.logprobs {
+            return Err(EngineError::InvalidInput(
+                "top_logprobs needs logprobs".into(),
+            ));
+        }
+        if request.ignore_eos && request.constraint.is_some() {
+            return Err(EngineError::InvalidInput(
+                "ignore_eos cannot be combined with a constraint: a complete match must end".into(),
+            ));
+        }
         let prompt = prompt_tokens(model, &request.prompt)?;
         if prompt.is_empty() {
             return Err(EngineError::InvalidInput("empty prompt".into()));
@@ -183,6 +223,10 @@ impl<'a> Generation<'a> {
                 capacity,
             });
         }
+        let constraint = match &request.constraint {
+            Some(c) => Some(ConstraintState::new(model, c)?),
+            None => None,
+        };
         let stops = StopMatcher::new(request.stop.clone());
         let usage = Usage {
             prompt_tokens: prompt.len(),
@@ -193,6 +237,7 @@ impl<'a> Generation<'a> {
             session,
             request,
             sampler,
+            constraint,
             utf8: Utf8Stream::new(),
             stops,
             next_logits: None,
@@ -272,14 +317,31 @@ impl<'a> Generation<'a> {
             return Ok(self.end(FinishReason::MaxTokens));
         }
         let logits = self.next_logits.take().unwrap_or_default();
-        let token = self.sampler.sample(logits.last(), self.session.tokens())?;
-        let logprob = if self.request.logprobs {
-            log_prob(logits.last(), token)
+        let mask = match &mut self.constraint {
+            Some(c) => Some(c.mask()?),
+            None => None,
+        };
+        let token =
+            self.sampler
+                .sample_allowed(logits.last(), self.session.tokens(), mask.as_ref())?;
+        let (logprob, top_logprobs) = if self.request.logprobs {
+            (
+                log_prob(logits.last(), token),
+                top_log_probs(logits.last(), self.request.top_logprobs as usize),
+            )
         } else {
-            None
+            (None, Vec::new())
         };
         if !self.request.ignore_eos && self.model.special_tokens().is_end_of_generation(token) {
             return Ok(self.end(FinishReason::Eos));
+        }
+        // The matcher only refuses what its own mask did not allow, so a
+        // failure here is internal; it ends the request, never the
+        // constraint.
+        let mut complete = false;
+        if let Some(c) = &mut self.constraint {
+            c.consume(token)?;
+            complete = c.is_stopped();
         }
 
         let now = Instant::now();
@@ -303,10 +365,13 @@ impl<'a> Generation<'a> {
                 token,
                 text,
                 logprob,
+                top_logprobs,
             }));
         }
 
-        let end = if self.generated.len() >= self.request.max_tokens as usize {
+        let end = if complete {
+            Some(FinishReason::Eos)
+        } else if self.generated.len() >= self.request.max_tokens as usize {
             Some(FinishReason::MaxTokens)
         } else if self.session.tokens().len() + 1 > self.session.context_length() {
             Some(FinishReason::ContextFull)
@@ -330,6 +395,7 @@ impl<'a> Generation<'a> {
             token,
             text,
             logprob,
+            top_logprobs,
         }))
     }
 
@@ -372,12 +438,18 @@ impl<'a> Generation<'a> {
             self.usage.decode_tok_s = rate(n.saturating_sub(1), decode);
         }
         self.usage.total_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let finish_reason = self.finished.unwrap_or(FinishReason::Cancelled);
+        let incomplete = match &mut self.constraint {
+            Some(c) => finish_reason != FinishReason::Eos || !c.is_accepting(),
+            None => false,
+        };
         Completion {
             text: self.text,
             tokens: self.generated,
-            finish_reason: self.finished.unwrap_or(FinishReason::Cancelled),
+            finish_reason,
             stop: self.stop_hit,
             tail: self.tail,
+            incomplete,
             usage: self.usage,
         }
     }

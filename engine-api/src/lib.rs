@@ -8,6 +8,8 @@
 //! * [`Generation`] turns a session into a stream of [`TokenEvent`]s with
 //!   the shared [`Sampler`], stop strings, UTF-8-safe pieces, cancellation
 //!   and timings.
+//! * [`Constraint`] holds generated text to a JSON Schema, a regex or a
+//!   Lark grammar, through `llguidance` masks applied by the sampler.
 //! * [`ChatTemplate`] renders conversations with the model's own Jinja
 //!   template in a sandbox.
 //!
@@ -15,6 +17,7 @@
 
 mod adapter;
 mod chat_template;
+mod constraint;
 mod engine;
 mod error;
 mod generate;
@@ -25,14 +28,15 @@ mod types;
 
 pub use adapter::{Adapter, AdapterInfo, adapter_for_model, check_adapter_scale, downcast_adapter};
 pub use chat_template::{BuiltinTemplate, ChatTemplate, TemplateOrigin};
+pub use constraint::{Constraint, ConstraintState, TokenMask};
 pub use engine::{
     DEFAULT_CONTEXT, InferenceEngine, Model, Session, SessionOptions, check_eval, check_fits,
     check_model_file, check_tokens, cpu_device, resolve_context,
 };
 pub use error::{EngineError, Result};
 pub use generate::{
-    Completion, FinishReason, GenerateRequest, Generation, GenerationEvent, Prompt, TokenEvent,
-    Usage, generate, next_token_logits, prompt_tokens, teacher_forced_logits,
+    Completion, FinishReason, GenerateRequest, Generation, GenerationEvent, MAX_TOP_LOGPROBS,
+    Prompt, TokenEvent, Usage, generate, next_token_logits, prompt_tokens, teacher_forced_logits,
 };
 pub use sampler::{Sampler, SamplingParams};
 pub use text::{StopMatcher, StopScan, Utf8Stream};

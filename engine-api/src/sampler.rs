@@ -4,12 +4,14 @@
 //! random draw happens here, so identical logits and seed give identical
 //! tokens on llama.cpp, ExecuTorch and Burn alike. The pipeline follows
 //! llama.cpp's default order: penalties, top-k, temperature, top-p, min-p,
-//! draw.
+//! draw. A constraint's [`TokenMask`] comes first of all: tokens it does not
+//! allow are never candidates.
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::constraint::TokenMask;
 use crate::{EngineError, Result, TokenId};
 
 /// How to pick the next token.
@@ -26,7 +28,13 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// Divide positive (multiply negative) logits of recent tokens; 1 disables.
     pub repetition_penalty: f32,
-    /// How many recent tokens the penalty looks at.
+    /// Subtracted from the logit of every token seen in the window
+    /// (OpenAI's `presence_penalty`); 0 disables.
+    pub presence_penalty: f32,
+    /// Subtracted once per occurrence in the window (OpenAI's
+    /// `frequency_penalty`); 0 disables.
+    pub frequency_penalty: f32,
+    /// How many recent tokens the penalties look at.
     pub repeat_last_n: usize,
     /// `None`: the model's default seed from its load options.
     pub seed: Option<u64>,
@@ -40,6 +48,8 @@ impl Default for SamplingParams {
             top_p: 0.95,
             min_p: 0.05,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             repeat_last_n: 64,
             seed: None,
         }
@@ -87,6 +97,12 @@ impl SamplingParams {
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return bad("repetition_penalty must be a positive number");
         }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) || self.presence_penalty.is_nan() {
+            return bad("presence_penalty must be in [-2, 2]");
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) || self.frequency_penalty.is_nan() {
+            return bad("frequency_penalty must be in [-2, 2]");
+        }
         Ok(())
     }
 
@@ -123,6 +139,17 @@ impl Sampler {
     /// Picks the next token from `logits`, given the tokens so far (for the
     /// repetition penalty). Fails only on empty or all-NaN logits.
     pub fn sample(&mut self, logits: &[f32], history: &[TokenId]) -> Result<TokenId> {
+        self.sample_allowed(logits, history, None)
+    }
+
+    /// As [`Sampler::sample`], choosing only among the tokens `mask`
+    /// allows; fails when none of them has a logit.
+    pub fn sample_allowed(
+        &mut self,
+        logits: &[f32],
+        history: &[TokenId],
+        mask: Option<&TokenMask>,
+    ) -> Result<TokenId> {
         if logits.is_empty() {
             return Err(EngineError::InvalidInput("empty logits".into()));
         }
@@ -131,9 +158,12 @@ impl Sampler {
         let mut scratch = std::mem::take(&mut self.penalized);
         let logits = apply_penalty(&self.params, logits, history, &mut scratch);
         let picked = if self.params.is_greedy() {
-            argmax(logits)
+            match mask {
+                None => argmax(logits),
+                Some(mask) => argmax_allowed(logits, mask),
+            }
         } else {
-            self.collect_candidates(logits);
+            self.collect_candidates(logits, mask);
             if self.candidates.is_empty() {
                 None
             } else {
@@ -142,18 +172,33 @@ impl Sampler {
             }
         };
         self.penalized = scratch;
-        picked.ok_or_else(|| EngineError::InvalidInput("logits are all NaN".into()))
+        picked.ok_or_else(|| match mask {
+            Some(_) => EngineError::ConstraintFailed("no allowed token has a logit".into()),
+            None => EngineError::InvalidInput("logits are all NaN".into()),
+        })
     }
 
-    fn collect_candidates(&mut self, logits: &[f32]) {
+    fn collect_candidates(&mut self, logits: &[f32], mask: Option<&TokenMask>) {
         self.candidates.clear();
-        self.candidates.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| !l.is_nan())
-                .map(|(i, &l)| (i as TokenId, l)),
-        );
+        match mask {
+            None => self.candidates.extend(
+                logits
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| !l.is_nan())
+                    .map(|(i, &l)| (i as TokenId, l)),
+            ),
+            Some(mask) => {
+                let out = &mut self.candidates;
+                mask.for_each_allowed(|t| {
+                    if let Some(&l) = logits.get(t as usize)
+                        && !l.is_nan()
+                    {
+                        out.push((t, l));
+                    }
+                });
+            }
+        }
         // Stable order (logit desc, id asc) makes every later step
         // independent of how the engine laid out its logits.
         let k = self.params.top_k as usize;
@@ -225,7 +270,9 @@ fn apply_penalty<'a>(
     scratch: &'a mut Vec<f32>,
 ) -> &'a [f32] {
     let p = params.repetition_penalty;
-    if p == 1.0 || params.repeat_last_n == 0 || history.is_empty() {
+    let (presence, frequency) = (params.presence_penalty, params.frequency_penalty);
+    let off = p == 1.0 && presence == 0.0 && frequency == 0.0;
+    if off || params.repeat_last_n == 0 || history.is_empty() {
         return logits;
     }
     scratch.clear();
@@ -233,10 +280,13 @@ fn apply_penalty<'a>(
     let start = history.len().saturating_sub(params.repeat_last_n);
     let mut seen = history[start..].to_vec();
     seen.sort_unstable();
-    seen.dedup();
-    for t in seen {
-        if let Some(l) = scratch.get_mut(t as usize) {
-            *l = if *l > 0.0 { *l / p } else { *l * p };
+    // Each distinct token once, with how often it occurred.
+    for run in seen.chunk_by(|a, b| a == b) {
+        if let Some(l) = scratch.get_mut(run[0] as usize) {
+            if p != 1.0 {
+                *l = if *l > 0.0 { *l / p } else { *l * p };
+            }
+            *l -= presence + frequency * run.len() as f32;
         }
     }
     scratch
@@ -259,6 +309,48 @@ pub fn argmax(logits: &[f32]) -> Option<TokenId> {
         }
     }
     best.map(|(i, _)| i as TokenId)
+}
+
+/// [`argmax`] over the tokens `mask` allows.
+fn argmax_allowed(logits: &[f32], mask: &TokenMask) -> Option<TokenId> {
+    let mut best: Option<(TokenId, f32)> = None;
+    // Allowed tokens come in increasing id order, so `>` keeps the lowest
+    // id on ties, as `argmax` does.
+    mask.for_each_allowed(|t| {
+        if let Some(&l) = logits.get(t as usize)
+            && !l.is_nan()
+            && best.is_none_or(|(_, b)| l > b)
+        {
+            best = Some((t, l));
+        }
+    });
+    best.map(|(t, _)| t)
+}
+
+/// The `n` most likely tokens with their log-probabilities, best first
+/// (lowest id first on ties).
+pub fn top_log_probs(logits: &[f32], n: usize) -> Vec<(TokenId, f32)> {
+    if n == 0 || logits.is_empty() {
+        return Vec::new();
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let norm = sum.ln();
+    let mut all: Vec<(TokenId, f32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.is_nan())
+        .map(|(i, &l)| (i as TokenId, l))
+        .collect();
+    let n = n.min(all.len());
+    if n < all.len() {
+        all.select_nth_unstable_by(n - 1, |a, b| cmp_desc(*a, *b));
+        all.truncate(n);
+    }
+    all.sort_unstable_by(|a, b| cmp_desc(*a, *b));
+    all.into_iter()
+        .map(|(t, l)| (t, (f64::from(l - max) - norm) as f32))
+        .collect()
 }
 
 /// `log softmax(logits)[token]`, computed stably.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arny_engine_api::{
-    CancelToken, ChatMessage, ChatTemplate, FinishReason, GenerateRequest, InferenceEngine, Model,
-    Prompt, Role, SamplingParams, Usage, generate,
+    CancelToken, ChatMessage, ChatTemplate, Constraint, FinishReason, GenerateRequest,
+    InferenceEngine, Model, Prompt, Role, SamplingParams, TokenId, Usage, generate,
 };
 use arny_router::{
     CLOUD, Classifier, Decision, ExampleClassifier, ExampleOptions, Gateway, LabelExamples,
@@ -107,6 +107,17 @@ pub struct AskRequest {
     /// Changes to the specialist's sampling, setting by setting.
     pub sampling: SamplingOverrides,
     pub stop: Vec<String>,
+    /// What the answer must match (JSON Schema, regex, grammar); replaces
+    /// the specialist's declared `output_schema`. Enforced token by token
+    /// on-device; a request with one is never sent to the cloud.
+    pub constraint: Option<Constraint>,
+    /// Report each generated token's log-probability ([`Answer::logprobs`]).
+    pub logprobs: bool,
+    /// And this many most likely alternatives per token (needs `logprobs`).
+    pub top_logprobs: u32,
+    /// Complete the last user message's text as a raw prompt: no system
+    /// prompt, no chat template (OpenAI's `/v1/completions`).
+    pub raw: bool,
     pub cancel: CancelToken,
 }
 
@@ -119,9 +130,49 @@ impl AskRequest {
             max_tokens: None,
             sampling: SamplingOverrides::default(),
             stop: Vec::new(),
+            constraint: None,
+            logprobs: false,
+            top_logprobs: 0,
+            raw: false,
             cancel: CancelToken::new(),
         }
     }
+
+    /// Options only a local generation can honour, named for the error a
+    /// cloud answer would be.
+    fn local_only(&self) -> Option<&'static str> {
+        if self.constraint.is_some() {
+            Some("an output constraint")
+        } else if self.logprobs {
+            Some("logprobs")
+        } else if self.raw {
+            Some("a raw prompt")
+        } else if self.sampling.presence_penalty.is_some()
+            || self.sampling.frequency_penalty.is_some()
+        {
+            Some("presence/frequency penalties")
+        } else {
+            None
+        }
+    }
+}
+
+/// One generated token's log-probability, with the most likely
+/// alternatives at its step when they were asked for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TokenLogprob {
+    /// The token's text (lossy where it holds part of a UTF-8 character).
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
 }
 
 /// Who answered.
@@ -176,6 +227,11 @@ pub struct Answer {
     pub cloud_finish_reason: Option<String>,
     /// Local generations only.
     pub usage: Option<Usage>,
+    /// The answer stopped before completing the request's constraint
+    /// (see [`arny_engine_api::Completion::incomplete`]).
+    pub incomplete: bool,
+    /// Per-token log-probabilities, when the request asked for them.
+    pub logprobs: Vec<TokenLogprob>,
     pub total_ms: f64,
 }
 
@@ -200,6 +256,34 @@ struct Specialist {
     context_length: Option<u32>,
     /// The LoRA adapter its sessions run with, over `model`.
     adapter: Option<AdapterRef>,
+    /// Its declared output shape, used when a request sets none.
+    constraint: Option<Constraint>,
+}
+
+fn token_logprob(
+    model: &dyn Model,
+    token: TokenId,
+    logprob: f32,
+    top: &[(TokenId, f32)],
+) -> TokenLogprob {
+    let piece = |t: TokenId| model.token_bytes(t).map(<[u8]>::to_vec).unwrap_or_default();
+    let bytes = piece(token);
+    TokenLogprob {
+        token: String::from_utf8_lossy(&bytes).into_owned(),
+        bytes,
+        logprob,
+        top: top
+            .iter()
+            .map(|&(t, lp)| {
+                let bytes = piece(t);
+                TopLogprob {
+                    token: String::from_utf8_lossy(&bytes).into_owned(),
+                    bytes,
+                    logprob: lp,
+                }
+            })
+            .collect(),
+    }
 }
 
 /// A specialist's sampling: its manifest settings where it has them.
@@ -408,6 +492,14 @@ impl Assistant {
                 (Some(d), h)
             }
         };
+        if matches!(handler, Handler::Cloud { .. })
+            && let Some(what) = request.local_only()
+        {
+            return Err(SdkError::InvalidRequest(format!(
+                "the gateway chose the cloud, which cannot honour {what}; name a specialist \
+                 to answer on-device"
+            )));
+        }
         let mut answer = match &handler {
             Handler::Cloud { .. } => match self.ask_cloud(&request, &mut on_text).await {
                 Ok(a) => a,
@@ -487,21 +579,36 @@ impl Assistant {
         let mut messages = Vec::with_capacity(request.messages.len() + 1);
         messages.push(ChatMessage::system(sp.system_prompt.clone()));
         messages.extend(request.messages.iter().cloned());
-        let prompt = match &sp.chat_template {
-            Some(t) => Prompt::Text(render_with_override(model.as_ref(), t, &messages)?),
-            None => Prompt::Chat(messages),
+        let prompt = if request.raw {
+            let text = request.messages.last().map(|m| m.content.clone());
+            Prompt::Text(text.unwrap_or_default())
+        } else {
+            match &sp.chat_template {
+                Some(t) => Prompt::Text(render_with_override(model.as_ref(), t, &messages)?),
+                None => Prompt::Chat(messages),
+            }
         };
         let mut req = GenerateRequest::new(prompt);
         req.max_tokens = request.max_tokens.unwrap_or(sp.max_tokens);
         req.stop = request.stop.clone();
         req.cancel = request.cancel.clone();
         req.sampling = request.sampling.applied_to(&sp.sampling);
+        req.constraint = request.constraint.clone().or_else(|| sp.constraint.clone());
+        req.logprobs = request.logprobs;
+        req.top_logprobs = request.top_logprobs;
         let adapter = match &sp.adapter {
             Some(a) => Some(lease.adapter(&sp.name, a).await?),
             None => None,
         };
         let mut session = lease.session(&sp.name, sp.context_length, adapter).await?;
-        let completion = generate(model.as_ref(), session.get(), req, |t| on_text(&t.text)).await?;
+        let mut logprobs = Vec::new();
+        let completion = generate(model.as_ref(), session.get(), req, |t| {
+            if let Some(lp) = t.logprob {
+                logprobs.push(token_logprob(model.as_ref(), t.token, lp, &t.top_logprobs));
+            }
+            on_text(&t.text)
+        })
+        .await?;
         drop(session);
         Ok(Answer {
             decision: None,
@@ -510,6 +617,8 @@ impl Assistant {
             finish_reason: completion.finish_reason,
             cloud_finish_reason: None,
             usage: Some(completion.usage),
+            incomplete: completion.incomplete,
+            logprobs,
             total_ms: 0.0,
         })
     }
@@ -557,6 +666,8 @@ impl Assistant {
             finish_reason,
             cloud_finish_reason: Some(cloud_reason),
             usage: None,
+            incomplete: false,
+            logprobs: Vec::new(),
             total_ms: 0.0,
         })
     }
@@ -755,6 +866,7 @@ fn specialists(
                     .as_ref()
                     .map(|a| adapter_ref(manifest, s.name.get_ref(), a, adapter_bytes))
                     .transpose()?,
+                constraint: manifest.output_constraint(s)?,
             })
         })
         .collect()

@@ -26,12 +26,13 @@ pub mod manifest;
 mod request;
 
 pub use arny_engine_api::{
-    CancelToken, ChatMessage, DeviceRequest, EngineKind, FinishReason, Role, SamplingParams, Usage,
+    CancelToken, ChatMessage, Constraint, DeviceRequest, EngineKind, FinishReason, Role,
+    SamplingParams, Usage,
 };
 pub use arny_router::{CLOUD, Decision, LabelScore};
 pub use assistant::{
     Answer, AskRequest, Assistant, AssistantOptions, DEFAULT_MAX_TOKENS, Engines, Handler, Status,
-    gateway_training_data,
+    TokenLogprob, TopLogprob, gateway_training_data,
 };
 pub use error::{Result, SdkError};
 pub use events::{Event, UnloadReason};

@@ -148,6 +148,10 @@ pub struct SpecialistSpec {
     /// makes them): the model stays loaded once, and the specialist's
     /// sessions run with the adapter.
     pub adapter: Option<AdapterSpec>,
+    /// A JSON Schema file (relative to the manifest) every answer of this
+    /// specialist must match, enforced while generating; a request's own
+    /// constraint replaces it.
+    pub output_schema: Option<PathBuf>,
 }
 
 /// Where a specialist's LoRA adapter comes from: exactly one of `path`,
@@ -340,6 +344,38 @@ impl Manifest {
     /// Checks everything parsing cannot: references between sections,
     /// value ranges, what a plan and a strategy need. [`Manifest::parse`]
     /// calls it; so does `Assistant::new`, for manifests built in code.
+    /// The constraint a specialist declares (`output_schema`), read from
+    /// its file.
+    pub fn output_constraint(
+        &self,
+        s: &SpecialistSpec,
+    ) -> Result<Option<arny_engine_api::Constraint>, SdkError> {
+        let Some(rel) = &s.output_schema else {
+            return Ok(None);
+        };
+        let path = self.base_dir.join(rel);
+        let fail = |message: String| SdkError::Manifest {
+            origin: self.origin.clone(),
+            line: None,
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            fail(format!(
+                "specialist `{}`: output_schema {}: {e}",
+                s.name.get_ref(),
+                path.display()
+            ))
+        })?;
+        let schema: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            fail(format!(
+                "specialist `{}`: output_schema {} is not JSON: {e}",
+                s.name.get_ref(),
+                path.display()
+            ))
+        })?;
+        Ok(Some(arny_engine_api::Constraint::JsonSchema(schema)))
+    }
+
     pub fn validate(&self) -> Result<(), SdkError> {
         if self.models.is_empty() {
             return Err(self.error(

@@ -351,7 +351,9 @@ pub unsafe extern "C" fn arny_generate(
                 .map_err(|e| Failure::invalid(format!("options_json: {e}")))?,
             _ => AskOptions::default(),
         };
-        let mut request = options.request(text);
+        let mut request = options
+            .request(text)
+            .map_err(|e| Failure::invalid(format!("options_json: {e}")))?;
         // SAFETY: null or a live ArnyCancel (function contract).
         if let Some(c) = unsafe { cancel.as_ref() } {
             request.cancel = c.token.clone();

@@ -438,10 +438,13 @@ impl Assistant {
 
     /// Answers `text`: routes it, streams the specialist's answer to
     /// `onToken(piece)`, resolves to `{decision, handler, text,
-    /// finish_reason, usage, total_ms}`. `options`: `{specialist, maxTokens,
-    /// temperature, topK, topP, minP, repetitionPenalty, seed, stop}` (the
-    /// SDK's `AskOptions`; snake_case works too, an unknown key is an
-    /// error). `finish_reason` is `cancelled` after [`Assistant::cancel`].
+    /// finish_reason, incomplete, usage, total_ms}`. `options`:
+    /// `{specialist, maxTokens, temperature, topK, topP, minP,
+    /// repetitionPenalty, presencePenalty, frequencyPenalty, seed, stop,
+    /// jsonSchema, jsonObject, regex, grammar, logprobs, topLogprobs}` (the
+    /// SDK's `AskOptions`; snake_case works too, an unknown key or two
+    /// constraints are an error). A constraint is enforced while the
+    /// answer is generated, in the page as everywhere. `finish_reason` is `cancelled` after [`Assistant::cancel`].
     pub fn ask(&self, text: String, on_token: Option<Function>, options: JsValue) -> Promise {
         let inner = self.inner.clone();
         let running = self.running.clone();
@@ -454,7 +457,9 @@ impl Assistant {
                 serde_wasm_bindgen::from_value(options)
                     .map_err(|e| JsError::new(&format!("invalid_argument: options: {e}")))?
             };
-            let request = options.request(text);
+            let request = options
+                .request(text)
+                .map_err(|e| JsError::new(&format!("invalid_argument: options: {e}")))?;
             let cancel = request.cancel.clone();
             running.borrow_mut().push((id, cancel));
             // A page has one thread: the wrapper only satisfies the SDK's

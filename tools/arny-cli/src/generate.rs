@@ -1,7 +1,7 @@
 //! `arny generate`: one prompt in, a streamed answer out.
 
 use anyhow::{Context, Result};
-use arny_engine_api::{ChatMessage, Generation, Prompt};
+use arny_engine_api::{ChatMessage, Constraint, Generation, Prompt};
 
 use crate::runtime::{AdapterArgs, ModelArgs, SamplingArgs, load, read_prompt, stream_to_stdout};
 
@@ -19,6 +19,8 @@ pub struct Args {
     /// Send the prompt as raw text, without the chat template.
     #[arg(long)]
     raw: bool,
+    #[command(flatten)]
+    constraint: ConstraintArgs,
     /// The prompt; `-` reads it from stdin.
     prompt: String,
 }
@@ -36,7 +38,8 @@ pub fn run(args: Args) -> Result<()> {
         messages.push(ChatMessage::user(text));
         Prompt::Chat(messages)
     };
-    let request = args.sampling.request(prompt);
+    let mut request = args.sampling.request(prompt);
+    request.constraint = args.constraint.constraint()?;
     let options = args.adapter.session_options(&model)?;
 
     futures::executor::block_on(async {
@@ -53,6 +56,7 @@ pub fn run(args: Args) -> Result<()> {
                 "prefill_tok_s": done.usage.prefill_tok_s,
                 "decode_tok_s": done.usage.decode_tok_s,
                 "finish_reason": done.finish_reason,
+                "incomplete": done.incomplete,
                 "engine": model.info().engine,
                 "model": path.display().to_string(),
                 "adapter": args.adapter.adapter.as_ref().map(|p| p.display().to_string()),
@@ -62,4 +66,44 @@ pub fn run(args: Args) -> Result<()> {
         Ok::<_, anyhow::Error>(())
     })
     .context("generation failed")
+}
+
+/// What the output must match; at most one.
+#[derive(clap::Args, Debug, Default)]
+#[group(multiple = false)]
+pub struct ConstraintArgs {
+    /// The output is JSON valid under the JSON Schema in this file.
+    #[arg(long, value_name = "FILE")]
+    json_schema: Option<std::path::PathBuf>,
+    /// The output is a JSON object.
+    #[arg(long)]
+    json_object: bool,
+    /// The output matches this regular expression in full.
+    #[arg(long, value_name = "REGEX")]
+    regex: Option<String>,
+    /// The output follows the Lark grammar in this file (llguidance's
+    /// dialect: `start:` rule, `%json {...}` for embedded schemas).
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<std::path::PathBuf>,
+}
+
+impl ConstraintArgs {
+    pub fn constraint(&self) -> Result<Option<Constraint>> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        Ok(if let Some(p) = &self.json_schema {
+            let schema = serde_json::from_str(&read(p)?)
+                .with_context(|| format!("{} is not JSON", p.display()))?;
+            Some(Constraint::JsonSchema(schema))
+        } else if self.json_object {
+            Some(Constraint::JsonObject)
+        } else if let Some(r) = &self.regex {
+            Some(Constraint::Regex(r.clone()))
+        } else if let Some(p) = &self.grammar {
+            Some(Constraint::Lark(read(p)?))
+        } else {
+            None
+        })
+    }
 }
