@@ -144,12 +144,15 @@ fi
 # `arny serve` is tested with the official `openai` package, as a third-party
 # app would use it. It lives in its own venv, pinned.
 if has test; then
+  # jsonschema (with the checkers for `date-time`, `uri` and other
+  # formats) validates structured output against the schema corpus.
   OPENAI_VERSION="3.57.0"
+  JSONSCHEMA_VERSION="4.25.1"
   venv="${ARNY_VENV:-$HOME/.cache/arny/venv}"
-  if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
-    say "installing openai==$OPENAI_VERSION into $venv"
+  if ! "$venv/bin/python" -c "import openai, jsonschema, rfc3339_validator, sys, importlib.metadata as m; sys.exit(openai.__version__ != '$OPENAI_VERSION' or m.version('jsonschema') != '$JSONSCHEMA_VERSION')" 2>/dev/null; then
+    say "installing openai==$OPENAI_VERSION and jsonschema==$JSONSCHEMA_VERSION into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "openai==$OPENAI_VERSION"
+    "$venv/bin/pip" install -q --disable-pip-version-check "openai==$OPENAI_VERSION" "jsonschema[format-nongpl]==$JSONSCHEMA_VERSION"
   fi
 fi
 

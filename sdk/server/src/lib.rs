@@ -484,17 +484,27 @@ fn conversation(body: &ChatBody, tool_text: Option<&str>) -> Result<Vec<ChatMess
                 (Role::Assistant, text)
             }
             "tool" => {
-                let id = m.tool_call_id.as_deref();
-                let name = id.and_then(|id| {
-                    body.messages
-                        .iter()
-                        .flat_map(|m| &m.tool_calls)
-                        .find(|c| c.get("id").and_then(Value::as_str) == Some(id))
-                        .and_then(|c| c.get("function")?.get("name")?.as_str())
-                });
+                // A result must answer a call made earlier in the
+                // conversation; anything else is a malformed history.
+                let id = m.tool_call_id.as_deref().unwrap_or("");
+                let call = body
+                    .messages
+                    .iter()
+                    .flat_map(|m| &m.tool_calls)
+                    .find(|c| c.get("id").and_then(Value::as_str) == Some(id));
+                let Some(call) = call else {
+                    return Err(bad_request(
+                        "invalid_tool_message",
+                        "messages",
+                        format!(
+                            "a `tool` message must carry the tool_call_id of an earlier assistant tool call (got `{id}`)"
+                        ),
+                    ));
+                };
+                let name = call.get("function").and_then(|f| f.get("name")?.as_str());
                 (
                     Role::User,
-                    tools::render_result(id, name, &m.content.text()?),
+                    tools::render_result(Some(id), name, &m.content.text()?),
                 )
             }
             // Each specialist has its own system prompt; a client's would be

@@ -131,11 +131,51 @@ async fn bad_requests_get_openai_style_errors() {
         &url,
         "POST",
         "/chat/completions",
-        r#"{"model":"arny","n":2,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"arny","mirostat":2,"messages":[{"role":"user","content":"hi"}]}"#,
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("unknown field `n`"), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["param"], "mirostat", "{body}");
+    assert_eq!(v["error"]["code"], "unsupported_parameter", "{body}");
+    // `user` is documented as harmless and accepted.
+    let (status, body) = http(
+        &url,
+        "POST",
+        "/chat/completions",
+        r#"{"model":"math","user":"u1","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for (bad, param) in [
+        (r#""n":9"#, "n"),
+        (r#""stream":true,"logprobs":true"#, "logprobs"),
+        (r#""top_logprobs":2"#, "top_logprobs"),
+        (r#""tool_choice":"required""#, "tool_choice"),
+        (
+            r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object","uniqueItems":true,"not":{}}}}"#,
+            "response_format",
+        ),
+    ] {
+        let body =
+            format!(r#"{{"model":"math",{bad},"messages":[{{"role":"user","content":"hi"}}]}}"#);
+        let (status, out) = http(&url, "POST", "/chat/completions", &body).await;
+        assert_eq!(status, 400, "{bad}: {out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["error"]["param"], param, "{bad}: {out}");
+        assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string());
+    }
+    // Every error, even for a route that does not exist, is OpenAI-shaped.
+    for (method, path, want) in [
+        ("GET", "/nothing", 404),
+        ("GET", "/chat/completions", 405),
+        ("POST", "/embeddings", 501),
+    ] {
+        let (status, out) = http(&url, method, path, r#"{"model":"math","input":"x"}"#).await;
+        assert_eq!(status, want, "{path}: {out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v["error"]["code"].is_string(), "{path}: {out}");
+    }
     let (status, body) = http(
         &url,
         "POST",
@@ -151,6 +191,34 @@ async fn bad_requests_get_openai_style_errors() {
     let (status, body) = http(&url, "GET", "/status", "").await;
     assert_eq!(status, 200);
     assert!(body.contains("\"plan\":\"universal\""), "{body}");
+}
+
+/// Structured output on a corpus of real-world JSON Schemas: every answer
+/// returned as a success validates with the `jsonschema` package; every
+/// refusal is a typed 400. The script writes its report next to the build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_world_schemas_are_enforced_or_refused() {
+    let (url, _dir) = start(None).await;
+    let py = python();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+    let report = std::env::temp_dir().join("arny-schema-corpus.json");
+    let report2 = report.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(py)
+            .arg(format!("{dir}/schema_corpus.py"))
+            .args([url.as_str(), "none", "math", &format!("{dir}/schemas")])
+            .arg(&report2)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    eprintln!("{stdout}(report: {})", report.display());
 }
 
 /// A minimal HTTP/1.1 exchange over a TcpStream, enough for error checks.
