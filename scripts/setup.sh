@@ -25,8 +25,9 @@
 #   web-cli     wasm-bindgen-cli alone (part of web; CI builds it in the
 #               background while the workspace compiles)
 #   browser     Chromium and the playwright-core driver (the browser tests)
-#   test        all of the above, rustfmt, clippy, and the `openai` client
-#               venv the server tests use
+#   test        all of the above, rustfmt, clippy, and the official `openai`
+#               clients the server tests use (a Python venv with jsonschema,
+#               the npm package)
 #
 # Environment:
 #   CARGO_TARGET_DIR     where cargo builds (CI points it at a cache)
@@ -82,6 +83,9 @@ has burn && packages+=(libvulkan1 mesa-vulkan-drivers)
 # drives Debian's chromium; it never downloads a browser).
 if has browser; then
   packages+=(chromium)
+fi
+# Node.js also runs the server tests' official `openai` npm client.
+if has browser || has test; then
   command -v node >/dev/null 2>&1 || packages+=(nodejs)
   command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
@@ -153,6 +157,18 @@ if has test; then
     say "installing openai==$OPENAI_VERSION and jsonschema==$JSONSCHEMA_VERSION into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "openai==$OPENAI_VERSION" "jsonschema[format-nongpl]==$JSONSCHEMA_VERSION"
+  fi
+fi
+
+# The official `openai` npm package, pinned by its package-lock.json, for
+# the same server tests from JavaScript.
+if has test; then
+  npm_dir=sdk/server/tests/npm
+  lock_sha=$(sha256sum "$npm_dir/package-lock.json" | cut -d' ' -f1)
+  if [ "$(cat "$npm_dir/node_modules/.arny-lock.sha256" 2>/dev/null)" != "$lock_sha" ]; then
+    say "installing the openai npm client (npm ci in $npm_dir)"
+    (cd "$npm_dir" && npm ci --silent --no-audit --no-fund)
+    echo "$lock_sha" > "$npm_dir/node_modules/.arny-lock.sha256"
   fi
 fi
 

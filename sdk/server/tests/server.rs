@@ -103,6 +103,35 @@ async fn the_official_openai_python_client_works_against_it() {
     );
 }
 
+/// The same from JavaScript: the official `openai` npm package
+/// (installed by scripts/setup.sh into tests/npm/node_modules).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_official_openai_npm_client_works_against_it() {
+    let (url, _dir) = start(Some("test-key")).await;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/npm");
+    assert!(
+        std::path::Path::new(dir).join("node_modules/openai").exists(),
+        "{dir}/node_modules is missing: scripts/setup.sh --with test installs the `openai` npm package"
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .current_dir(dir)
+            .args(["openai_client.mjs", url.as_str(), "test-key"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.starts_with("OK"),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_get_openai_style_errors() {
     let (url, _dir) = start(None).await;
