@@ -140,6 +140,8 @@ async function main() {
   console.info("WebGPU adapter:", adapter);
   const manifest = await (await fetch("arny.toml")).text();
   assistant = await Assistant.create(manifest, { device, onEvent });
+  // The SDK's JS API, for the console and the page's tests.
+  window.arny = assistant;
   const model = assistant.status().memory.models[0];
   $("device").textContent = `engine: ${model.engine} · device: ${model.device} · requested: ${device}`;
   $("device").dataset.device = model.device;

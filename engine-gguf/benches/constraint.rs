@@ -88,8 +88,8 @@ fn bench(c: &mut Criterion) {
         .load_path(&path, &LoadOptions::default())
         .expect("load");
     let model: &dyn Model = &model;
-    let mut session = futures::executor::block_on(model.new_session(SessionOptions::default()))
-        .expect("session");
+    let mut session =
+        futures::executor::block_on(model.new_session(SessionOptions::default())).expect("session");
 
     let t0 = Instant::now();
     let first = ConstraintState::new(model, &schemas()[0].1).unwrap();

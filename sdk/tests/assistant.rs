@@ -957,3 +957,64 @@ async fn a_gateway_adapter_changes_what_the_model_strategy_scores() {
         "the adapter changes nothing: {plain:?} vs {tuned:?}"
     );
 }
+
+/// A specialist that declares `output_schema` answers in that shape; a
+/// request's own constraint replaces it, and a request that sets none
+/// keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_output_schema_shapes_every_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("extract.json"),
+        r#"{"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+            "country": {"type": "string", "maxLength": 20}},
+            "required": ["city", "country"], "additionalProperties": false}"#,
+    )
+    .unwrap();
+    let tail = r#"
+[[specialists]]
+name = "extract"
+model = "m"
+system_prompt = "You extract facts as JSON."
+temperature = 0
+output_schema = "extract.json"
+examples = ["Where is the Eiffel Tower?", "Which country is Rome in?"]
+"#;
+    copies(dir.path(), &["m.gguf"]);
+    let m = manifest(dir.path(), "", &["m.gguf"], ["m", "m", "m"], tail);
+    let a = Assistant::new(m, options()).await.unwrap();
+    let mut r = AskRequest::new("What is the capital of France?");
+    r.specialist = Some("extract".into());
+    r.max_tokens = Some(48);
+    let answer = a.ask(r, |_| {}).await.unwrap();
+    assert!(!answer.incomplete, "{answer:?}");
+    let v: serde_json::Value = serde_json::from_str(&answer.text).unwrap();
+    assert_eq!(v["city"], "Paris", "{}", answer.text);
+    assert!(v["country"].is_string(), "{}", answer.text);
+
+    let mut r = AskRequest::new("What is the capital of France?");
+    r.specialist = Some("extract".into());
+    r.constraint = Some(arny_sdk::Constraint::Regex("(yes|no)".into()));
+    let answer = a.ask(r, |_| {}).await.unwrap();
+    assert!(
+        ["yes", "no"].contains(&answer.text.as_str()),
+        "{}",
+        answer.text
+    );
+
+    // A missing schema file is a manifest error at build time.
+    let bad = manifest(
+        dir.path(),
+        "",
+        &["m.gguf"],
+        ["m", "m", "m"],
+        &tail.replace("extract.json", "missing.json"),
+    );
+    match Assistant::new(bad, options()).await {
+        Err(SdkError::Manifest { message, .. }) => {
+            assert!(message.contains("missing.json"), "{message}")
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a missing output_schema was accepted"),
+    }
+}

@@ -36,6 +36,9 @@ typedef enum {
   ARNY_CODE_INVALID_REQUEST = 11,
   // A bug: Rust code panicked. The assistant may still be usable.
   ARNY_CODE_PANIC = 12,
+  // An output constraint (`json_schema`, `regex`, `grammar`) that cannot
+  // be enforced; the message names the keyword or the syntax error.
+  ARNY_CODE_INVALID_CONSTRAINT = 13,
 } ArnyCode;
 
 // An assistant: models, gateway and memory budget, as built from a
@@ -97,7 +100,10 @@ ArnyCode arny_route(const ArnyAssistant *h,
 // `finish_reason` is `cancelled` when `cancel` fired or `on_token`
 // returned false; that is not an error.
 //
-// `options_json` (may be null): `{"specialist","max_tokens","temperature","top_k","top_p","min_p","repetition_penalty","seed","stop":[…]}`,
+// `options_json` (may be null): `{"specialist","max_tokens","temperature","top_k","top_p","min_p","repetition_penalty","presence_penalty","frequency_penalty","seed","stop":[…]}`,
+// plus at most one constraint the answer is held to while it is generated:
+// `"json_schema":{…}`, `"json_object":true`, `"regex":"…"` or `"grammar":"…"` (Lark);
+// a schema keyword that cannot be enforced is `ARNY_CODE_INVALID_CONSTRAINT`.
 // every key optional; a sampling key set changes only that setting of the
 // specialist's. An unknown key is `ARNY_CODE_INVALID_ARGUMENT`.
 // `cancel` (may be null) can be fired from any thread with `arny_cancel()`.

@@ -54,6 +54,9 @@ pub enum ArnyCode {
     InvalidRequest = 11,
     /// A bug: Rust code panicked. The assistant may still be usable.
     Panic = 12,
+    /// An output constraint (`json_schema`, `regex`, `grammar`) that cannot
+    /// be enforced; the message names the keyword or the syntax error.
+    InvalidConstraint = 13,
 }
 
 /// An assistant: models, gateway and memory budget, as built from a
@@ -110,6 +113,7 @@ impl From<SdkError> for Failure {
             SdkError::EngineUnavailable { .. } => ArnyCode::EngineUnavailable,
             SdkError::Load { .. } | SdkError::Adapter { .. } => ArnyCode::LoadFailed,
             SdkError::MemoryBudget { .. } => ArnyCode::MemoryBudget,
+            SdkError::Engine(e) if e.code() == "invalid_constraint" => ArnyCode::InvalidConstraint,
             SdkError::Engine(_) => ArnyCode::Engine,
             SdkError::Router(_) => ArnyCode::Router,
             SdkError::Store(_) => ArnyCode::ModelStore,
@@ -319,7 +323,10 @@ pub unsafe extern "C" fn arny_route(
 /// `finish_reason` is `cancelled` when `cancel` fired or `on_token`
 /// returned false; that is not an error.
 ///
-/// `options_json` (may be null): `{"specialist","max_tokens","temperature","top_k","top_p","min_p","repetition_penalty","seed","stop":[…]}`,
+/// `options_json` (may be null): `{"specialist","max_tokens","temperature","top_k","top_p","min_p","repetition_penalty","presence_penalty","frequency_penalty","seed","stop":[…]}`,
+/// plus at most one constraint the answer is held to while it is generated:
+/// `"json_schema":{…}`, `"json_object":true`, `"regex":"…"` or `"grammar":"…"` (Lark);
+/// a schema keyword that cannot be enforced is `ARNY_CODE_INVALID_CONSTRAINT`.
 /// every key optional; a sampling key set changes only that setting of the
 /// specialist's. An unknown key is `ARNY_CODE_INVALID_ARGUMENT`.
 /// `cancel` (may be null) can be fired from any thread with `arny_cancel()`.

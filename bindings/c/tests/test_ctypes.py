@@ -12,7 +12,7 @@ import sys
 import threading
 
 OK, INVALID_ARGUMENT, MANIFEST, UNKNOWN_SPECIALIST = 0, 1, 2, 3
-LOAD_FAILED, INVALID_REQUEST = 5, 11
+LOAD_FAILED, INVALID_REQUEST, INVALID_CONSTRAINT = 5, 11, 13
 
 TOKEN_CB = C.CFUNCTYPE(C.c_bool, C.c_char_p, C.c_void_p)
 
@@ -198,6 +198,34 @@ def main():
     check(1 <= len(got) < 100, f"stopped early after {len(got)} pieces")
 
     expect_error(lambda: a.generate("hi", specialist="astrology"), UNKNOWN_SPECIALIST)
+
+    # Structured output: the schema is enforced; an unenforceable one is
+    # refused with its own code, naming the keyword.
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    answer = a.generate(
+        "What is the capital of France? Reply in JSON.",
+        specialist="math",
+        temperature=0,
+        max_tokens=32,
+        json_schema=schema,
+    )
+    check(not answer["incomplete"], f"complete: {answer}")
+    obj = json.loads(answer["text"])
+    check(
+        set(obj) == {"city"} and isinstance(obj["city"], str) and len(obj["city"]) <= 20,
+        f"structured: {answer['text']!r}",
+    )
+    e = expect_error(
+        lambda: a.generate("hi", specialist="math", json_schema={"type": "object", "not": {}}),
+        INVALID_CONSTRAINT,
+        "invalid_constraint",
+    )
+    check(e and '"not"' in e.message, "the refusal names the keyword")
     expect_error(lambda: a.generate("hi", max_tokns=3), INVALID_ARGUMENT)
     a.close()
 

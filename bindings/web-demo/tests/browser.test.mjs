@@ -168,8 +168,36 @@ for (const [device, model] of [["gpu", "tiny"], ["cpu", "real"]]) {
       assert.equal(await well.locator(".text").textContent(), stopped, "nothing streams after stop");
       assert.equal(await page.evaluate(() => document.body.dataset.state), "ready");
 
+      // Structured output through the JS API: a JSON Schema enforced in
+      // the page. On the tiny model's random weights only the mask can
+      // make the answer valid.
+      const structured = await page.evaluate(async () => {
+        const schema = {
+          type: "object",
+          properties: { city: { type: "string", maxLength: 20 }, sunny: { type: "boolean" } },
+          required: ["city", "sunny"],
+          additionalProperties: false,
+        };
+        const a = await window.arny.ask("What is the capital of France? Reply in JSON.", null, {
+          specialist: "math", temperature: 0, maxTokens: 96, jsonSchema: schema,
+        });
+        let refused = "";
+        try {
+          await window.arny.ask("hi", null, { specialist: "math", jsonSchema: { type: "object", not: {} } });
+        } catch (e) {
+          refused = String(e.message || e);
+        }
+        return { text: a.text, incomplete: a.incomplete, finish: a.finish_reason, refused };
+      });
+      mark("structured");
+      assert.equal(structured.incomplete, false, JSON.stringify(structured));
+      const obj = JSON.parse(structured.text);
+      assert.deepEqual(Object.keys(obj).sort(), ["city", "sunny"], structured.text);
+      assert.ok(typeof obj.city === "string" && obj.city.length <= 20 && typeof obj.sunny === "boolean", structured.text);
+      assert.match(structured.refused, /^invalid_constraint: .*"not"/, structured.refused);
+
       await page.screenshot({ path: join(artifacts, `web-demo-${device}.png`), fullPage: true });
-      console.log(`[${device}, ${model} model] ${used}; ${phases.join(", ")}\n  math: ${mathText.slice(0, 120)}…\n  wellness (stopped): ${stopped}`);
+      console.log(`[${device}, ${model} model] ${used}; ${phases.join(", ")}\n  math: ${mathText.slice(0, 120)}…\n  wellness (stopped): ${stopped}\n  structured: ${structured.text}`);
     } catch (e) {
       await page.screenshot({ path: join(artifacts, `web-demo-${device}-failed.png`), fullPage: true }).catch(() => {});
       console.error(console_.slice(-60).join("\n"));

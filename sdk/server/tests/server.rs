@@ -110,7 +110,9 @@ async fn the_official_openai_npm_client_works_against_it() {
     let (url, _dir) = start(Some("test-key")).await;
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/npm");
     assert!(
-        std::path::Path::new(dir).join("node_modules/openai").exists(),
+        std::path::Path::new(dir)
+            .join("node_modules/openai")
+            .exists(),
         "{dir}/node_modules is missing: scripts/setup.sh --with test installs the `openai` npm package"
     );
     let out = tokio::task::spawn_blocking(move || {
