@@ -872,6 +872,46 @@ pub fn random_adapter(path: &std::path::Path) -> Vec<u8> {
 /// is `wrong_format`, a truncated adapter `corrupt`, one for another base
 /// `incompatible`. An engine without them refuses the load as
 /// `unsupported`. Either way the model is unchanged afterwards.
+/// Embeddings where the engine says it has them, a typed refusal where
+/// not; on the real model, similar sentences land closer than unrelated
+/// ones.
+pub async fn embeddings_follow_capabilities(t: &Tck) {
+    let m = t.model.as_ref();
+    let texts: Vec<String> = [
+        "The cat sat on the mat.",
+        "A cat is sitting on a mat.",
+        "Stock prices fell sharply today.",
+    ]
+    .map(String::from)
+    .to_vec();
+    if !m.info().capabilities.embeddings {
+        match m.embed(&texts).await {
+            Err(EngineError::Unsupported(_)) => return,
+            other => panic!("no embeddings capability, but {other:?}"),
+        }
+    }
+    let v = m.embed(&texts).await.expect("embed");
+    assert_eq!(v.len(), 3);
+    let dim = v[0].len();
+    assert!(dim > 0 && v.iter().all(|e| e.len() == dim));
+    for e in &v {
+        let norm: f32 = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
+    }
+    let again = m.embed(&texts[..1]).await.unwrap();
+    let same: f32 = again[0].iter().zip(&v[0]).map(|(a, b)| a * b).sum();
+    assert!(same > 0.9999, "the same text embeds the same: {same}");
+    if t.which == Which::Reference {
+        let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let (near, far) = (cos(&v[0], &v[1]), cos(&v[0], &v[2]));
+        assert!(near > far, "similar {near} vs unrelated {far}");
+    }
+    assert!(matches!(
+        m.embed(&[String::new()]).await,
+        Err(EngineError::InvalidInput(_))
+    ));
+}
+
 pub async fn adapters_follow_capabilities(t: &Tck) {
     let m = t.model.as_ref();
     let prompt = m

@@ -170,6 +170,7 @@ macro_rules! engine_tck {
             adapters_follow_capabilities,
             constraint_holds_whatever_the_logits,
             top_logprobs_rank_the_choice,
+            embeddings_follow_capabilities,
         );
         $crate::engine_tck!(@cases reference, Reference,
             info_is_consistent,
@@ -178,6 +179,7 @@ macro_rules! engine_tck {
             chat_template_matches_reference,
             greedy_answers_two_plus_two,
             constrained_json_names_the_capital,
+            embeddings_follow_capabilities,
             streamed_pieces_are_utf8_safe,
             logits_agree_across_paths,
             truncate_then_continue_matches_fresh,

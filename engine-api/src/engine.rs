@@ -132,6 +132,19 @@ pub trait Model: Send + Sync {
     /// Starts a conversation with its own KV cache.
     async fn new_session(&self, options: SessionOptions) -> Result<Box<dyn Session>>;
 
+    /// One embedding per text: the model's hidden states mean-pooled and
+    /// L2-normalised. [`EngineError::Unsupported`] on engines that cannot
+    /// (see [`crate::Capabilities::embeddings`]); an empty text is
+    /// [`EngineError::InvalidInput`], one longer than the model holds
+    /// [`EngineError::ContextOverflow`].
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let _ = texts;
+        Err(EngineError::Unsupported(format!(
+            "embeddings on the {} engine",
+            self.info().engine
+        )))
+    }
+
     /// Loads a LoRA adapter (a GGUF LoRA file or its bytes) for this model;
     /// `scale` multiplies its effect (1.0: as trained). Sessions opened
     /// with it ([`SessionOptions::adapter`]) use it; the model itself is

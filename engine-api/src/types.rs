@@ -166,7 +166,10 @@ impl fmt::Debug for LoadOptions {
 pub struct Capabilities {
     pub logits: bool,
     pub lora: bool,
+    /// Constrained output ([`crate::Constraint`]): the shared generation
+    /// loop does it for any engine that reports its tokens' bytes.
     pub grammar: bool,
+    /// [`crate::Model::embed`] works.
     pub embeddings: bool,
 }
 

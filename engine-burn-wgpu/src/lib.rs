@@ -337,6 +337,7 @@ fn model_info(
         capabilities: Capabilities {
             logits: true,
             lora: true,
+            grammar: true,
             ..Capabilities::default()
         },
     })

@@ -15,6 +15,7 @@
 
 mod adapter;
 mod backend;
+mod embed;
 mod loaded;
 mod model;
 mod session;

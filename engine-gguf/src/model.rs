@@ -170,8 +170,8 @@ impl GgufModel {
             capabilities: Capabilities {
                 logits: true,
                 lora: true,
-                grammar: false,
-                embeddings: false,
+                grammar: true,
+                embeddings: true,
             },
         };
         tracing::info!(
@@ -286,6 +286,10 @@ impl Model for GgufModel {
 
     async fn load_adapter(&self, source: ModelSource, scale: f32) -> Result<Arc<dyn Adapter>> {
         Ok(self.adapter(source, scale)?)
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        crate::embed::embed(&self.inner, texts)
     }
 }
 

@@ -375,6 +375,7 @@ impl PteModel {
             device: cpu_device(Some("XNNPACK"), threads),
             capabilities: Capabilities {
                 logits: true,
+                grammar: true,
                 ..Capabilities::default()
             },
         };

@@ -235,6 +235,14 @@ pub struct Answer {
     pub total_ms: f64,
 }
 
+/// What [`Assistant::embed`] returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens read, over all texts.
+    pub prompt_tokens: usize,
+}
+
 /// Everything the assistant holds, for a UI or `/status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -531,6 +539,30 @@ impl Assistant {
         answer.decision = decision;
         answer.total_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(answer)
+    }
+
+    /// Embeds `texts` with the model of `specialist` (the first
+    /// specialist's when `None`): one L2-normalised vector per text, from
+    /// the base model (a specialist's adapter shapes generation, not
+    /// these). Engines without embeddings give
+    /// [`arny_engine_api::EngineError::Unsupported`].
+    pub async fn embed(&self, specialist: Option<&str>, texts: &[String]) -> Result<Embeddings> {
+        let name = match specialist {
+            Some(n) => n.to_string(),
+            None => self.first_specialist(),
+        };
+        let sp = self.specialist(&name)?;
+        let lease = self.inner.manager.acquire(&sp.model).await?;
+        let model = lease.model().clone();
+        let mut prompt_tokens = 0;
+        for t in texts {
+            prompt_tokens += model.tokenize(t, true, false)?.len();
+        }
+        let vectors = model.embed(texts).await?;
+        Ok(Embeddings {
+            vectors,
+            prompt_tokens,
+        })
     }
 
     /// The specialist that stands in when nothing better is known

@@ -31,8 +31,8 @@ pub use arny_engine_api::{
 };
 pub use arny_router::{CLOUD, Decision, LabelScore};
 pub use assistant::{
-    Answer, AskRequest, Assistant, AssistantOptions, DEFAULT_MAX_TOKENS, Engines, Handler, Status,
-    TokenLogprob, TopLogprob, gateway_training_data,
+    Answer, AskRequest, Assistant, AssistantOptions, DEFAULT_MAX_TOKENS, Embeddings, Engines,
+    Handler, Status, TokenLogprob, TopLogprob, gateway_training_data,
 };
 pub use error::{Result, SdkError};
 pub use events::{Event, UnloadReason};

@@ -11,8 +11,8 @@
 //!   client are refused. Answers carry an extra `arny` object: who answered
 //!   and why.
 //! - `POST /v1/completions`: a raw prompt completed by a specialist's model.
-//! - `POST /v1/embeddings`: refused with a typed error (no engine embeds
-//!   yet).
+//! - `POST /v1/embeddings`: from a specialist's model, where its engine
+//!   embeds (llama.cpp does); a typed error elsewhere.
 //! - `GET /v1/status`: loaded models, bytes, budget (Arny's own).
 //!
 //! Nothing a client asks for is dropped: a request field is honoured, or
@@ -42,6 +42,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -224,17 +225,105 @@ async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     Json(state.assistant.status()).into_response()
 }
 
-async fn embeddings(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+const EMBEDDING_FIELDS: &[&str] = &["model", "input", "encoding_format", "dimensions"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddingBody {
+    model: String,
+    input: Prompt,
+    encoding_format: Option<String>,
+    dimensions: Option<usize>,
+}
+
+/// Embeddings from a specialist's model (`arny`: the first specialist's).
+async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     if let Err(r) = authorized(&state, &headers) {
         return r;
     }
-    error(
-        StatusCode::NOT_IMPLEMENTED,
-        "invalid_request_error",
-        "unsupported",
-        None,
-        "embeddings are not supported yet: no Arny engine exposes them (see the README's status table)",
-    )
+    let body: EmbeddingBody = match parse_body(body, EMBEDDING_FIELDS) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let specialist = match specialist_for(&state, &body.model) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let base64 = match body.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return bad_request(
+                "invalid_encoding_format",
+                "encoding_format",
+                format!("encoding_format `{other}` is not `float` or `base64`"),
+            );
+        }
+    };
+    let texts = match body.input {
+        Prompt::One(t) => vec![t],
+        Prompt::Many(v) => v,
+    };
+    if texts.is_empty() || texts.len() > 256 {
+        return bad_request("invalid_input", "input", "input takes 1 to 256 strings");
+    }
+    let Some(slot) = take_slot(&state) else {
+        return busy();
+    };
+    let assistant = state.assistant.clone();
+    let handle = tokio::runtime::Handle::current();
+    let result = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        handle.block_on(assistant.embed(specialist.as_deref(), &texts))
+    })
+    .await;
+    let e = match result {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => return sdk_error(&e, Some("input")),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal",
+                None,
+                format!("embedding failed: {e}"),
+            );
+        }
+    };
+    let dim = e.vectors.first().map_or(0, Vec::len);
+    // The model has one size; a request for another cannot be honoured.
+    if let Some(d) = body.dimensions
+        && d != dim
+    {
+        return bad_request(
+            "unsupported_parameter",
+            "dimensions",
+            format!("this model's embeddings have {dim} dimensions, not {d}"),
+        );
+    }
+    let data: Vec<Value> = e
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Json(json!({
+        "object": "list", "data": data, "model": body.model,
+        "usage": {"prompt_tokens": e.prompt_tokens, "total_tokens": e.prompt_tokens},
+    }))
+    .into_response()
 }
 
 /// Parses a JSON body into `T`, first checking every key against the

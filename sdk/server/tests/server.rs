@@ -197,12 +197,24 @@ async fn bad_requests_get_openai_style_errors() {
         assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string());
     }
     // Every error, even for a route that does not exist, is OpenAI-shaped.
-    for (method, path, want) in [
-        ("GET", "/nothing", 404),
-        ("GET", "/chat/completions", 405),
-        ("POST", "/embeddings", 501),
+    for (method, path, body, want) in [
+        ("GET", "/nothing", "", 404),
+        ("GET", "/chat/completions", "", 405),
+        ("POST", "/embeddings", r#"{"model":"math","input":""}"#, 400),
+        (
+            "POST",
+            "/embeddings",
+            r#"{"model":"math","input":"x","dimensions":3}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/embeddings",
+            r#"{"model":"astrology","input":"x"}"#,
+            404,
+        ),
     ] {
-        let (status, out) = http(&url, method, path, r#"{"model":"math","input":"x"}"#).await;
+        let (status, out) = http(&url, method, path, body).await;
         assert_eq!(status, want, "{path}: {out}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert!(v["error"]["code"].is_string(), "{path}: {out}");

@@ -120,4 +120,8 @@ await assert.rejects(
   }),
   (e) => e instanceof OpenAI.BadRequestError && e.code === "invalid_constraint" && /"if"/.test(e.message),
 );
+// Embeddings (the package asks for base64 and decodes it).
+const emb = await client.embeddings.create({ model: "math", input: ["The cat sat on the mat.", "A cat is sitting on a mat."] });
+assert.equal(emb.data.length, 2);
+assert.ok(emb.data[0].embedding.length > 0 && emb.data[0].embedding.length === emb.data[1].embedding.length);
 console.log("OK npm openai", JSON.stringify(capital.choices[0].message.parsed), call.function.arguments);
