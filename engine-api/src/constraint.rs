@@ -224,21 +224,13 @@ impl Vocab {
     fn of(model: &dyn Model) -> Result<Arc<Self>> {
         let size = model.info().vocab_size as usize;
         let special = model.special_tokens();
-        let mut words = Vec::with_capacity(size);
+        // The key covers everything the tables are built from; the
+        // control-token marks follow from the bytes and the tokenizer, so
+        // they are only worked out on a miss.
         let mut hasher = DefaultHasher::new();
+        (size, &special.end_of_generation, special.eos, special.bos).hash(&mut hasher);
         for id in 0..size as TokenId {
-            let bytes = model.token_bytes(id)?;
-            let word = if special.is_end_of_generation(id) || is_control(model, id, bytes) {
-                // llguidance's marker for tokens that are never text.
-                let mut w = Vec::with_capacity(bytes.len() + 1);
-                w.push(TokTrie::SPECIAL_TOKEN_MARKER);
-                w.extend_from_slice(bytes);
-                w
-            } else {
-                bytes.to_vec()
-            };
-            word.hash(&mut hasher);
-            words.push(word);
+            model.token_bytes(id)?.hash(&mut hasher);
         }
         let key = hasher.finish();
         {
@@ -249,6 +241,21 @@ impl Vocab {
                 cache.push(entry);
                 return Ok(vocab);
             }
+        }
+        let mut words = Vec::with_capacity(size);
+        for id in 0..size as TokenId {
+            let bytes = model.token_bytes(id)?;
+            words.push(
+                if special.is_end_of_generation(id) || is_control(model, id, bytes) {
+                    // llguidance's marker for tokens that are never text.
+                    let mut w = Vec::with_capacity(bytes.len() + 1);
+                    w.push(TokTrie::SPECIAL_TOKEN_MARKER);
+                    w.extend_from_slice(bytes);
+                    w
+                } else {
+                    bytes.to_vec()
+                },
+            );
         }
         let eog = special.end_of_generation.clone();
         let trie_eos = special
