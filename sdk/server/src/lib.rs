@@ -242,10 +242,7 @@ async fn embeddings(
     headers: HeaderMap,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
-        return r;
-    }
-    let body: EmbeddingBody = match parse_body(body, EMBEDDING_FIELDS) {
+    let body: EmbeddingBody = match accept(&state, &headers, body, EMBEDDING_FIELDS) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -324,6 +321,17 @@ async fn embeddings(
         "usage": {"prompt_tokens": e.prompt_tokens, "total_tokens": e.prompt_tokens},
     }))
     .into_response()
+}
+
+/// An authorized request's body, parsed ([`parse_body`]).
+fn accept<T: DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    supported: &[&str],
+) -> Result<T, Response> {
+    authorized(state, headers)?;
+    parse_body(body, supported)
 }
 
 /// Parses a JSON body into `T`, first checking every key against the
@@ -843,10 +851,7 @@ async fn chat(
     headers: HeaderMap,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
-        return r;
-    }
-    let body: ChatBody = match parse_body(body, CHAT_FIELDS) {
+    let body: ChatBody = match accept(&state, &headers, body, CHAT_FIELDS) {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -940,10 +945,7 @@ async fn completions(
     headers: HeaderMap,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers) {
-        return r;
-    }
-    let body: CompletionBody = match parse_body(body, COMPLETION_FIELDS) {
+    let body: CompletionBody = match accept(&state, &headers, body, COMPLETION_FIELDS) {
         Ok(b) => b,
         Err(r) => return r,
     };

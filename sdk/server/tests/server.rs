@@ -73,6 +73,24 @@ fn python() -> PathBuf {
     PathBuf::from(home).join(".cache/arny/venv/bin/python")
 }
 
+/// Runs a client program to the end off the async threads; returns its
+/// stdout, failing the test (with both streams) unless it succeeded.
+async fn run_client(mut cmd: Command) -> String {
+    let what = format!("{cmd:?}");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    stdout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_official_openai_python_client_works_against_it() {
     let (url, _dir) = start(Some("test-key")).await;
@@ -82,25 +100,13 @@ async fn the_official_openai_python_client_works_against_it() {
         "{} is missing: scripts/setup.sh installs the `openai` package there (or set ARNY_TEST_PYTHON)",
         py.display()
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(py)
-            .arg(script)
-            .arg(&url)
-            .arg("test-key")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success() && stdout.starts_with("OK"),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
+    let mut cmd = Command::new(py);
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/openai_client.py"
+    ))
+    .args([url.as_str(), "test-key"]);
+    assert!(run_client(cmd).await.starts_with("OK"));
 }
 
 /// The same from JavaScript: the official `openai` npm package
@@ -115,23 +121,10 @@ async fn the_official_openai_npm_client_works_against_it() {
             .exists(),
         "{dir}/node_modules is missing: scripts/setup.sh --with test installs the `openai` npm package"
     );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .current_dir(dir)
-            .args(["openai_client.mjs", url.as_str(), "test-key"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success() && stdout.starts_with("OK"),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
+    let mut cmd = Command::new("node");
+    cmd.current_dir(dir)
+        .args(["openai_client.mjs", url.as_str(), "test-key"]);
+    assert!(run_client(cmd).await.starts_with("OK"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -245,22 +238,11 @@ async fn real_world_schemas_are_enforced_or_refused() {
     let py = python();
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
     let report = std::env::temp_dir().join("arny-schema-corpus.json");
-    let report2 = report.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(py)
-            .arg(format!("{dir}/schema_corpus.py"))
-            .args([url.as_str(), "none", "math", &format!("{dir}/schemas")])
-            .arg(&report2)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    let mut cmd = Command::new(py);
+    cmd.arg(format!("{dir}/schema_corpus.py"))
+        .args([url.as_str(), "none", "math", &format!("{dir}/schemas")])
+        .arg(&report);
+    let stdout = run_client(cmd).await;
     eprintln!("{stdout}(report: {})", report.display());
 }
 
