@@ -672,6 +672,24 @@ impl Common {
     }
 }
 
+/// The sampling fields both completion routes share.
+fn overrides(
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+) -> SamplingOverrides {
+    SamplingOverrides {
+        temperature,
+        top_p,
+        seed,
+        presence_penalty,
+        frequency_penalty,
+        ..SamplingOverrides::default()
+    }
+}
+
 fn check_n(n: Option<u32>) -> Result<u32, Response> {
     let n = n.unwrap_or(1);
     if n == 0 || n > MAX_CHOICES {
@@ -753,14 +771,13 @@ fn plan_chat(state: &AppState, body: &ChatBody) -> Result<ChatPlan, Response> {
         common: Common {
             specialist,
             max_tokens: body.max_completion_tokens.or(body.max_tokens),
-            sampling: SamplingOverrides {
-                temperature: body.temperature,
-                top_p: body.top_p,
-                seed: body.seed,
-                presence_penalty: body.presence_penalty,
-                frequency_penalty: body.frequency_penalty,
-                ..SamplingOverrides::default()
-            },
+            sampling: overrides(
+                body.temperature,
+                body.top_p,
+                body.seed,
+                body.presence_penalty,
+                body.frequency_penalty,
+            ),
             stop: Stop::list(&body.stop)?,
             n: check_n(body.n)?,
             logprobs: body.logprobs,
@@ -984,14 +1001,13 @@ async fn completions(
         Ok(Common {
             specialist: specialist_for(&state, &body.model)?,
             max_tokens: Some(body.max_tokens.unwrap_or(16)),
-            sampling: SamplingOverrides {
-                temperature: body.temperature,
-                top_p: body.top_p,
-                seed: body.seed,
-                presence_penalty: body.presence_penalty,
-                frequency_penalty: body.frequency_penalty,
-                ..SamplingOverrides::default()
-            },
+            sampling: overrides(
+                body.temperature,
+                body.top_p,
+                body.seed,
+                body.presence_penalty,
+                body.frequency_penalty,
+            ),
             stop: Stop::list(&body.stop)?,
             n: check_n(body.n)?,
             logprobs: body.logprobs.is_some(),
