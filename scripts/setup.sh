@@ -25,6 +25,7 @@
 #   web-cli     wasm-bindgen-cli alone (part of web; CI builds it in the
 #               background while the workspace compiles)
 #   browser     Chromium and the playwright-core driver (the browser tests)
+#   fuzz        cargo-fuzz (pinned) for scripts/fuzz.sh
 #   test        all of the above, rustfmt, clippy, and the official `openai`
 #               clients the server tests use (a Python venv with jsonschema,
 #               the npm package)
@@ -38,7 +39,7 @@
 #   ARNY_PTE_VENV        the export venv (default: pte-venv beside the models
 #                        folder, ~/.cache/arny/pte-venv)
 #   ARNY_TUNE_DIR        the tune layer (default: tune-layer beside the export venv)
-#   ARNY_TOOLS_DIR       where `cargo install` puts wasm-bindgen-cli (default
+#   ARNY_TOOLS_DIR       where `cargo install` puts wasm-bindgen-cli and cargo-fuzz (default
 #                        ~/.cargo; its bin/ is searched by the web scripts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +64,7 @@ has() {
 }
 for c in ${want//,/ } ${unwanted//,/ }; do
   case "$c" in
-    burn | pte | pte-export | tune | web | web-cli | browser | test) ;;
+    burn | pte | pte-export | tune | web | web-cli | browser | fuzz | test) ;;
     *) echo "setup.sh: unknown component $c" >&2; exit 2 ;;
   esac
 done
@@ -130,6 +131,18 @@ if has web-cli || { has web && [[ ",$unwanted," != *",web-cli,"* ]]; }; then
   if [ "$("$tools_dir/bin/wasm-bindgen" --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ]; then
     say "installing wasm-bindgen-cli $wb_version into $tools_dir (about 3 min)"
     cargo install -q wasm-bindgen-cli --version "$wb_version" --root "$tools_dir"
+  fi
+fi
+
+# --- cargo-fuzz ------------------------------------------------------------------
+# The libFuzzer driver for tools/fuzz. It runs on the stable toolchain with
+# `--sanitizer none` (the targets are safe Rust; the sanitizers need nightly).
+if has fuzz; then
+  fuzz_version=0.13.2
+  tools_dir="${ARNY_TOOLS_DIR:-$HOME/.cargo}"
+  if [ "$("$tools_dir/bin/cargo-fuzz" --version 2>/dev/null | cut -d' ' -f2)" != "$fuzz_version" ]; then
+    say "installing cargo-fuzz $fuzz_version into $tools_dir (about 1 min)"
+    cargo install -q cargo-fuzz --version "$fuzz_version" --locked --root "$tools_dir"
   fi
 fi
 

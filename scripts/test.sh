@@ -38,14 +38,14 @@ await_job() {
 # install in the background while the workspace compiles; the export stage
 # waits for them.
 # wasm-bindgen-cli (3 min of compiling, needed only by the browser package)
-# builds beside it too: the workspace build leaves a core idle in its serial
-# stretches.
-scripts/setup.sh --deps-only --with test --without pte-export,tune,web-cli
+# and cargo-fuzz (1 min) build beside it too: the workspace build leaves a
+# core idle in its serial stretches.
+scripts/setup.sh --deps-only --with test --without pte-export,tune,web-cli,fuzz
 venv_log=$(mktemp)
 scripts/setup.sh --deps-only --with pte-export,tune >"$venv_log" 2>&1 &
 venv_pid=$!
 cli_log=$(mktemp)
-scripts/setup.sh --deps-only --with web-cli >"$cli_log" 2>&1 &
+scripts/setup.sh --deps-only --with web-cli,fuzz >"$cli_log" 2>&1 &
 cli_pid=$!
 target="${CARGO_TARGET_DIR:-target}"
 arny="$target/release/arny"
@@ -60,11 +60,14 @@ fi
 
 stage "cargo fmt --check"
 cargo fmt --all -- --check
+# The fuzz targets are a workspace of their own.
+(cd tools/fuzz && cargo fmt -- --check)
 # Libraries built with `test = false` / `doctest = false` (to save a compile)
 # must not grow unit tests or Rust doc examples that would then never run.
 for toml in $(git ls-files '*Cargo.toml'); do
   grep -q '^test = false' "$toml" || continue
   src="$(dirname "$toml")/src"
+  [ -d "$src" ] || continue
   found=$(find "$src" -name '*.rs' -exec awk '
     FNR == 1 { fence = 0 }
     /#\[(cfg\(test\)|test)\]/ { print FILENAME; nextfile }
@@ -131,5 +134,10 @@ cargo test --release --locked --workspace "${features[@]}"
 stage "browser tests: the web demo in Chromium, WebGPU and CPU paths (screenshots in bindings/web-demo/tests/artifacts)"
 (cd bindings/web-demo/tests &&
   ARNY_BIN="$(cd ../../.. && realpath "$target")/release/arny" npm test)
+# The fuzz targets build in their own instrumented target dir (about 3.5 min
+# cold, cached after); every checked-in seed is replayed, then each target
+# runs for 10 s.
+stage "fuzzing: the seed corpora replayed, then each of the 6 targets for 10 s"
+scripts/fuzz.sh all "${ARNY_FUZZ_SECONDS:-10}"
 stage "done"
 say "all checks passed in $(($(date +%s) - t0)) s"

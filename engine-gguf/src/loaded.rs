@@ -95,6 +95,8 @@ pub(crate) struct Inner {
     pub(crate) header: GgufFile,
     /// Keeps a spilled in-memory model on disk while it is mapped.
     pub(crate) _spill: Option<tempfile::NamedTempFile>,
+    /// Last: trims the heap after the model is freed.
+    pub(crate) _trim: crate::backend::TrimOnDrop,
 }
 
 impl Inner {

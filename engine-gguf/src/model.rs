@@ -193,6 +193,7 @@ impl GgufModel {
                 seed: options.seed,
                 header,
                 _spill: spill,
+                _trim: Default::default(),
             }),
         })
     }

@@ -35,19 +35,53 @@ struct Status {
     message: [c_char; 512],
 }
 
+std::thread_local! {
+    /// The runtime's error lines since the current call began: they name
+    /// the cause (which verification failed) that its status code does not.
+    static RUNTIME_ERRORS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Whether this thread is inside a call (a [`Status`] is alive).
+    static IN_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn take_runtime_errors() -> Vec<String> {
+    RUNTIME_ERRORS.with(|e| std::mem::take(&mut *e.borrow_mut()))
+}
+
 impl Status {
+    /// Every call into the runtime starts here; until the status drops,
+    /// the runtime's error lines on this thread are kept for its message.
     fn new() -> Self {
+        IN_CALL.set(true);
         Self {
             code: 0,
             message: [0; 512],
         }
     }
+    /// The shim's message, with the runtime's own error lines of this call
+    /// (at most three) after it.
     fn message(&self) -> String {
         // SAFETY: the shim always NUL-terminates (snprintf), and the buffer
         // starts zeroed.
-        unsafe { CStr::from_ptr(self.message.as_ptr()) }
+        let mut m = unsafe { CStr::from_ptr(self.message.as_ptr()) }
             .to_string_lossy()
-            .into_owned()
+            .into_owned();
+        let causes = take_runtime_errors();
+        if !causes.is_empty() {
+            m.push_str(": ");
+            m.push_str(&causes[..causes.len().min(3)].join("; "));
+        }
+        m
+    }
+}
+
+impl Drop for Status {
+    /// Error lines that no failure carried out (the call succeeded, or its
+    /// message was never read) are logged, so none is lost.
+    fn drop(&mut self) {
+        IN_CALL.set(false);
+        for line in take_runtime_errors() {
+            tracing::error!(target: "executorch", "{line}");
+        }
     }
 }
 
@@ -143,6 +177,16 @@ unsafe extern "C" fn log_sink(
             unsafe { CStr::from_ptr(file) }.to_string_lossy()
         };
         match level as u8 {
+            // Inside a call: kept for the error it returns (see Status).
+            b'E' | b'F' if IN_CALL.get() => {
+                tracing::debug!(target: "executorch", %file, line, "{text}");
+                RUNTIME_ERRORS.with(|e| {
+                    let mut e = e.borrow_mut();
+                    if e.len() < 16 {
+                        e.push(text.to_string());
+                    }
+                });
+            }
             b'E' | b'F' => tracing::error!(target: "executorch", %file, line, "{text}"),
             _ => tracing::debug!(target: "executorch", %file, line, "{text}"),
         }

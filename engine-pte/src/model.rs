@@ -301,6 +301,71 @@ fn size_pool(pool: &mut Pool, wanted: u32) -> Result<u32> {
 
 /// Checks the header before the runtime sees any bytes, then opens the
 /// program: `(program, file size, path)`.
+/// The part of `arny-export.json` that vouches for the program's bytes.
+#[derive(Deserialize)]
+struct ExportRecord {
+    program: String,
+    program_sha256: String,
+    program_bytes: u64,
+}
+
+/// Checks a program against the export record beside it, when there is
+/// one that names it. ExecuTorch verifies a program's flatbuffer but not
+/// what the instructions index nor the XNNPACK blob's tensor data: the
+/// mutation campaign found single damaged bytes there that crash the
+/// process in `execute` (SIGSEGV in XNNPACK, an abort in a kernel's
+/// argument check). A damaged copy of an Arny export fails here instead,
+/// for the cost of hashing the file once per load.
+fn check_export_record(path: &Path, len: u64, name: &str) -> Result<()> {
+    let Some(text) = read_sibling(Some(path), "arny-export.json") else {
+        return Ok(());
+    };
+    let corrupt = |reason: String| EngineError::Corrupt {
+        source_name: name.to_string(),
+        reason,
+    };
+    let record: ExportRecord = serde_json::from_str(&text).map_err(|e| {
+        corrupt(format!(
+            "its export record (arny-export.json) is unreadable: {e}"
+        ))
+    })?;
+    if path.file_name().and_then(|n| n.to_str()) != Some(record.program.as_str()) {
+        return Ok(());
+    }
+    if record.program_bytes != len {
+        return Err(corrupt(format!(
+            "{len} bytes where its export record (arny-export.json) says {}",
+            record.program_bytes
+        )));
+    }
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut file =
+        std::fs::File::open(path).map_err(|e| EngineError::io(format!("reading {name}"), e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| EngineError::io(format!("reading {name}"), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if !digest.eq_ignore_ascii_case(&record.program_sha256) {
+        return Err(corrupt(format!(
+            "its SHA-256 is {digest}, its export record (arny-export.json) says {}: the file is damaged",
+            record.program_sha256
+        )));
+    }
+    Ok(())
+}
+
 fn open(source: ModelSource, use_mmap: bool) -> Result<(Program, u64, Option<PathBuf>)> {
     match source {
         ModelSource::Path(path) => {
@@ -311,6 +376,7 @@ fn open(source: ModelSource, use_mmap: bool) -> Result<(Program, u64, Option<Pat
                 .and_then(|f| f.take(64).read_to_end(&mut head))
                 .map_err(|e| EngineError::io(format!("reading {name}"), e))?;
             header::check(&head, len, &name)?;
+            check_export_record(&path, len, &name)?;
             let program = if use_mmap {
                 Program::open_file(&path, FORWARD)?
             } else {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arny_engine_api::{
-    CancelToken, ChatMessage, ChatTemplate, Constraint, FinishReason, GenerateRequest,
+    CancelToken, ChatMessage, ChatTemplate, Constraint, EngineError, FinishReason, GenerateRequest,
     InferenceEngine, Model, Prompt, Role, SamplingParams, TokenId, Usage, generate,
 };
 use arny_router::{
@@ -235,6 +235,23 @@ pub struct Answer {
     pub total_ms: f64,
 }
 
+impl Answer {
+    /// Cancelled before a token was generated (while waiting for memory).
+    fn cancelled(handler: Handler) -> Self {
+        Self {
+            decision: None,
+            handler,
+            text: String::new(),
+            finish_reason: FinishReason::Cancelled,
+            cloud_finish_reason: None,
+            usage: Some(Usage::default()),
+            incomplete: false,
+            logprobs: Vec::new(),
+            total_ms: 0.0,
+        }
+    }
+}
+
 /// What [`Assistant::embed`] returns.
 #[derive(Debug, Clone, Serialize)]
 pub struct Embeddings {
@@ -343,6 +360,7 @@ impl Assistant {
             Duration::from_secs_f64(manifest.idle_unload_secs),
             events.clone(),
         );
+        manager.set_queue_timeout(Duration::from_secs_f64(manifest.queue_timeout_secs));
         let refs = model_refs(&manifest, &options)?;
         let specialists = specialists(&manifest, &refs, &options.adapter_bytes)?;
         let mut pinned = Vec::new();
@@ -424,6 +442,12 @@ impl Assistant {
             .iter()
             .map(|s| s.name.clone())
             .collect()
+    }
+
+    /// How long a request may wait for memory (the manifest's
+    /// `queue_timeout_secs`).
+    pub fn queue_timeout(&self) -> Duration {
+        self.inner.manager.queue_timeout()
     }
 
     pub fn manager(&self) -> &ModelManager {
@@ -552,7 +576,11 @@ impl Assistant {
             None => self.first_specialist(),
         };
         let sp = self.specialist(&name)?;
-        let lease = self.inner.manager.acquire(&sp.model).await?;
+        let lease = self
+            .inner
+            .manager
+            .acquire(&sp.model, &CancelToken::new())
+            .await?;
         let model = lease.model().clone();
         let mut prompt_tokens = 0;
         for t in texts {
@@ -606,7 +634,14 @@ impl Assistant {
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<Answer> {
         let sp = self.specialist(handler.label())?;
-        let lease = self.inner.manager.acquire(&sp.model).await?;
+        let lease = match self.inner.manager.acquire(&sp.model, &request.cancel).await {
+            Ok(l) => l,
+            // Cancelled while queued: the same answer as cancelled at once.
+            Err(SdkError::Engine(EngineError::Cancelled)) => {
+                return Ok(Answer::cancelled(handler));
+            }
+            Err(e) => return Err(e),
+        };
         let model = lease.model().clone();
         let mut messages = Vec::with_capacity(request.messages.len() + 1);
         messages.push(ChatMessage::system(sp.system_prompt.clone()));
@@ -632,7 +667,16 @@ impl Assistant {
             Some(a) => Some(lease.adapter(&sp.name, a).await?),
             None => None,
         };
-        let mut session = lease.session(&sp.name, sp.context_length, adapter).await?;
+        let mut session = match lease
+            .session(&sp.name, sp.context_length, adapter, &request.cancel)
+            .await
+        {
+            Ok(s) => s,
+            Err(SdkError::Engine(EngineError::Cancelled)) => {
+                return Ok(Answer::cancelled(handler));
+            }
+            Err(e) => return Err(e),
+        };
         let mut logprobs = Vec::new();
         let completion = generate(model.as_ref(), session.get(), req, |t| {
             if let Some(lp) = t.logprob {
@@ -961,7 +1005,7 @@ fn adapter_ref(
 
 /// Loads a model and keeps it resident for the assistant's lifetime.
 async fn pin(manager: &ModelManager, r: &ModelRef) -> Result<Lease> {
-    let lease = manager.acquire(r).await?;
+    let lease = manager.acquire(r, &CancelToken::new()).await?;
     manager.pin(&r.key);
     Ok(lease)
 }

@@ -37,6 +37,14 @@ pub enum SdkError {
         budget: u64,
         busy: Vec<String>,
     },
+    /// Waited for memory held by running work past the queue timeout.
+    #[error("`{model}` waited {waited_ms} ms for memory and timed out ({reason})")]
+    QueueTimeout {
+        model: String,
+        waited_ms: u64,
+        /// What it was waiting for.
+        reason: String,
+    },
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -58,6 +66,7 @@ impl SdkError {
             Self::EngineUnavailable { .. } => "engine_unavailable",
             Self::Load { source, .. } | Self::Adapter { source, .. } => source.code(),
             Self::MemoryBudget { .. } => "memory_budget_exceeded",
+            Self::QueueTimeout { .. } => "queue_timeout",
             Self::Engine(e) => e.code(),
             Self::Router(_) => "router",
             Self::Store(_) => "model_store",

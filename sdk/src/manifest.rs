@@ -264,6 +264,9 @@ fn yes() -> bool {
 fn default_idle() -> f64 {
     30.0
 }
+fn default_queue_timeout() -> f64 {
+    crate::manager::DEFAULT_QUEUE_TIMEOUT.as_secs_f64()
+}
 fn default_budget() -> ByteSize {
     ByteSize(1 << 30)
 }
@@ -277,6 +280,10 @@ pub struct Manifest {
     pub memory_budget: ByteSize,
     #[serde(default = "default_idle")]
     pub idle_unload_secs: f64,
+    /// How long a request may wait for memory that running requests hold
+    /// (and for a server slot) before it fails with `queue_timeout`.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout_secs: f64,
     pub privacy: Option<Privacy>,
     pub models: Vec<ModelSpec>,
     #[serde(default)]
@@ -663,6 +670,15 @@ impl Manifest {
                 format!(
                     "idle_unload_secs: {} must be a positive number",
                     self.idle_unload_secs
+                ),
+            ));
+        }
+        if !(self.queue_timeout_secs >= 0.0 && self.queue_timeout_secs.is_finite()) {
+            return Err(self.error(
+                None,
+                format!(
+                    "queue_timeout_secs: {} must be a number of seconds, 0 or more",
+                    self.queue_timeout_secs
                 ),
             ));
         }

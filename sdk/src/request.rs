@@ -107,6 +107,15 @@ pub struct AskOptions {
 }
 
 impl AskOptions {
+    /// Parses options JSON (the C ABI's `options_json`, the fuzz target's);
+    /// blank text is the defaults.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
     /// The constraint these options ask for; more than one is an error.
     pub fn constraint(&self) -> Result<Option<Constraint>, String> {
         let mut set = Vec::new();

@@ -513,6 +513,7 @@ async fn loopback_cloud(api_key: Option<&str>) -> (String, tokio::task::JoinHand
     let opts = arny_server::ServerOptions {
         api_key: api_key.map(str::to_string),
         max_concurrent: 2,
+        ..Default::default()
     };
     let h = tokio::spawn(async move {
         let _dir = dir;

@@ -39,6 +39,9 @@ typedef enum {
   // An output constraint (`json_schema`, `regex`, `grammar`) that cannot
   // be enforced; the message names the keyword or the syntax error.
   ARNY_CODE_INVALID_CONSTRAINT = 13,
+  // The request waited for memory (or a slot) held by running requests
+  // past the manifest's `queue_timeout_secs`; retrying later may work.
+  ARNY_CODE_BUSY = 14,
 } ArnyCode;
 
 // An assistant: models, gateway and memory budget, as built from a

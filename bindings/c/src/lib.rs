@@ -57,6 +57,9 @@ pub enum ArnyCode {
     /// An output constraint (`json_schema`, `regex`, `grammar`) that cannot
     /// be enforced; the message names the keyword or the syntax error.
     InvalidConstraint = 13,
+    /// The request waited for memory (or a slot) held by running requests
+    /// past the manifest's `queue_timeout_secs`; retrying later may work.
+    Busy = 14,
 }
 
 /// An assistant: models, gateway and memory budget, as built from a
@@ -113,6 +116,7 @@ impl From<SdkError> for Failure {
             SdkError::EngineUnavailable { .. } => ArnyCode::EngineUnavailable,
             SdkError::Load { .. } | SdkError::Adapter { .. } => ArnyCode::LoadFailed,
             SdkError::MemoryBudget { .. } => ArnyCode::MemoryBudget,
+            SdkError::QueueTimeout { .. } => ArnyCode::Busy,
             SdkError::Engine(e) if e.code() == "invalid_constraint" => ArnyCode::InvalidConstraint,
             SdkError::Engine(_) => ArnyCode::Engine,
             SdkError::Router(_) => ArnyCode::Router,
@@ -353,11 +357,8 @@ pub unsafe extern "C" fn arny_generate(
                 opt_str_arg(options_json, "options_json")?,
             )
         };
-        let options: AskOptions = match options {
-            Some(s) if !s.trim().is_empty() => serde_json::from_str(s)
-                .map_err(|e| Failure::invalid(format!("options_json: {e}")))?,
-            _ => AskOptions::default(),
-        };
+        let options = AskOptions::from_json(options.unwrap_or_default())
+            .map_err(|e| Failure::invalid(format!("options_json: {e}")))?;
         let mut request = options
             .request(text)
             .map_err(|e| Failure::invalid(format!("options_json: {e}")))?;

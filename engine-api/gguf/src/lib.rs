@@ -13,6 +13,7 @@
 //! format, for the files Arny makes itself.
 
 pub mod dequant;
+pub mod llama;
 pub mod lora;
 mod writer;
 

@@ -30,6 +30,8 @@ mod tools;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arny_sdk::{
@@ -65,8 +67,14 @@ pub const MAX_CHOICES: u32 = 8;
 pub struct ServerOptions {
     /// When set, requests need `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
-    /// Generations at once; more get HTTP 429 with `Retry-After`.
+    /// Generations at once; more wait in a first-come queue.
     pub max_concurrent: usize,
+    /// Requests that may wait for a slot; past that they get HTTP 429
+    /// with `Retry-After`.
+    pub max_queue: usize,
+    /// How long a request waits for a slot before HTTP 503
+    /// `queue_timeout`; `None`: the manifest's `queue_timeout_secs`.
+    pub queue_timeout: Option<Duration>,
 }
 
 impl Default for ServerOptions {
@@ -74,6 +82,8 @@ impl Default for ServerOptions {
         Self {
             api_key: None,
             max_concurrent: 4,
+            max_queue: 64,
+            queue_timeout: None,
         }
     }
 }
@@ -81,12 +91,19 @@ impl Default for ServerOptions {
 struct AppState {
     assistant: Assistant,
     options: ServerOptions,
+    /// tokio's semaphore is fair: waiters get permits in arrival order.
     slots: Semaphore,
+    queued: AtomicUsize,
+    queue_timeout: Duration,
 }
 
 pub fn router(assistant: Assistant, options: ServerOptions) -> Router {
     let state = Arc::new(AppState {
         slots: Semaphore::new(options.max_concurrent.max(1)),
+        queued: AtomicUsize::new(0),
+        queue_timeout: options
+            .queue_timeout
+            .unwrap_or_else(|| assistant.queue_timeout()),
         assistant,
         options,
     });
@@ -163,7 +180,9 @@ fn sdk_error(e: &SdkError, param: Option<&str>) -> Response {
         | SdkError::Engine(E::InvalidInput(_) | E::ContextOverflow { .. })
         | SdkError::Engine(E::InvalidConstraint(_)) => StatusCode::BAD_REQUEST,
         SdkError::UnknownSpecialist { .. } => StatusCode::NOT_FOUND,
-        SdkError::MemoryBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        SdkError::MemoryBudget { .. } | SdkError::QueueTimeout { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         SdkError::Cloud(_) => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -176,7 +195,13 @@ fn sdk_error(e: &SdkError, param: Option<&str>) -> Response {
         SdkError::Engine(E::InvalidConstraint(_)) => param,
         _ => None,
     };
-    error(status, kind, e.code(), param, e.to_string())
+    let mut resp = error(status, kind, e.code(), param, e.to_string());
+    if matches!(e, SdkError::QueueTimeout { .. }) {
+        // Running work ends; a retry later may find room.
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+    }
+    resp
 }
 
 fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
@@ -268,8 +293,9 @@ async fn embeddings(
     if texts.is_empty() || texts.len() > 256 {
         return bad_request("invalid_input", "input", "input takes 1 to 256 strings");
     }
-    let Some(slot) = take_slot(&state) else {
-        return busy();
+    let slot = match take_slot(&state).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
     let assistant = state.assistant.clone();
     let handle = tokio::runtime::Handle::current();
@@ -876,8 +902,9 @@ async fn chat(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let Some(slot) = take_slot(&state) else {
-        return busy();
+    let slot = match take_slot(&state).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
     let reply = Reply::new("chatcmpl", &body.model);
     if body.stream {
@@ -1018,8 +1045,9 @@ async fn completions(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let Some(slot) = take_slot(&state) else {
-        return busy();
+    let slot = match take_slot(&state).await {
+        Ok(s) => s,
+        Err(r) => return r,
     };
     let reply = Reply::new("cmpl", &body.model);
     let mut requests = Vec::new();
@@ -1082,14 +1110,14 @@ async fn completions(
     }
 }
 
-/// 429 with `Retry-After`: every generation slot is taken.
+/// 429 with `Retry-After`: every slot is taken and the queue is full.
 fn busy() -> Response {
     let mut resp = error(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limit_error",
         "busy",
         None,
-        "all generation slots are busy; retry shortly",
+        "every generation slot is taken and the queue is full; retry shortly",
     );
     resp.headers_mut()
         .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
@@ -1151,13 +1179,30 @@ async fn run_all(
 fn stream_chat(assistant: Assistant, plan: ChatPlan, slot: OwnedSlot, reply: Reply) -> Response {
     let (tx, rx) = mpsc::unbounded_channel::<Value>();
     let handle = tokio::runtime::Handle::current();
+    // A client that leaves while the request still waits for memory sends
+    // no failed piece to notice it by: watch the channel itself.
+    // The watcher's sender must go when the generation ends, or the stream
+    // would never see its end.
+    let gone = CancelToken::new();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    {
+        let (tx, gone) = (tx.clone(), gone.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tx.closed() => gone.cancel(),
+                _ = finished => {}
+            }
+        });
+    }
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
+        let _done = done;
         let mut answers = Vec::new();
         for i in 0..plan.common.n {
             let index = i as usize;
             let mut request = plan.common.request(plan.messages.clone(), i);
             request.constraint = plan.constraint.clone();
+            request.cancel = gone.clone();
             let cancel: CancelToken = request.cancel.clone();
             let _ = tx.send(reply.chunk(index, json!({"role": "assistant", "content": ""}), None));
             let (tx2, reply2) = (tx.clone(), reply.clone());
@@ -1270,12 +1315,43 @@ impl Drop for OwnedSlot {
 }
 
 /// A generation slot that lives as long as the generation, which may
-/// outlive the handler when streaming; `None` when all are taken.
-fn take_slot(state: &Arc<AppState>) -> Option<OwnedSlot> {
-    let permit = state.slots.try_acquire().ok()?;
+/// outlive the handler when streaming. Waits in turn for one; fails with
+/// 429 when the queue is full and 503 past the queue timeout.
+async fn take_slot(state: &Arc<AppState>) -> Result<OwnedSlot, Response> {
+    let permit = match state.slots.try_acquire() {
+        Ok(p) => p,
+        Err(_) => {
+            if state.queued.fetch_add(1, Ordering::AcqRel) >= state.options.max_queue {
+                state.queued.fetch_sub(1, Ordering::AcqRel);
+                return Err(busy());
+            }
+            // Counted out however the wait ends (the client may go away,
+            // dropping this future).
+            struct Queued<'a>(&'a AtomicUsize);
+            impl Drop for Queued<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            let _queued = Queued(&state.queued);
+            let waited = tokio::time::timeout(state.queue_timeout, state.slots.acquire()).await;
+            match waited {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => unreachable!("the semaphore is never closed"),
+                Err(_) => {
+                    let e = SdkError::QueueTimeout {
+                        model: "a generation slot".into(),
+                        waited_ms: state.queue_timeout.as_millis() as u64,
+                        reason: format!("{} generations at once", state.options.max_concurrent),
+                    };
+                    return Err(sdk_error(&e, None));
+                }
+            }
+        }
+    };
     // Given back by hand (`OwnedSlot::drop`) when the generation ends.
     permit.forget();
-    Some(OwnedSlot {
+    Ok(OwnedSlot {
         _state: state.clone(),
     })
 }

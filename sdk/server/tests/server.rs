@@ -57,6 +57,7 @@ async fn start(api_key: Option<&str>) -> (String, tempfile::TempDir) {
     let opts = ServerOptions {
         api_key: api_key.map(str::to_string),
         max_concurrent: 2,
+        ..Default::default()
     };
     tokio::spawn(arny_server::serve(l, a, opts));
     (url, dir)

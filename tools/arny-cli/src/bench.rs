@@ -6,12 +6,12 @@
 //! ratio of their medians is the SDK's overhead.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use arny_engine_api::{
-    Adapter, EngineKind, GenerateRequest, LoadOptions, Model, ModelSource, Prompt, SamplingParams,
-    SessionOptions, TokenId, generate,
+    Adapter, EngineKind, FinishReason, GenerateRequest, LoadOptions, Model, ModelSource, Prompt,
+    SamplingParams, SessionOptions, TokenId, generate,
 };
 use serde::Serialize;
 
@@ -83,6 +83,9 @@ struct Report {
     /// Token generation, tokens per second.
     tg_tok_s: Pair,
     load_ms: Pair,
+    cancel: CancelReport,
+    /// Peak RSS over the load and the pp/tg reps (with the raw baseline,
+    /// its own copy of the model too: `--no-raw` for the SDK alone).
     peak_rss_bytes: Option<u64>,
     cpu_cores: usize,
     /// 1-minute load average when the bench started (Linux).
@@ -143,6 +146,27 @@ struct Samples {
     raw_pp: Vec<f64>,
     raw_tg: Vec<f64>,
     raw_load: Vec<f64>,
+    /// Milliseconds from a cancel to the generation's return, with the
+    /// cancel landing in the prefill or in the decode.
+    cancel_prefill: Vec<f64>,
+    cancel_decode: Vec<f64>,
+    /// The session's prefill chunk, in tokens.
+    batch: usize,
+    peak_rss: Option<u64>,
+}
+
+/// How fast a cancel takes effect, beside what one prefill chunk and one
+/// token take: the generation loop checks between them, so a cancel should
+/// land within one of each.
+#[derive(Debug, Serialize)]
+struct CancelReport {
+    prefill_ms: Stats,
+    /// One chunk of `batch` prompt tokens at the measured prefill speed.
+    prefill_chunk_ms: f64,
+    batch: usize,
+    decode_ms: Stats,
+    /// One token at the measured decode speed.
+    token_ms: f64,
 }
 
 impl Bench {
@@ -210,14 +234,67 @@ impl Bench {
                 self.raw_rep(&mut s)?;
                 self.sdk_rep(&mut s)?;
             }
+            tracing::info!(rep, "bench rep done");
+        }
+        // The peak of one model and its session, as an app holds them:
+        // read before the load reps, which map the file a second time.
+        s.peak_rss = peak_rss();
+        for _ in 0..reps {
             s.load
                 .push(load(self.engine.as_ref(), &self.path, &self.options)?.1);
             if let Some(r) = &self.raw {
                 s.raw_load.push(r.load_ms(&self.path)?);
             }
-            tracing::info!(rep, "bench rep done");
+        }
+        // Cancels at times spread over each phase, from another thread, as
+        // a client that goes away does.
+        let prefill_s = self.tokens.len() as f64 / Stats::of(s.pp.clone()).median;
+        let token_s = 1.0 / Stats::of(s.tg.clone()).median;
+        for rep in 0..reps {
+            let frac = (rep as f64 + 0.5) / reps as f64;
+            let (ms, batch) = self.cancel_run(prefill_s * frac)?;
+            s.batch = batch;
+            s.cancel_prefill.extend(ms);
+            let decode_at = prefill_s + token_s * (self.n_gen as f64 - 1.0) * frac;
+            s.cancel_decode.extend(self.cancel_run(decode_at)?.0);
         }
         Ok(s)
+    }
+
+    /// One generation cancelled `after` seconds in: the milliseconds from
+    /// the cancel to the return (none if it ended first), and the
+    /// session's prefill chunk.
+    fn cancel_run(&self, after: f64) -> Result<(Option<f64>, usize)> {
+        futures::executor::block_on(async {
+            let model = self.model.as_ref();
+            let mut session = model
+                .new_session(SessionOptions {
+                    context_length: Some(self.ctx),
+                    adapter: self.adapter.clone(),
+                })
+                .await?;
+            let batch = session.preferred_batch();
+            let request = GenerateRequest {
+                sampling: SamplingParams::greedy(),
+                max_tokens: self.n_gen as u32,
+                ignore_eos: true,
+                ..GenerateRequest::new(Prompt::Tokens(self.tokens.clone()))
+            };
+            let cancel = request.cancel.clone();
+            let timer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs_f64(after.max(0.0)));
+                cancel.cancel();
+                Instant::now()
+            });
+            let done = generate(model, session.as_mut(), request, |_| {}).await?;
+            let returned = Instant::now();
+            let fired = timer.join().expect("the cancel timer");
+            let ms = (done.finish_reason == FinishReason::Cancelled)
+                .then(|| returned.checked_duration_since(fired))
+                .flatten()
+                .map(|d| d.as_secs_f64() * 1e3);
+            Ok((ms, batch))
+        })
     }
 
     fn sdk_rep(&self, s: &mut Samples) -> Result<()> {
@@ -257,6 +334,13 @@ impl Bench {
         let baseline = self.raw.is_some() || self.adapter.is_some();
         let with_raw = |v: Vec<f64>| baseline.then_some(v);
         let info = self.model.info();
+        let cancel = CancelReport {
+            prefill_chunk_ms: s.batch as f64 / Stats::of(s.pp.clone()).median * 1e3,
+            batch: s.batch,
+            token_ms: 1e3 / Stats::of(s.tg.clone()).median,
+            prefill_ms: Stats::of(s.cancel_prefill),
+            decode_ms: Stats::of(s.cancel_decode),
+        };
         Report {
             engine: info.engine.clone(),
             model: self.path.display().to_string(),
@@ -268,8 +352,9 @@ impl Bench {
             reps: args.reps,
             pp_tok_s: Pair::new(s.pp, with_raw(s.raw_pp)),
             tg_tok_s: Pair::new(s.tg, with_raw(s.raw_tg)),
+            cancel,
             load_ms: Pair::new(s.load, self.raw.as_ref().map(|_| s.raw_load)),
-            peak_rss_bytes: peak_rss(),
+            peak_rss_bytes: s.peak_rss,
             cpu_cores: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
@@ -403,6 +488,17 @@ fn print_table(r: &Report) {
             println!("{:<10} ratio {with}/{without} = {ratio:.3}", "");
         }
     }
+    let c = &r.cancel;
+    println!(
+        "cancel in prefill: {:.1} ms median, {:.1} max (one {}-token chunk: {:.1} ms); in decode: {:.1} ms median, {:.1} max (one token: {:.1} ms)",
+        c.prefill_ms.median,
+        c.prefill_ms.max,
+        c.batch,
+        c.prefill_chunk_ms,
+        c.decode_ms.median,
+        c.decode_ms.max,
+        c.token_ms
+    );
     if let Some(b) = r.peak_rss_bytes {
         println!("peak RSS {:.1} MiB", b as f64 / (1024.0 * 1024.0));
     }

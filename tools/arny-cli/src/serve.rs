@@ -20,9 +20,14 @@ pub struct Args {
     /// Name of an environment variable holding an API key clients must send.
     #[arg(long)]
     api_key_env: Option<String>,
-    /// Generations at once; more get HTTP 429 with Retry-After.
+    /// Generations at once; more wait in a first-come queue.
     #[arg(long, default_value_t = 4)]
     max_concurrent: usize,
+    /// Requests that may wait for a slot; more get HTTP 429 with
+    /// Retry-After. How long they wait is the manifest's
+    /// `queue_timeout_secs`.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -46,6 +51,8 @@ pub fn run(args: Args) -> Result<()> {
         let options = ServerOptions {
             api_key,
             max_concurrent: args.max_concurrent,
+            max_queue: args.max_queue,
+            queue_timeout: None,
         };
         tokio::select! {
             r = arny_server::serve(listener, assistant, options) => r?,
