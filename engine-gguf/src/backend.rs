@@ -45,10 +45,9 @@ fn reported_buffer(line: &str) -> Option<u64> {
 /// glibc raises its mmap threshold to the largest block freed (up to
 /// 32 MiB), after which such buffers come from its heaps and the holes
 /// they leave stay in the process. Measured under the 1000-request load
-/// test: 382 MiB peak RSS without it, 292 MiB with it. The setting is
-/// process-wide, so it stays above the sizes other code allocates often:
-/// at 1 MiB the Burn engine's activations became a fresh mapping each, and
-/// its test binary (which runs llama.cpp beside it) took 676 s.
+/// test: 382 MiB peak RSS without it, 291 MiB with it. The setting is
+/// process-wide, so it stays above the sizes other code in the process
+/// allocates often (8 MiB rather than the 1 MiB first tried).
 fn map_large_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; any value is valid.
