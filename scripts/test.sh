@@ -126,6 +126,9 @@ cargo build --release --locked -p arny-engine-pte --target wasm32-unknown-unknow
 stage "waiting for the ExecuTorch export"
 await_job "$export_pid" "$export_log" "exporting the default model to ExecuTorch"
 
+stage "the packed-weight kernels on aarch64 (cross-built, run under qemu-user: NEON and NEON dotprod against the scalar reference)"
+scripts/test-aarch64.sh
+
 stage "tests"
 # The SDK's app-level test runs once per engine listed here.
 export ARNY_TEST_ENGINES="${ARNY_TEST_ENGINES:-gguf,burn,pte}"

@@ -2,8 +2,9 @@
 //!
 //! Two backends behind one engine, chosen at load time: Burn's CPU backend
 //! (`flex`) and wgpu (Vulkan, Metal, DX12; WebGPU in a browser). Weights
-//! come from the same GGUF files llama.cpp reads, dequantized to f32 (f16 on
-//! a GPU with shader f16, or 8-bit blocks on request); the
+//! come from the same GGUF files llama.cpp reads. On the CPU they stay in
+//! the file's blocks, multiplied by `arny-qmatmul`'s kernels; on wgpu they
+//! are dequantized to f16 (with shader f16) or f32. The
 //! tokenizer is built from the file's vocabulary (`arny-tokenizer`) and
 //! gives llama.cpp's token ids. Sampling, templates and streaming are
 //! engine-api's, as for every engine.
@@ -45,13 +46,15 @@ pub struct BurnEngine {
 }
 
 impl BurnEngine {
-    /// Weights in f16 on a wgpu device that has shader f16, else f32.
+    /// Weights packed as the file stores them on the CPU backend; f16 on a
+    /// wgpu device that has shader f16, else f32.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Holds weights in `precision` whatever the device (f16 on the CPU
-    /// backend is slower than f32: it has no f16 arithmetic).
+    /// backend is slower than f32: it has no f16 arithmetic). `Packed` runs
+    /// on the CPU backend only; a wgpu model refuses it.
     pub fn with_precision(precision: WeightPrecision) -> Self {
         Self {
             precision: Some(precision),
@@ -184,9 +187,17 @@ fn read(source: &ModelSource) -> Result<(Arc<[u8]>, String)> {
     match source {
         ModelSource::Path(p) => {
             check_model_file(p)?;
-            let bytes = std::fs::read(p)
-                .map_err(|e| EngineError::io(format!("read {}", p.display()), e))?;
-            Ok((bytes.into(), p.display().to_string()))
+            let io = |e| EngineError::io(format!("read {}", p.display()), e);
+            // Read straight into the shared buffer: `Vec` into `Arc<[u8]>`
+            // would copy, and hold the model twice at its peak.
+            let mut file = std::fs::File::open(p).map_err(io)?;
+            let len = file.metadata().map_err(io)?.len();
+            let len = usize::try_from(len)
+                .map_err(|_| EngineError::InvalidInput(format!("{} is too large", p.display())))?;
+            let mut bytes: Arc<[u8]> = std::iter::repeat_n(0u8, len).collect();
+            let buf = Arc::get_mut(&mut bytes).expect("a new buffer has one owner");
+            std::io::Read::read_exact(&mut file, buf).map_err(io)?;
+            Ok((bytes, p.display().to_string()))
         }
         ModelSource::Bytes { name, bytes } => Ok((bytes.clone(), name.clone())),
     }
@@ -215,11 +226,18 @@ impl InferenceEngine for BurnEngine {
         let file = GgufFile::from_bytes(&bytes).map_err(|e| e.into_engine_error(&name))?;
         let tokenizer = BpeTokenizer::from_gguf(&file).map_err(|e| e.into_engine_error(&name))?;
         let placement = place(options.device).await?;
-        let precision = self.precision.unwrap_or(if placement.f16 {
-            WeightPrecision::F16
-        } else {
-            WeightPrecision::F32
+        let precision = self.precision.unwrap_or(match placement.backend {
+            Backend::Cpu => WeightPrecision::Packed,
+            Backend::Wgpu if placement.f16 => WeightPrecision::F16,
+            Backend::Wgpu => WeightPrecision::F32,
         });
+        if precision == WeightPrecision::Packed && placement.backend != Backend::Cpu {
+            return Err(EngineError::Unsupported(
+                "packed weights run on the burn engine's CPU backend; on wgpu it holds \
+                 f16 or f32 weights (no quantized wgpu kernel yet)"
+                    .into(),
+            ));
+        }
         let report = |p: f32| {
             if let Some(f) = &options.progress {
                 f(p);
@@ -328,12 +346,18 @@ fn model_info(
         trained_context_length: trained,
         max_context_length: trained,
         context_length,
-        // Weights on the device plus the f32 embeddings on the host.
-        resident_bytes: llama.device_bytes
-            + WeightPrecision::F32.bytes(llama.cfg.vocab * llama.cfg.n_embd),
+        resident_bytes: llama.resident_bytes,
         file_bytes: file_bytes as u64,
         engine: ENGINE_ID.into(),
-        device: format!("{}, {precision:?} weights", placement.name),
+        device: match precision {
+            WeightPrecision::Packed => format!(
+                "{}, packed {} weights ({} kernels)",
+                placement.name,
+                llama.packed_types.join("/"),
+                arny_qmatmul::Kernel::detect().name()
+            ),
+            p => format!("{}, {p:?} weights", placement.name),
+        },
         capabilities: Capabilities {
             logits: true,
             lora: true,

@@ -4,13 +4,20 @@
 //! output projection (tied to the embeddings when the file has no
 //! `output.weight`). One file, top to bottom, like candle-transformers'.
 //!
-//! Weights come from a GGUF file, dequantized to f32. GGUF stores Q and K
-//! already permuted for llama.cpp's "normal" RoPE, which rotates adjacent
-//! pairs (x[2i], x[2i+1]); the rotation here does the same.
+//! Weights come from a GGUF file. On the CPU they stay in the file's block
+//! format ([`WeightPrecision::Packed`]) and every projection is a call into
+//! `arny-qmatmul`'s kernels on the tensor's bytes; otherwise they are
+//! dequantized into Burn tensors. GGUF stores Q and K already permuted for
+//! llama.cpp's "normal" RoPE, which rotates adjacent pairs (x[2i],
+//! x[2i+1]); the rotation here does the same.
+
+use std::sync::Arc;
 
 use arny_engine_api::EngineError;
 use arny_gguf::GgufFile;
+use arny_gguf::TensorInfo;
 use arny_gguf::lora::LoraFile;
+use arny_qmatmul::{QMatrix, QType};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
@@ -91,15 +98,49 @@ impl Config {
 
 struct Block {
     attn_norm: Tensor<1>,
-    /// Projections stored as `[in, out]`, so `x.matmul(w)`.
-    wq: Tensor<2>,
-    wk: Tensor<2>,
-    wv: Tensor<2>,
-    wo: Tensor<2>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor<1>,
-    w_gate: Tensor<2>,
-    w_up: Tensor<2>,
-    w_down: Tensor<2>,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
+}
+
+/// A projection's weight as the model holds it.
+enum Linear {
+    /// `[in, out]` on the device, f32 or Burn-quantized: `x.matmul(w)`.
+    Dense(Tensor<2>),
+    /// `[in, out]` on the device in f16: f16 inputs, the product cast back
+    /// to f32.
+    Half(Tensor<2>),
+    /// `[out, in]` GGUF blocks on the host, multiplied by `arny-qmatmul`.
+    Packed(QMatrix),
+}
+
+impl Linear {
+    /// `x @ W` for `x: [m, in]`.
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Self::Dense(w) => x.matmul(w.clone()),
+            Self::Half(w) => x
+                .cast(FloatDType::F16)
+                .matmul(w.clone())
+                .cast(FloatDType::F32),
+            Self::Packed(w) => {
+                let device = x.device();
+                let [m, _] = x.dims();
+                // The CPU backend's tensors are host memory: reading one
+                // back is ready at once, also in a browser.
+                let x = x.into_data();
+                let x = x.as_slice::<f32>().expect("activations are f32");
+                let mut out = vec![0f32; m * w.rows()];
+                arny_qmatmul::matmul(x, m, w, &mut out);
+                Tensor::from_data(TensorData::new(out, [m, w.rows()]), &device)
+            }
+        }
+    }
 }
 
 /// How the projection weights are held on the device.
@@ -112,6 +153,11 @@ pub enum WeightPrecision {
     /// Burn's block quantization: 8-bit symmetric values with one f16 scale
     /// per 32 inputs, GGUF Q8_0's layout. Matmuls take f32 inputs.
     Q8,
+    /// The file's own blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K), read in place
+    /// by `arny-qmatmul`'s kernels, activations quantized to 8 bits as
+    /// llama.cpp does. Other block types and f16/bf16 become Q8_0 at load;
+    /// f32 tensors stay f32. CPU backend only; its default.
+    Packed,
 }
 
 impl WeightPrecision {
@@ -121,8 +167,40 @@ impl WeightPrecision {
             Self::F32 => 128,
             Self::F16 => 64,
             Self::Q8 => 34, // 32 values and an f16 scale
+            // Q8_0, the widest packed format.
+            Self::Packed => 34,
         };
         (elements as u64 * per_32).div_ceil(32)
+    }
+}
+
+/// The token table, rows looked up on the host.
+enum Embeddings {
+    /// The file's blocks, a row decoded per token (27 MB of Q8_0 for the
+    /// default model where f32 would take 113 MB).
+    Packed(QMatrix),
+    /// `[vocab, n_embd]` f32, for f32 and f16 tables.
+    F32(Vec<f32>),
+}
+
+impl Embeddings {
+    fn lookup(&self, tokens: &[u32], e: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(tokens.len() * e);
+        for &t in tokens {
+            let t = t as usize;
+            match self {
+                Self::Packed(q) => q.dequantize_row(t, &mut out),
+                Self::F32(v) => out.extend_from_slice(&v[t * e..(t + 1) * e]),
+            }
+        }
+        out
+    }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            Self::Packed(q) => q.bytes().len() as u64,
+            Self::F32(v) => v.len() as u64 * 4,
+        }
     }
 }
 
@@ -130,17 +208,18 @@ pub struct Llama {
     pub cfg: Config,
     pub precision: WeightPrecision,
     device: Device,
-    /// `[vocab, n_embd]`, rows looked up on the host.
-    embeddings: Vec<f32>,
+    embeddings: Embeddings,
     blocks: Vec<Block>,
     out_norm: Tensor<1>,
-    /// `[n_embd, vocab]`. Never f16: an f16 matmul writes f16, and logits
-    /// rounded to f16 (steps of 1/64 around 20) would differ between a
-    /// one-row and a many-row pass.
-    lm_head: Tensor<2>,
-    head_precision: WeightPrecision,
-    /// Bytes the weights take on the device.
-    pub device_bytes: u64,
+    /// Never f16: an f16 matmul writes f16, and logits rounded to f16
+    /// (steps of 1/64 around 20) would differ between a one-row and a
+    /// many-row pass.
+    lm_head: Linear,
+    /// Bytes the weights and the token table take, on the device and the
+    /// host; with packed weights, the whole file buffer they point into.
+    pub resident_bytes: u64,
+    /// The block types the packed projections hold, for `ModelInfo`.
+    pub packed_types: Vec<&'static str>,
 }
 
 /// One sequence's keys and values per layer: `[n_head_kv, len, head_dim]`.
@@ -175,42 +254,102 @@ impl KvCache {
     }
 }
 
-fn load(
-    f: &GgufFile,
-    bytes: &[u8],
+/// Tensor `name`, checked to have the shape `expect` (ggml order) and a
+/// type this engine reads.
+fn tensor<'f>(
+    f: &'f GgufFile,
     source: &str,
     name: &str,
     expect: &[usize],
-) -> Result<Vec<f32>, EngineError> {
-    let corrupt = |reason: String| EngineError::Corrupt {
-        source_name: source.to_string(),
-        reason,
-    };
+) -> Result<&'f TensorInfo, EngineError> {
     let t = f
         .tensor(name)
-        .ok_or_else(|| corrupt(format!("missing tensor {name}")))?;
+        .ok_or_else(|| corrupt(source, format!("missing tensor {name}")))?;
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     if dims != expect {
-        return Err(corrupt(format!(
-            "tensor {name} has shape {dims:?}, expected {expect:?}"
-        )));
+        return Err(corrupt(
+            source,
+            format!("tensor {name} has shape {dims:?}, expected {expect:?}"),
+        ));
     }
     if !arny_gguf::dequant::SUPPORTED.contains(&t.ggml_type) {
         return Err(EngineError::UnsupportedQuantization(
             t.type_name().unwrap_or("unknown").to_string(),
         ));
     }
-    let v = f.dequantize(bytes, t).map_err(|e| corrupt(e.to_string()))?;
+    Ok(t)
+}
+
+fn corrupt(source: &str, reason: String) -> EngineError {
+    EngineError::Corrupt {
+        source_name: source.to_string(),
+        reason,
+    }
+}
+
+/// Tensor `t` as f32 values, refused if any is not finite.
+fn dequantize(
+    f: &GgufFile,
+    bytes: &[u8],
+    source: &str,
+    t: &TensorInfo,
+) -> Result<Vec<f32>, EngineError> {
+    let v = f
+        .dequantize(bytes, t)
+        .map_err(|e| corrupt(source, e.to_string()))?;
     if v.iter().any(|x| !x.is_finite()) {
-        return Err(corrupt(format!("tensor {name} holds non-finite values")));
+        return Err(corrupt(
+            source,
+            format!("tensor {} holds non-finite values", t.name),
+        ));
     }
     Ok(v)
+}
+
+/// 2-D tensor `t` (`rows` of `cols`) as blocks the kernels read: the
+/// file's own where its type is one of theirs (pointing into `bytes`, or
+/// a copy of just this tensor when `share` is false), else requantized to
+/// Q8_0. `None` for f32 tensors and widths that are not whole blocks,
+/// which stay f32.
+fn packed(
+    f: &GgufFile,
+    bytes: &Arc<[u8]>,
+    source: &str,
+    t: &TensorInfo,
+    (rows, cols): (usize, usize),
+    share: bool,
+) -> Result<Option<QMatrix>, EngineError> {
+    const F32: u32 = 0;
+    let q = if let Some(ty) = QType::from_ggml(t.ggml_type) {
+        let data = f
+            .tensor_data(bytes, t)
+            .map_err(|e| corrupt(source, e.to_string()))?;
+        let q = if share {
+            QMatrix::new(ty, rows, cols, bytes.clone(), t.start as usize)
+        } else {
+            QMatrix::new(ty, rows, cols, data.into(), 0)
+        };
+        q.map_err(|e| corrupt(source, format!("tensor {}: {e}", t.name)))?
+    } else if t.ggml_type == F32 || !cols.is_multiple_of(32) {
+        return Ok(None);
+    } else {
+        let v = dequantize(f, bytes, source, t)?;
+        QMatrix::quantize_q8_0(&v, rows, cols)
+            .map_err(|e| corrupt(source, format!("tensor {}: {e}", t.name)))?
+    };
+    if !q.scales_finite() {
+        return Err(corrupt(
+            source,
+            format!("tensor {} holds non-finite scales", t.name),
+        ));
+    }
+    Ok(Some(q))
 }
 
 impl Llama {
     pub fn load(
         f: &GgufFile,
-        bytes: &[u8],
+        bytes: &Arc<[u8]>,
         source: &str,
         device: &Device,
         precision: WeightPrecision,
@@ -218,24 +357,42 @@ impl Llama {
     ) -> Result<Self, EngineError> {
         let cfg = Config::from_gguf(f, source)?;
         let (e, kv) = (cfg.n_embd, cfg.n_head_kv * cfg.head_dim);
-        let on_device = std::cell::Cell::new(0u64);
+        let dense_bytes = std::cell::Cell::new(0u64);
+        let types = std::cell::RefCell::new(Vec::<&'static str>::new());
         let vec1 = |name: &str, n: usize| -> Result<Tensor<1>, EngineError> {
-            let v = load(f, bytes, source, name, &[n])?;
-            on_device.set(on_device.get() + WeightPrecision::F32.bytes(n));
+            let v = dequantize(f, bytes, source, tensor(f, source, name, &[n])?)?;
+            dense_bytes.set(dense_bytes.get() + WeightPrecision::F32.bytes(n));
             Ok(Tensor::from_data(TensorData::new(v, [n]), device))
+        };
+        let dense = |v: Vec<f32>, n_in: usize, n_out: usize, precision: WeightPrecision| {
+            dense_bytes.set(dense_bytes.get() + precision.bytes(n_in * n_out));
+            Self::weight(
+                Tensor::<2>::from_data(TensorData::new(v, [n_out, n_in]), device),
+                precision,
+            )
         };
         // GGUF dims are innermost first: [in, out] there is `out` rows of `in`.
         let mat = |name: &str,
                    n_in: usize,
                    n_out: usize,
                    precision: WeightPrecision|
-         -> Result<Tensor<2>, EngineError> {
-            let v = load(f, bytes, source, name, &[n_in, n_out])?;
-            on_device.set(on_device.get() + precision.bytes(n_in * n_out));
-            Ok(Self::weight(
-                Tensor::<2>::from_data(TensorData::new(v, [n_out, n_in]), device),
-                precision,
-            ))
+         -> Result<Linear, EngineError> {
+            let t = tensor(f, source, name, &[n_in, n_out])?;
+            if precision == WeightPrecision::Packed
+                && let Some(q) = packed(f, bytes, source, t, (n_out, n_in), true)?
+            {
+                let mut types = types.borrow_mut();
+                if !types.contains(&q.ty().name()) {
+                    types.push(q.ty().name());
+                }
+                return Ok(Linear::Packed(q));
+            }
+            let v = dequantize(f, bytes, source, t)?;
+            let dense_precision = match precision {
+                WeightPrecision::Packed => WeightPrecision::F32,
+                p => p,
+            };
+            Ok(dense(v, n_in, n_out, dense_precision))
         };
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
@@ -254,7 +411,17 @@ impl Llama {
             progress((i + 1) as f32 / (cfg.n_layer + 1) as f32);
         }
         let out_norm = vec1("output_norm.weight", e)?;
-        let embeddings = load(f, bytes, source, "token_embd.weight", &[e, cfg.vocab])?;
+        let packed_model = precision == WeightPrecision::Packed;
+        // A quantized token table stays in blocks on every precision; with
+        // dense weights it is copied out, so the file buffer can go.
+        let embd = tensor(f, source, "token_embd.weight", &[e, cfg.vocab])?;
+        let embeddings = match QType::from_ggml(embd.ggml_type) {
+            Some(_) => Embeddings::Packed(
+                packed(f, bytes, source, embd, (cfg.vocab, e), packed_model)?
+                    .expect("a block type packs"),
+            ),
+            None => Embeddings::F32(dequantize(f, bytes, source, embd)?),
+        };
         let head_precision = match precision {
             WeightPrecision::F16 => WeightPrecision::F32,
             p => p,
@@ -262,13 +429,41 @@ impl Llama {
         let lm_head = if f.tensor("output.weight").is_some() {
             mat("output.weight", e, cfg.vocab, head_precision)?
         } else {
-            on_device.set(on_device.get() + head_precision.bytes(cfg.vocab * e));
-            Self::weight(
-                Tensor::<2>::from_data(TensorData::new(embeddings.clone(), [cfg.vocab, e]), device),
-                head_precision,
-            )
+            match (&embeddings, packed_model) {
+                // Tied: the token table's blocks serve as the output matrix.
+                (Embeddings::Packed(q), true) => Linear::Packed(q.clone()),
+                (Embeddings::F32(v), true) => {
+                    match packed(f, bytes, source, embd, (cfg.vocab, e), true)? {
+                        Some(q) => Linear::Packed(q),
+                        None => dense(v.clone(), e, cfg.vocab, WeightPrecision::F32),
+                    }
+                }
+                (Embeddings::Packed(q), false) => {
+                    let mut v = Vec::with_capacity(cfg.vocab * e);
+                    for r in 0..cfg.vocab {
+                        q.dequantize_row(r, &mut v);
+                    }
+                    dense(v, e, cfg.vocab, head_precision)
+                }
+                (Embeddings::F32(v), false) => dense(v.clone(), e, cfg.vocab, head_precision),
+            }
         };
         progress(1.0);
+        // Packed projections point into the file's buffer, which stays
+        // whole while they live; otherwise the table's own bytes count.
+        let shares_file = packed_model
+            && (!types.borrow().is_empty() || matches!(embeddings, Embeddings::Packed(_)));
+        let host = if shares_file {
+            bytes.len() as u64
+        } else {
+            embeddings.bytes()
+        };
+        let mut packed_types = types.into_inner();
+        if let (Linear::Packed(q), true) = (&lm_head, packed_model)
+            && !packed_types.contains(&q.ty().name())
+        {
+            packed_types.push(q.ty().name());
+        }
         Ok(Self {
             cfg,
             precision,
@@ -277,36 +472,24 @@ impl Llama {
             blocks,
             out_norm,
             lm_head,
-            head_precision,
-            device_bytes: on_device.get(),
+            resident_bytes: dense_bytes.get() + host,
+            packed_types,
         })
     }
 
     /// `[out, in]` as read from the file → `[in, out]` in `precision`.
-    fn weight(w: Tensor<2>, precision: WeightPrecision) -> Tensor<2> {
+    fn weight(w: Tensor<2>, precision: WeightPrecision) -> Linear {
         match precision {
-            WeightPrecision::F32 => w.transpose(),
-            WeightPrecision::F16 => w.cast(FloatDType::F16).transpose(),
+            WeightPrecision::F32 | WeightPrecision::Packed => Linear::Dense(w.transpose()),
+            WeightPrecision::F16 => Linear::Half(w.cast(FloatDType::F16).transpose()),
             WeightPrecision::Q8 => {
                 use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
                 let scheme = QuantScheme::default()
                     .with_value(QuantValue::Q8S)
                     .with_store(QuantStore::PackedU32(0))
                     .per_block([1, 32], ScaleDtype::F16);
-                w.quantize_dynamic(&scheme).transpose()
+                Linear::Dense(w.quantize_dynamic(&scheme).transpose())
             }
-        }
-    }
-
-    /// `x @ w` with `x` in f32 and `w` in `precision`; f16 weights get f16
-    /// inputs, and the product comes back as f32.
-    fn mm(x: Tensor<2>, w: &Tensor<2>, precision: WeightPrecision) -> Tensor<2> {
-        match precision {
-            WeightPrecision::F32 | WeightPrecision::Q8 => x.matmul(w.clone()),
-            WeightPrecision::F16 => x
-                .cast(FloatDType::F16)
-                .matmul(w.clone())
-                .cast(FloatDType::F32),
         }
     }
 
@@ -365,13 +548,9 @@ impl Llama {
     ) -> Tensor<2> {
         let (s, past) = (tokens.len(), cache.len);
         let e = self.cfg.n_embd;
-        let mut emb = Vec::with_capacity(s * e);
-        for &t in tokens {
-            emb.extend_from_slice(&self.embeddings[t as usize * e..(t as usize + 1) * e]);
-        }
+        let emb = self.embeddings.lookup(tokens, e);
         let mut x = Tensor::<2>::from_data(TensorData::new(emb, [s, e]), &self.device);
         let step = Step {
-            past,
             seq: s,
             mask: self.causal_mask(past, s),
             rope: self.rope_tables(past, s),
@@ -384,20 +563,23 @@ impl Llama {
         let rows = rows.min(s);
         let x = x.narrow(0, s - rows, rows);
         let x = self.rms_norm(x, &self.out_norm);
-        Self::mm(x, &self.lm_head, self.head_precision)
+        self.lm_head.forward(x)
     }
 
     /// Query `i` (absolute position `past + i`) sees keys `0..=past + i`:
-    /// `[1, seq, past + seq]`, 0 or -inf.
+    /// 0 or -inf, `[1, group · seq, past + seq]`, the `seq` rows repeated
+    /// for each of the `group` query heads that share a KV head.
     fn causal_mask(&self, past: usize, seq: usize) -> Tensor<3> {
         let total = past + seq;
-        let mut mask = vec![0f32; seq * total];
+        let group = self.cfg.n_head / self.cfg.n_head_kv;
+        let mut rows = vec![0f32; seq * total];
         for i in 0..seq {
             for j in past + i + 1..total {
-                mask[i * total + j] = f32::NEG_INFINITY;
+                rows[i * total + j] = f32::NEG_INFINITY;
             }
         }
-        Tensor::<3>::from_data(TensorData::new(mask, [1, seq, total]), &self.device)
+        let mask = rows.repeat(group);
+        Tensor::<3>::from_data(TensorData::new(mask, [1, group * seq, total]), &self.device)
     }
 
     /// One block: pre-norm attention and pre-norm MLP, each added back.
@@ -430,7 +612,7 @@ impl Llama {
         let c = &self.cfg;
         let (s, hd) = (step.seq, c.head_dim);
         let delta = |p: Proj| lora.and_then(|l| l.get(p));
-        let heads = |w: &Tensor<2>, p: Proj, n: usize| {
+        let heads = |w: &Linear, p: Proj, n: usize| {
             self.project(h.clone(), w, delta(p))
                 .reshape([s, n, hd])
                 .swap_dims(0, 1)
@@ -447,17 +629,14 @@ impl Llama {
             all
         };
         let (k, v) = (append(k_cache, k), append(v_cache, v));
-        // Each KV head serves `group` consecutive query heads.
-        let total = step.past + s;
+        // Each KV head serves `group` consecutive query heads: their rows
+        // stacked, `[n_head_kv, group · s, hd]`, attend to that head's keys
+        // without copying them `group` times.
         let group = c.n_head / c.n_head_kv;
-        let expand = |t: Tensor<3>| {
-            t.unsqueeze_dim::<4>(1)
-                .repeat_dim(1, group)
-                .reshape([c.n_head, total, hd])
-        };
+        let q = q.reshape([c.n_head_kv, group * s, hd]);
         let scale = 1.0 / (hd as f32).sqrt();
-        let scores = q.matmul(expand(k).swap_dims(1, 2)).mul_scalar(scale) + step.mask.clone();
-        let attn = softmax(scores, 2).matmul(expand(v)); // [n_head, s, hd]
+        let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(scale) + step.mask.clone();
+        let attn = softmax(scores, 2).matmul(v).reshape([c.n_head, s, hd]);
         self.project(
             attn.swap_dims(0, 1).reshape([s, c.n_embd]),
             &b.wo,
@@ -476,12 +655,12 @@ impl Llama {
     /// `x @ w`, plus `(x @ A) @ B` when the projection is adapted. The
     /// delta runs in f32 whatever the weights' precision: it is small, and
     /// rounding it to f16 would blur the few bits a fine-tune changes.
-    fn project(&self, x: Tensor<2>, w: &Tensor<2>, delta: Option<&LowRank>) -> Tensor<2> {
+    fn project(&self, x: Tensor<2>, w: &Linear, delta: Option<&LowRank>) -> Tensor<2> {
         match delta {
-            None => Self::mm(x, w, self.precision),
+            None => w.forward(x),
             Some(d) => {
                 let low = x.clone().matmul(d.a.clone()).matmul(d.b.clone());
-                Self::mm(x, w, self.precision) + low
+                w.forward(x) + low
             }
         }
     }
@@ -626,8 +805,6 @@ impl Lora {
 
 /// What every block of one forward pass shares.
 struct Step {
-    /// Positions already in the cache.
-    past: usize,
     /// New positions.
     seq: usize,
     mask: Tensor<3>,

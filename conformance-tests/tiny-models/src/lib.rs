@@ -41,6 +41,10 @@ const CORPUS: &str = include_str!("corpus.txt");
 pub enum Storage {
     F32,
     F16,
+    /// The matrices in ggml's 8-bit and 4-bit block formats, quantized by
+    /// its reference quantizers: what the packed kernels read.
+    Q8_0,
+    Q4_1,
 }
 
 /// The shape of a tiny Llama model.
@@ -145,9 +149,12 @@ impl TinyLlama {
             .set("general.name", s("arny-tiny-llama"))
             .set(
                 "general.file_type",
+                // llama.cpp's `llama_ftype` ids.
                 Value::U32(match self.storage {
                     Storage::F32 => 0,
                     Storage::F16 => 1,
+                    Storage::Q4_1 => 3,
+                    Storage::Q8_0 => 7,
                 }),
             )
             .set("llama.block_count", u(self.n_layer))
@@ -169,6 +176,8 @@ impl TinyLlama {
             // Norm weights stay F32, as converters write them.
             match (self.storage, t.dims.len()) {
                 (Storage::F16, 2) => w.tensor_f16(t.name, &dims, &values),
+                (Storage::Q8_0, 2) => w.tensor_q8_0(t.name, &dims, &values),
+                (Storage::Q4_1, 2) => w.tensor_q4_1(t.name, &dims, &values),
                 _ => w.tensor_f32(t.name, &dims, &values),
             };
         }

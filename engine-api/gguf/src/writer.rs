@@ -97,6 +97,50 @@ impl GgufWriter {
         self.tensor(name, dims, crate::dequant::F16, data)
     }
 
+    /// A Q8_0 tensor quantized from `values` as ggml's reference
+    /// quantizer does (`quantize_row_q8_0_ref`): per 32 values, an f16
+    /// scale `max|x| / 127` and values rounded half away from zero.
+    pub fn tensor_q8_0(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        values: &[f32],
+    ) -> &mut Self {
+        let mut data = Vec::with_capacity(values.len() / 32 * 34);
+        for b in values.chunks(32) {
+            let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            data.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+            data.extend(b.iter().map(|v| (v * id).round() as i8 as u8));
+        }
+        self.tensor(name, dims, crate::dequant::Q8_0, data)
+    }
+
+    /// A Q4_1 tensor quantized from `values` as ggml's reference
+    /// quantizer does (`quantize_row_q4_1_ref`): per 32 values, f16 step
+    /// `(max - min) / 15` and minimum, 4-bit values truncated from
+    /// `x + 0.5`, the first 16 in the low nibbles.
+    pub fn tensor_q4_1(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        values: &[f32],
+    ) -> &mut Self {
+        let mut data = Vec::with_capacity(values.len() / 32 * 20);
+        for b in values.chunks(32) {
+            let min = b.iter().copied().fold(f32::MAX, f32::min);
+            let max = b.iter().copied().fold(f32::MIN, f32::max);
+            let d = (max - min) / 15.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            data.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+            data.extend_from_slice(&half::f16::from_f32(min).to_le_bytes());
+            let q = |v: f32| (((v - min) * id + 0.5) as i8).min(15) as u8;
+            data.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+        }
+        self.tensor(name, dims, crate::dequant::Q4_1, data)
+    }
+
     fn alignment(&self) -> u64 {
         self.metadata
             .iter()

@@ -1,6 +1,7 @@
-//! The shipped math adapter on Burn's CPU backend (f32 weights): it makes
-//! PEFT's choices, it agrees with llama.cpp running the same adapter file
-//! as closely as the base models agree, and an adapter only serves the
+//! The shipped math adapter on Burn's CPU backend: with f32 weights (the
+//! float baseline PEFT computed in) it makes PEFT's choices; with the
+//! default packed weights it agrees with llama.cpp running the same adapter
+//! file as closely as the base models agree; an adapter only serves the
 //! model that loaded it. The TCK covers the plumbing on both backends on
 //! the tiny model.
 
@@ -10,12 +11,20 @@ use arny_conformance::compare::{CompareOptions, PROMPTS, compare_adapted};
 use arny_engine_api::{
     Adapter, DeviceRequest, InferenceEngine, LoadOptions, Model, ModelSource, SessionOptions,
 };
-use arny_engine_burn_wgpu::BurnEngine;
+use arny_engine_burn_wgpu::{BurnEngine, WeightPrecision};
 use futures::executor::block_on;
 
 fn burn_cpu() -> Arc<dyn Model> {
+    load(BurnEngine::new())
+}
+
+fn burn_cpu_f32() -> Arc<dyn Model> {
+    load(BurnEngine::with_precision(WeightPrecision::F32))
+}
+
+fn load(engine: BurnEngine) -> Arc<dyn Model> {
     let path = arny_conformance::reference_gguf();
-    block_on(BurnEngine::new().load(
+    block_on(engine.load(
         ModelSource::Path(path),
         LoadOptions {
             device: DeviceRequest::Cpu,
@@ -32,7 +41,7 @@ fn math(model: &dyn Model) -> Arc<dyn Adapter> {
 
 #[test]
 fn the_shipped_math_adapter_runs_as_peft_does() {
-    let model = burn_cpu();
+    let model = burn_cpu_f32();
     let adapter = math(model.as_ref());
     assert_eq!(adapter.info().rank, 16);
     let reference = arny_model_store::adapter_reference(&arny_model_store::MATH_SMOLLM2_135M);

@@ -29,3 +29,41 @@ fn q8_weights_answer_in_less_memory() {
     let done = block_on(generate(q8.as_ref(), s.as_mut(), req, |_| {})).unwrap();
     assert!(done.text.contains('4'), "{:?}", done.text);
 }
+
+/// The CPU backend's default keeps the file's blocks: the model holds
+/// about the file's size (the norms, in f32, on top), and says which block
+/// types and kernels it runs.
+#[test]
+fn packed_weights_hold_the_files_size() {
+    let path =
+        arny_model_store::require_default_model().expect("the default model; run scripts/setup.sh");
+    let opts = LoadOptions {
+        device: DeviceRequest::Cpu,
+        ..LoadOptions::default()
+    };
+    let m = block_on(BurnEngine::new().load(ModelSource::Path(path), opts)).unwrap();
+    let info = m.info();
+    assert!(info.device.contains("packed Q4_1/Q8_0"), "{}", info.device);
+    assert!(
+        info.resident_bytes >= info.file_bytes && info.resident_bytes < info.file_bytes * 21 / 20,
+        "{} resident for a {}-byte file",
+        info.resident_bytes,
+        info.file_bytes
+    );
+}
+
+/// Asking for packed weights on wgpu is refused by name, not ignored.
+#[test]
+fn packed_weights_on_wgpu_are_refused() {
+    let path = arny_conformance::tiny_gguf();
+    let opts = LoadOptions {
+        device: DeviceRequest::Gpu,
+        ..LoadOptions::default()
+    };
+    let err = block_on(
+        BurnEngine::with_precision(WeightPrecision::Packed).load(ModelSource::Path(path), opts),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("packed"), "{err}");
+}

@@ -22,6 +22,7 @@ fn target() -> Target {
         model_path,
         tiny_model_path,
         options: LoadOptions::default(),
+        batch_tolerance: arny_conformance::BatchTolerance::FLOAT,
     }
 }
 

@@ -171,8 +171,12 @@ struct CancelReport {
 
 impl Bench {
     fn new(args: &Args) -> Result<Self> {
-        // The raw baseline is llama.cpp's own API: it exists for gguf only.
-        let no_raw = args.no_raw || args.adapter.is_some() || args.model.engine != EngineKind::Gguf;
+        // The raw baseline is llama.cpp's own API on the same file: the gguf
+        // engine's overhead, and the Burn engine's speed beside llama.cpp's.
+        // A `.pte` program has no GGUF file to run it on.
+        let no_raw = args.no_raw
+            || args.adapter.is_some()
+            || !matches!(args.model.engine, EngineKind::Gguf | EngineKind::Burn);
         let path = model_path(&args.model)?;
         let engine = engine(args.model.engine)?;
         // Sessions get the bench's context; the load keeps the model's

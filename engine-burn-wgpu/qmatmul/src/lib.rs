@@ -1,0 +1,484 @@
+//! `y = x · Wᵀ` where `W` stays in the GGUF block format it was stored in.
+//!
+//! A weight row of Q4_1 is 20 bytes per 32 values instead of 128 in f32;
+//! decode reads every weight once per token, so reading the blocks as they
+//! are is most of the speed. The activations are quantized to 8 bits per
+//! block the way llama.cpp's CPU backend does it (Q8_0, Q8_1 or Q8_K,
+//! depending on the weight type), and each block's product is an integer
+//! dot product scaled once: the same arithmetic as llama.cpp, so results
+//! agree with it to float rounding.
+//!
+//! Kernels: [`Kernel::Scalar`] is the reference every other kernel is
+//! tested against; [`Kernel::Avx2`] and [`Kernel::Avx512Vnni`] (x86-64,
+//! picked at run time), [`Kernel::Neon`] (aarch64) and [`Kernel::Simd128`]
+//! (wasm32 built with `+simd128`) cover the block types they have code for
+//! and fall back to the scalar one for the rest (see [`Kernel::covers`]).
+
+mod act;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod scalar;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::Arc;
+
+pub use act::{ActKind, Activations};
+
+/// The block formats the kernels read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum QType {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    Q4_K,
+    Q6_K,
+}
+
+impl QType {
+    pub const ALL: [QType; 5] = [Self::Q4_0, Self::Q4_1, Self::Q8_0, Self::Q4_K, Self::Q6_K];
+
+    /// From a ggml type id (`ggml_type` in ggml.h).
+    pub fn from_ggml(ty: u32) -> Option<Self> {
+        Some(match ty {
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            8 => Self::Q8_0,
+            12 => Self::Q4_K,
+            14 => Self::Q6_K,
+            _ => return None,
+        })
+    }
+
+    pub fn ggml(self) -> u32 {
+        match self {
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q8_0 => 8,
+            Self::Q4_K => 12,
+            Self::Q6_K => 14,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q4_K => "Q4_K",
+            Self::Q6_K => "Q6_K",
+        }
+    }
+
+    /// Values per block.
+    pub fn block(self) -> usize {
+        match self {
+            Self::Q4_K | Self::Q6_K => 256,
+            _ => 32,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+            Self::Q4_K => 144,
+            Self::Q6_K => 210,
+        }
+    }
+
+    /// The activation format llama.cpp pairs with this weight type
+    /// (`vec_dot_type` in ggml-cpu).
+    pub fn activation(self) -> ActKind {
+        match self {
+            Self::Q4_0 | Self::Q8_0 => ActKind::Q8_0,
+            Self::Q4_1 => ActKind::Q8_1,
+            Self::Q4_K | Self::Q6_K => ActKind::Q8_K,
+        }
+    }
+}
+
+/// Why a [`QMatrix`] cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeError(pub String);
+
+impl std::fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+/// `rows` rows of `cols` values in `ty` blocks, row after row, as GGUF
+/// stores a 2-D tensor. The bytes are shared (typically the model file's
+/// own buffer), so a matrix costs no copy.
+#[derive(Clone)]
+pub struct QMatrix {
+    ty: QType,
+    rows: usize,
+    cols: usize,
+    data: Arc<[u8]>,
+    start: usize,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QMatrix({} × {} {})",
+            self.rows,
+            self.cols,
+            self.ty.name()
+        )
+    }
+}
+
+impl QMatrix {
+    /// The matrix at `data[start..]`. Checks that rows are whole blocks and
+    /// that the bytes are there.
+    pub fn new(
+        ty: QType,
+        rows: usize,
+        cols: usize,
+        data: Arc<[u8]>,
+        start: usize,
+    ) -> Result<Self, ShapeError> {
+        if cols == 0 || rows == 0 || !cols.is_multiple_of(ty.block()) {
+            return Err(ShapeError(format!(
+                "{rows} × {cols} is not whole {} blocks of {}",
+                ty.name(),
+                ty.block()
+            )));
+        }
+        let len = (cols / ty.block())
+            .checked_mul(ty.block_bytes())
+            .and_then(|r| r.checked_mul(rows))
+            .ok_or_else(|| ShapeError(format!("{rows} × {cols} overflows")))?;
+        if start.checked_add(len).is_none_or(|end| end > data.len()) {
+            return Err(ShapeError(format!(
+                "{rows} × {cols} {} needs {len} bytes at {start}; the buffer has {}",
+                ty.name(),
+                data.len()
+            )));
+        }
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            data,
+            start,
+        })
+    }
+
+    /// `values` (`rows × cols`, row-major) quantized to Q8_0, for weights
+    /// stored in a type the kernels do not read (f16, bf16): 8 bits per
+    /// value is the nearest block format.
+    pub fn quantize_q8_0(values: &[f32], rows: usize, cols: usize) -> Result<Self, ShapeError> {
+        if values.len() != rows * cols || !cols.is_multiple_of(32) {
+            return Err(ShapeError(format!(
+                "{} values are not {rows} rows of {cols} (a multiple of 32)",
+                values.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(values.len() / 32 * 34);
+        for b in values.chunks_exact(32) {
+            let (d, qs) = act::quantize_block_q8(b);
+            out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+            out.extend(qs.iter().map(|&q| q as u8));
+        }
+        Self::new(QType::Q8_0, rows, cols, out.into(), 0)
+    }
+
+    pub fn ty(&self) -> QType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block() * self.ty.block_bytes()
+    }
+
+    /// The blocks, all rows.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data[self.start..self.start + self.rows * self.row_bytes()]
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.data[self.start + r * n..self.start + (r + 1) * n]
+    }
+
+    /// Whether every block's f16 scale (and minimum) is finite. The
+    /// quantized values are integers, so this is the whole check that a
+    /// damaged file cannot feed NaN or infinity into the products.
+    pub fn scales_finite(&self) -> bool {
+        // Byte offsets of the f16 fields in one block.
+        let fields: &[usize] = match self.ty {
+            QType::Q4_0 | QType::Q8_0 => &[0],
+            QType::Q4_1 | QType::Q4_K => &[0, 2],
+            QType::Q6_K => &[208],
+        };
+        self.bytes().chunks_exact(self.ty.block_bytes()).all(|b| {
+            fields
+                .iter()
+                .all(|&o| half::f16::from_le_bytes([b[o], b[o + 1]]).is_finite())
+        })
+    }
+
+    /// Row `r` decoded to f32, appended to `out`: an embedding lookup.
+    /// The decoder is `arny-gguf`'s, checked against the `gguf` package.
+    pub fn dequantize_row(&self, r: usize, out: &mut Vec<f32>) {
+        arny_gguf::dequant::dequantize_into(self.ty.ggml(), self.row(r), self.cols, out)
+            .expect("a QMatrix row is whole blocks");
+    }
+}
+
+/// An implementation of the dot products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Portable Rust, the reference.
+    Scalar,
+    /// x86-64 with AVX2 and FMA.
+    Avx2,
+    /// x86-64 with AVX-512 VNNI (and VL): the AVX2 kernels with one
+    /// `vpdpbusd` where AVX2 needs two instructions.
+    Avx512Vnni,
+    /// aarch64 NEON (every aarch64 CPU has it).
+    Neon,
+    /// aarch64 NEON with the `dotprod` extension (`sdot`).
+    NeonDotprod,
+    /// wasm32 with the simd128 proposal, compiled in with `+simd128`.
+    Simd128,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if Self::Avx512Vnni.runs_here() {
+                return Self::Avx512Vnni;
+            }
+            if Self::Avx2.runs_here() {
+                return Self::Avx2;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if Self::NeonDotprod.runs_here() {
+            return Self::NeonDotprod;
+        }
+        #[cfg(target_arch = "aarch64")]
+        return Self::Neon;
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return Self::Simd128;
+        #[allow(unreachable_code)]
+        Self::Scalar
+    }
+
+    /// Every kernel this CPU runs, the reference first.
+    pub fn available() -> Vec<Self> {
+        [
+            Self::Scalar,
+            Self::Avx2,
+            Self::Avx512Vnni,
+            Self::Neon,
+            Self::NeonDotprod,
+            Self::Simd128,
+        ]
+        .into_iter()
+        .filter(|k| k.runs_here())
+        .collect()
+    }
+
+    /// Whether this CPU runs the kernel.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Self::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => {
+                Self::Avx2.runs_here()
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Self::Neon => true,
+            #[cfg(target_arch = "aarch64")]
+            Self::NeonDotprod => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Self::Simd128 => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Whether this kernel has its own code for `ty` (otherwise it runs
+    /// the scalar one).
+    pub fn covers(self, ty: QType) -> bool {
+        match self {
+            Self::Scalar | Self::Avx2 | Self::Avx512Vnni => true,
+            Self::Neon | Self::NeonDotprod | Self::Simd128 => {
+                matches!(ty, QType::Q4_0 | QType::Q4_1 | QType::Q8_0)
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scalar => "scalar",
+            Self::Avx2 => "avx2",
+            Self::Avx512Vnni => "avx512-vnni",
+            Self::Neon => "neon",
+            Self::NeonDotprod => "neon-dotprod",
+            Self::Simd128 => "simd128",
+        }
+    }
+
+    /// One weight row against four activation rows, where the kernel has
+    /// a four-row form for `ty`: the same sums as four [`Self::dot`]s, in
+    /// the same order, so the same bits.
+    fn dot4(self, ty: QType, w: &[u8], a: [&act::Row<'_>; 4]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `matmul_quantized` checked `runs_here`.
+            let four = match self {
+                Self::Avx2 => unsafe { x86::avx2::dot4(ty, w, a) },
+                Self::Avx512Vnni => unsafe { x86::vnni::dot4(ty, w, a) },
+                _ => None,
+            };
+            if let Some(v) = four {
+                return v;
+            }
+        }
+        a.map(|r| self.dot(ty, w, r))
+    }
+
+    /// One weight row against one activation row.
+    fn dot(self, ty: QType, w: &[u8], a: &act::Row<'_>) -> f32 {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `matmul_quantized` checked `runs_here`.
+            Self::Avx2 => unsafe { x86::avx2::dot(ty, w, a) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Self::Avx512Vnni => unsafe { x86::vnni::dot(ty, w, a) },
+            #[cfg(target_arch = "aarch64")]
+            Self::Neon if self.covers(ty) => neon::dot(ty, w, a),
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: `matmul_quantized` checked `runs_here`.
+            Self::NeonDotprod => unsafe { neon::dot_dotprod(ty, w, a) },
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Self::Simd128 if self.covers(ty) => wasm::dot(ty, w, a),
+            _ => scalar::dot(ty, w, a),
+        }
+    }
+}
+
+/// `out[i][r] = Σ_k x[i][k] · W[r][k]` for `m` rows of `x` (`m × cols`,
+/// row-major) into `out` (`m × rows`), with the fastest kernel here.
+pub fn matmul(x: &[f32], m: usize, w: &QMatrix, out: &mut [f32]) {
+    matmul_with(Kernel::detect(), x, m, w, out)
+}
+
+/// [`matmul`] with a chosen kernel. Panics if the slices' lengths do not
+/// match `m` and `w`'s shape (a caller bug, not an input error).
+pub fn matmul_with(kernel: Kernel, x: &[f32], m: usize, w: &QMatrix, out: &mut [f32]) {
+    assert_eq!(x.len(), m * w.cols, "x is not {m} × {}", w.cols);
+    assert_eq!(out.len(), m * w.rows, "out is not {m} × {}", w.rows);
+    let acts = Activations::quantize(w.ty.activation(), x, m, w.cols);
+    matmul_quantized(kernel, &acts, w, out);
+}
+
+/// Output rows per task: enough work per task to pay rayon's hand-off,
+/// and enough tasks for every thread.
+const ROWS_PER_TASK: usize = 16;
+
+/// [`matmul_with`] over activations already quantized (several matrices
+/// that read the same input share one quantization).
+pub fn matmul_quantized(kernel: Kernel, acts: &Activations, w: &QMatrix, out: &mut [f32]) {
+    assert_eq!(
+        acts.kind(),
+        w.ty.activation(),
+        "activations of the wrong kind"
+    );
+    assert_eq!(acts.cols(), w.cols, "activations of the wrong width");
+    // The SIMD kernels are `unsafe` on a CPU without their instructions.
+    assert!(
+        kernel.runs_here(),
+        "{} does not run on this CPU",
+        kernel.name()
+    );
+    let m = acts.rows();
+    assert_eq!(out.len(), m * w.rows);
+    let rows: Vec<act::Row<'_>> = (0..m).map(|i| acts.row(i)).collect();
+    if m == 1 {
+        // Decode: one output row, split straight into `out`.
+        for_each_chunk(out, ROWS_PER_TASK, |first, chunk| {
+            for (j, o) in chunk.iter_mut().enumerate() {
+                *o = kernel.dot(w.ty, w.row(first + j), &rows[0]);
+            }
+        });
+        return;
+    }
+    // Prefill: each task takes a few weight rows (kept in L1) against every
+    // activation row, writing `outᵀ`, then one transpose.
+    let mut t = vec![0f32; w.rows * m];
+    for_each_chunk(&mut t, ROWS_PER_TASK * m, |first, chunk| {
+        let first = first / m;
+        for (j, col) in chunk.chunks_exact_mut(m).enumerate() {
+            let wr = w.row(first + j);
+            let mut quads = col.chunks_exact_mut(4);
+            let mut i = 0;
+            for q in quads.by_ref() {
+                let a = [&rows[i], &rows[i + 1], &rows[i + 2], &rows[i + 3]];
+                q.copy_from_slice(&kernel.dot4(w.ty, wr, a));
+                i += 4;
+            }
+            for o in quads.into_remainder() {
+                *o = kernel.dot(w.ty, wr, &rows[i]);
+                i += 1;
+            }
+        }
+    });
+    for (r, col) in t.chunks_exact(m).enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            out[i * w.rows + r] = v;
+        }
+    }
+}
+
+/// Runs `f(offset, chunk)` over `chunk`-sized pieces of `out`, on the
+/// current rayon pool where there is one.
+fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        if rayon::current_num_threads() > 1 && out.len() > chunk {
+            out.par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, c)| f(i * chunk, c));
+            return;
+        }
+    }
+    for (i, c) in out.chunks_mut(chunk).enumerate() {
+        f(i * chunk, c);
+    }
+}

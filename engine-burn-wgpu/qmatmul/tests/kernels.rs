@@ -1,0 +1,306 @@
+//! Every kernel against the scalar reference, and the reference against
+//! f32 arithmetic on `arny-gguf`'s dequantization (itself checked against
+//! the `gguf` Python package): on random blocks of every type and on the
+//! default model's own tensors.
+
+use std::sync::Arc;
+
+use arny_gguf::GgufFile;
+use arny_qmatmul::{ActKind, Activations, Kernel, QMatrix, QType, matmul_with};
+use half::f16;
+
+/// xorshift64*: reproducible without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn byte(&mut self) -> u8 {
+        (self.next() >> 56) as u8
+    }
+
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// Random blocks of `ty` with finite scales of a realistic size.
+fn random_matrix(rng: &mut Rng, ty: QType, rows: usize, cols: usize) -> QMatrix {
+    let blocks = rows * cols / ty.block();
+    let mut data = Vec::with_capacity(blocks * ty.block_bytes());
+    let scale = |rng: &mut Rng| f16::from_f32(rng.unit() * 0.05).to_le_bytes();
+    for _ in 0..blocks {
+        let mut b: Vec<u8> = (0..ty.block_bytes()).map(|_| rng.byte()).collect();
+        // Where each format keeps its f16 scales.
+        let at: &[usize] = match ty {
+            QType::Q4_0 | QType::Q8_0 => &[0],
+            QType::Q4_1 | QType::Q4_K => &[0, 2],
+            QType::Q6_K => &[208],
+        };
+        for &i in at {
+            b[i..i + 2].copy_from_slice(&scale(rng));
+        }
+        data.extend_from_slice(&b);
+    }
+    QMatrix::new(ty, rows, cols, data.into(), 0).unwrap()
+}
+
+fn dequantized(w: &QMatrix) -> Vec<f32> {
+    arny_gguf::dequant::dequantize(w.ty().ggml(), w.bytes(), w.rows() * w.cols()).unwrap()
+}
+
+fn random_x(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.unit() * 2.0).collect()
+}
+
+/// `Σ_k a[k]·b[k]` and `Σ_k |a[k]·b[k]|` (the scale float rounding is
+/// relative to) in f64.
+fn dot(a: &[f32], b: &[f32]) -> (f64, f64) {
+    a.iter().zip(b).fold((0.0, 0.0), |(s, m), (&x, &y)| {
+        let p = x as f64 * y as f64;
+        (s + p, m + p.abs())
+    })
+}
+
+/// Checks `kernel`'s `x · Wᵀ` against f32 on the dequantized weights and
+/// activations (only float rounding apart), and against the unquantized
+/// `x` (apart by at most half an 8-bit step per value).
+fn check(kernel: Kernel, w: &QMatrix, x: &[f32], m: usize) {
+    let mut out = vec![0f32; m * w.rows()];
+    matmul_with(kernel, x, m, w, &mut out);
+    let wf = dequantized(w);
+    let acts = Activations::quantize(w.ty().activation(), x, m, w.cols());
+    let block = w.ty().activation().block();
+    for i in 0..m {
+        let xq = acts.dequantize_row(i);
+        let xi = &x[i * w.cols()..(i + 1) * w.cols()];
+        for r in 0..w.rows() {
+            let wr = &wf[r * w.cols()..(r + 1) * w.cols()];
+            let got = out[i * w.rows() + r] as f64;
+            let (want, mag) = dot(wr, &xq);
+            // Q8_1 keeps `d · Σq` per block as f16, as llama.cpp does: the
+            // Q4_1 minimum's term carries that rounding (half an f16 ulp).
+            let s_rounding: f64 = if w.ty() == QType::Q4_1 {
+                let row = &w.bytes()[r * w.row_bytes()..(r + 1) * w.row_bytes()];
+                row.chunks_exact(20)
+                    .zip(xq.chunks(32))
+                    .map(|(b, xb)| {
+                        let m = f16::from_le_bytes([b[2], b[3]]).to_f64().abs();
+                        let s: f64 = xb.iter().map(|&v| v as f64).sum();
+                        m * (s.abs() * 2f64.powi(-11) + 6e-8)
+                    })
+                    .sum()
+            } else {
+                0.0
+            };
+            assert!(
+                (got - want).abs() <= 1e-5 * mag + 1e-6 + s_rounding,
+                "{} {:?} row {r} of input {i}: {got} vs {want} (Σ|w·x| {mag})",
+                kernel.name(),
+                w.ty()
+            );
+            // Q8_K rounds to 127 steps of the block's largest value too.
+            let bound: f64 = xi
+                .chunks(block)
+                .zip(wr.chunks(block))
+                .map(|(xb, wb)| {
+                    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                    let step = amax / 127.0;
+                    wb.iter().map(|v| v.abs() as f64).sum::<f64>() * step * 0.5
+                })
+                .sum::<f64>();
+            let (exact, mag) = dot(wr, xi);
+            assert!(
+                (got - exact).abs() <= bound * 1.01 + 1e-4 * mag,
+                "{} {:?}: {got} vs unquantized {exact}, beyond {bound}",
+                kernel.name(),
+                w.ty()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_kernel_matches_the_reference_on_random_blocks() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for ty in QType::ALL {
+        for (rows, cols, m) in [(37, 512, 1), (19, 768, 5), (3, 256, 2)] {
+            let w = random_matrix(&mut rng, ty, rows, cols);
+            let x = random_x(&mut rng, m * cols);
+            for kernel in Kernel::available() {
+                check(kernel, &w, &x, m);
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_kernels_equal_scalar_closely() {
+    // Beyond the f32 comparison: the SIMD sums differ from the reference
+    // only in float order, so by a few ulps of the result's magnitude.
+    let mut rng = Rng(42);
+    for ty in QType::ALL {
+        let w = random_matrix(&mut rng, ty, 64, 1024);
+        let x = random_x(&mut rng, 4 * 1024);
+        let mut want = vec![0f32; 4 * 64];
+        matmul_with(Kernel::Scalar, &x, 4, &w, &mut want);
+        for kernel in Kernel::available() {
+            let mut got = vec![0f32; 4 * 64];
+            matmul_with(kernel, &x, 4, &w, &mut got);
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for (g, e) in got.iter().zip(&want) {
+                assert!(
+                    (g - e).abs() <= scale * 1e-5,
+                    "{} {ty:?}: {g} vs {e}",
+                    kernel.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn batches_equal_one_row_at_a_time_on_any_pool() {
+    let mut rng = Rng(7);
+    let (rows, cols, m) = (50, 512, 9);
+    for ty in [QType::Q4_1, QType::Q8_0, QType::Q6_K] {
+        let w = random_matrix(&mut rng, ty, rows, cols);
+        let x = random_x(&mut rng, m * cols);
+        let mut rowwise = vec![0f32; m * rows];
+        for i in 0..m {
+            matmul_with(
+                Kernel::detect(),
+                &x[i * cols..(i + 1) * cols],
+                1,
+                &w,
+                &mut rowwise[i * rows..(i + 1) * rows],
+            );
+        }
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut batch = vec![0f32; m * rows];
+            pool.install(|| matmul_with(Kernel::detect(), &x, m, &w, &mut batch));
+            // Bit for bit: a prompt must not depend on how it is batched.
+            assert!(batch == rowwise, "{ty:?} on {threads} threads");
+        }
+    }
+}
+
+#[test]
+fn the_default_models_tensors_multiply_as_dequantized() {
+    let path = arny_model_store::require_default_model().unwrap();
+    let bytes: Arc<[u8]> = std::fs::read(&path).unwrap().into();
+    let file = GgufFile::from_bytes(&bytes).unwrap();
+    let mut rng = Rng(3);
+    let mut seen = Vec::new();
+    for name in [
+        "blk.0.attn_q.weight",
+        "blk.7.ffn_down.weight",
+        "blk.29.ffn_gate.weight",
+        "token_embd.weight",
+    ] {
+        let t = file.tensor(name).unwrap();
+        let ty = QType::from_ggml(t.ggml_type).unwrap();
+        let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+        let start = t.start as usize; // absolute in the file
+        let w = QMatrix::new(ty, rows, cols, bytes.clone(), start).unwrap();
+        assert!(
+            w.bytes() == file.tensor_data(&bytes, t).unwrap(),
+            "{name}'s bytes"
+        );
+        // A slice of the rows keeps the test quick on the 49152-row table.
+        let rows_used = rows.min(1024);
+        let part = QMatrix::new(ty, rows_used, cols, bytes.clone(), start).unwrap();
+        let x = random_x(&mut rng, 2 * cols);
+        for kernel in Kernel::available() {
+            check(kernel, &part, &x, 2);
+        }
+        seen.push(ty);
+    }
+    assert!(seen.contains(&QType::Q4_1) && seen.contains(&QType::Q8_0));
+}
+
+#[test]
+fn embedding_rows_decode_as_the_file_does() {
+    let mut rng = Rng(11);
+    for ty in QType::ALL {
+        let w = random_matrix(&mut rng, ty, 5, 512);
+        let all = dequantized(&w);
+        for r in 0..5 {
+            let mut row = Vec::new();
+            w.dequantize_row(r, &mut row);
+            assert_eq!(row, all[r * 512..(r + 1) * 512]);
+        }
+    }
+}
+
+#[test]
+fn f16_weights_become_q8_0_within_its_step() {
+    let mut rng = Rng(5);
+    let values = random_x(&mut rng, 4 * 64);
+    let w = QMatrix::quantize_q8_0(&values, 4, 64).unwrap();
+    assert_eq!(w.ty(), QType::Q8_0);
+    for (chunk, got) in values.chunks(32).zip(dequantized(&w).chunks(32)) {
+        let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for (v, g) in chunk.iter().zip(got) {
+            assert!((v - g).abs() <= amax / 127.0 * 0.51 + 1e-3 * amax);
+        }
+    }
+    assert!(QMatrix::quantize_q8_0(&values, 4, 60).is_err());
+}
+
+#[test]
+fn shapes_that_do_not_fit_are_refused() {
+    let data: Arc<[u8]> = vec![0u8; 20 * 16].into();
+    assert!(QMatrix::new(QType::Q4_1, 16, 32, data.clone(), 0).is_ok());
+    // One byte short, a partial block, no rows, past the end.
+    assert!(QMatrix::new(QType::Q4_1, 16, 32, data.clone(), 1).is_err());
+    assert!(QMatrix::new(QType::Q4_1, 16, 48, data.clone(), 0).is_err());
+    assert!(QMatrix::new(QType::Q4_1, 0, 32, data.clone(), 0).is_err());
+    assert!(QMatrix::new(QType::Q4_K, 1, 256, data.clone(), 200).is_err());
+    assert!(QMatrix::new(QType::Q8_0, usize::MAX / 2, 32, data, 0).is_err());
+}
+
+#[test]
+fn a_non_finite_scale_is_found() {
+    let mut rng = Rng(7);
+    for ty in QType::ALL {
+        let w = random_matrix(&mut rng, ty, 4, 256);
+        assert!(w.scales_finite(), "{ty:?}");
+        // The last block's scale (Q6_K keeps it at the block's end).
+        let mut bytes = w.bytes().to_vec();
+        let at = bytes.len() - ty.block_bytes() + if ty == QType::Q6_K { 208 } else { 0 };
+        bytes[at..at + 2].copy_from_slice(&f16::NAN.to_le_bytes());
+        let bad = QMatrix::new(ty, 4, 256, bytes.into(), 0).unwrap();
+        assert!(!bad.scales_finite(), "{ty:?}");
+    }
+}
+
+#[test]
+fn activations_round_as_llama_cpp_does() {
+    // 127 / max scaling, ties to even: 0.5 and 1.5 steps land on 0 and 2.
+    let mut x = vec![0f32; 32];
+    x[0] = 127.0;
+    x[1] = 0.5;
+    x[2] = 1.5;
+    x[3] = -2.5;
+    let a = Activations::quantize(ActKind::Q8_1, &x, 1, 32);
+    let q = a.dequantize_row(0);
+    assert_eq!(&q[..4], &[127.0, 0.0, 2.0, -2.0]);
+    // Q8_K maps the largest magnitude to -127, whatever its sign.
+    let mut y = vec![0.25f32; 256];
+    y[9] = 2.0;
+    let k = Activations::quantize(ActKind::Q8_K, &y, 1, 256);
+    let back = k.dequantize_row(0);
+    assert!((back[9] - 2.0).abs() < 1e-6);
+    assert!((back[0] - 0.25).abs() <= 2.0 / 127.0 / 2.0 + 1e-6);
+}
