@@ -130,7 +130,11 @@ if has web-cli || { has web && [[ ",$unwanted," != *",web-cli,"* ]]; }; then
   tools_dir="${ARNY_TOOLS_DIR:-$HOME/.cargo}"
   if [ "$("$tools_dir/bin/wasm-bindgen" --version 2>/dev/null | cut -d' ' -f2)" != "$wb_version" ]; then
     say "installing wasm-bindgen-cli $wb_version into $tools_dir (about 3 min)"
-    cargo install -q wasm-bindgen-cli --version "$wb_version" --root "$tools_dir"
+    # A target dir of its own: in the shared one (CARGO_TARGET_DIR) cargo's
+    # lock made CI's workspace build wait for this install instead of
+    # running beside it.
+    CARGO_TARGET_DIR="$tools_dir/target" \
+      cargo install -q wasm-bindgen-cli --version "$wb_version" --root "$tools_dir"
   fi
 fi
 
@@ -142,7 +146,8 @@ if has fuzz; then
   tools_dir="${ARNY_TOOLS_DIR:-$HOME/.cargo}"
   if [ "$("$tools_dir/bin/cargo-fuzz" --version 2>/dev/null | cut -d' ' -f2)" != "$fuzz_version" ]; then
     say "installing cargo-fuzz $fuzz_version into $tools_dir (about 1 min)"
-    cargo install -q cargo-fuzz --version "$fuzz_version" --locked --root "$tools_dir"
+    CARGO_TARGET_DIR="$tools_dir/target" \
+      cargo install -q cargo-fuzz --version "$fuzz_version" --locked --root "$tools_dir"
   fi
 fi
 

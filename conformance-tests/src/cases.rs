@@ -513,12 +513,7 @@ pub async fn logits_agree_across_paths(t: &Tck) {
         .await
         .expect("prefix");
     assert_eq!(argmax(all.row(i)), argmax(&prefix));
-    assert_same_distribution(
-        t,
-        all.row(i),
-        &prefix,
-        &format!("row {i} vs its prefix alone"),
-    );
+    assert_same_distribution(all.row(i), &prefix, &format!("row {i} vs its prefix alone"));
     assert!(all.data.iter().all(|x| x.is_finite()));
 }
 
@@ -545,7 +540,7 @@ pub async fn truncate_then_continue_matches_fresh(t: &Tck) {
         .await
         .expect("fresh");
     assert_eq!(argmax(cont.last()), argmax(reference.last()));
-    assert_same_distribution(t, cont.last(), reference.last(), "continued vs fresh");
+    assert_same_distribution(cont.last(), reference.last(), "continued vs fresh");
 }
 
 /// Contract rule 4: `truncate` at or past the end keeps everything.
@@ -570,7 +565,7 @@ pub async fn truncate_past_the_end_is_a_no_op(t: &Tck) {
         .await
         .expect("fresh");
     assert_eq!(argmax(cont.last()), argmax(&fresh));
-    assert_same_distribution(t, cont.last(), &fresh, "continued after no-op truncates");
+    assert_same_distribution(cont.last(), &fresh, "continued after no-op truncates");
 }
 
 /// Contract rule 3: evaluating no tokens runs nothing and returns no rows.
@@ -811,18 +806,18 @@ pub async fn sessions_run_concurrently(t: &Tck) {
 /// capture that: with f16 activations (wgpu on a device with shader f16)
 /// the largest of 49152 logits moves by 0.04–0.05 between batch shapes
 /// while the distributions' KL divergence stays under 1e-5 nats. So the
-/// check is on the distribution and on logits relative to their scale, to
-/// the target's [`crate::BatchTolerance`] ([`crate::BatchTolerance::FLOAT`]
-/// for f32/f16 engines).
-fn assert_same_distribution(t: &Tck, a: &[f32], b: &[f32], what: &str) {
-    let bound = t.target.batch_tolerance;
+/// check is on the distribution (KL < 1e-4 nats, ten times the f16 figure;
+/// a stale or misplaced cache entry changes the context the model sees and
+/// moves it by far more) and on logits relative to their scale (1% of the
+/// largest magnitude; f32 engines stay under 1e-5 of it).
+fn assert_same_distribution(a: &[f32], b: &[f32], what: &str) {
     let kl = crate::compare::kl_divergence(b, a);
-    assert!(kl < bound.kl, "{what}: KL divergence {kl} nats ({bound:?})");
+    assert!(kl < 1e-4, "{what}: KL divergence {kl} nats");
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
     let diff = max_abs_diff(a, b);
     assert!(
-        diff <= bound.logits * scale,
-        "{what}: logits differ by {diff} (largest |logit| {scale}; {bound:?})"
+        diff <= 0.01 * scale,
+        "{what}: logits differ by {diff} (largest |logit| {scale})"
     );
 }
 

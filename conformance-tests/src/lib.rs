@@ -34,40 +34,6 @@ pub struct Target {
     /// `TinyLlama::default()` in this engine's format.
     pub tiny_model_path: PathBuf,
     pub options: LoadOptions,
-    /// How far two batchings of one computation (a prefix alone, a cache
-    /// reused after truncation) may move the next-token logits.
-    pub batch_tolerance: BatchTolerance,
-}
-
-/// Bounds between two batchings of one computation: the KL divergence of
-/// the next-token distributions (nats) and the largest logit difference as
-/// a share of the largest logit magnitude.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BatchTolerance {
-    pub kl: f64,
-    pub logits: f32,
-}
-
-impl BatchTolerance {
-    /// Engines that compute in f32/f16: ten times what f16 activations
-    /// move the distribution, 1% of the logits' scale (f32 engines stay
-    /// under 1e-5 of it).
-    pub const FLOAT: Self = Self {
-        kl: 1e-4,
-        logits: 0.01,
-    };
-
-    /// Engines that quantize activations to 8 bits between float ops that
-    /// are not batch-invariant (the Burn CPU engine's packed weights: a
-    /// softmax over a longer, masked row rounds its last bit differently,
-    /// and the next layer's 8-bit rounding can turn that into a step).
-    /// Measured there: KL up to 1.5e-3, logits up to 3.1% of the largest.
-    /// A stale or misplaced cache entry changes the context the model sees
-    /// and moves both by far more.
-    pub const QUANTIZED_ACTIVATIONS: Self = Self {
-        kl: 1e-2,
-        logits: 0.05,
-    };
 }
 
 /// The reference model's GGUF file (the default model, from the cache);

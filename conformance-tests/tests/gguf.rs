@@ -12,7 +12,6 @@ fn target() -> Target {
         model_path: reference_gguf(),
         tiny_model_path: tiny_gguf(),
         options: LoadOptions::default(),
-        batch_tolerance: arny_conformance::BatchTolerance::FLOAT,
     }
 }
 

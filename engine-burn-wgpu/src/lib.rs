@@ -243,7 +243,15 @@ impl InferenceEngine for BurnEngine {
                 f(p);
             }
         };
-        let llama = Llama::load(&file, &bytes, &name, &placement.device, precision, &report)?;
+        let on_cpu = placement.backend == Backend::Cpu;
+        let llama = Llama::load(
+            &file,
+            &bytes,
+            &name,
+            (&placement.device, on_cpu),
+            precision,
+            &report,
+        )?;
         if tokenizer.vocab_size() != llama.cfg.vocab {
             return Err(EngineError::Corrupt {
                 source_name: name,
@@ -477,7 +485,7 @@ impl Model for BurnModel {
         )?;
         Ok(Box::new(BurnSession {
             model: self.0.clone(),
-            cache: KvCache::new(self.0.llama.cfg.n_layer),
+            cache: self.0.llama.new_cache(),
             tokens: Vec::new(),
             context: ctx as usize,
             adapter,

@@ -220,35 +220,55 @@ pub struct Llama {
     pub resident_bytes: u64,
     /// The block types the packed projections hold, for `ModelInfo`.
     pub packed_types: Vec<&'static str>,
+    /// Attention runs on the host (the CPU backend) rather than as device
+    /// tensor ops.
+    host_attention: bool,
 }
 
-/// One sequence's keys and values per layer: `[n_head_kv, len, head_dim]`.
+/// One sequence's keys and values, per layer.
 pub struct KvCache {
-    k: Vec<Option<Tensor<3>>>,
-    v: Vec<Option<Tensor<3>>>,
+    layers: Vec<LayerKv>,
+    head_dim: usize,
     pub len: usize,
 }
 
-impl KvCache {
-    pub fn new(n_layer: usize) -> Self {
-        Self {
-            k: vec![None; n_layer],
-            v: vec![None; n_layer],
-            len: 0,
-        }
-    }
+/// One layer's keys and values. (A Burn tensor is large, but there are
+/// only `n_layer` of these per session.)
+#[allow(clippy::large_enum_variant)]
+enum LayerKv {
+    /// `[n_head_kv, len, head_dim]` tensors on the device (wgpu).
+    Device {
+        k: Option<Tensor<3>>,
+        v: Option<Tensor<3>>,
+    },
+    /// Host memory, one `[len, head_dim]` buffer per KV head, that the CPU
+    /// backend's attention reads in place.
+    Host { k: Vec<Vec<f32>>, v: Vec<Vec<f32>> },
+}
 
+impl KvCache {
     /// Keeps the first `len` positions.
     pub fn truncate(&mut self, len: usize) {
         if len >= self.len {
             return;
         }
-        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
-            *t = if len == 0 {
-                None
-            } else {
-                t.take().map(|x| x.narrow(1, 0, len))
-            };
+        for layer in &mut self.layers {
+            match layer {
+                LayerKv::Device { k, v } => {
+                    for t in [k, v] {
+                        *t = if len == 0 {
+                            None
+                        } else {
+                            t.take().map(|x| x.narrow(1, 0, len))
+                        };
+                    }
+                }
+                LayerKv::Host { k, v } => {
+                    for head in k.iter_mut().chain(v.iter_mut()) {
+                        head.truncate(len * self.head_dim);
+                    }
+                }
+            }
         }
         self.len = len;
     }
@@ -347,11 +367,13 @@ fn packed(
 }
 
 impl Llama {
+    /// `on_cpu`: the device is Burn's CPU backend, so attention and the KV
+    /// cache live on the host.
     pub fn load(
         f: &GgufFile,
         bytes: &Arc<[u8]>,
         source: &str,
-        device: &Device,
+        (device, on_cpu): (&Device, bool),
         precision: WeightPrecision,
         progress: &dyn Fn(f32),
     ) -> Result<Self, EngineError> {
@@ -474,7 +496,28 @@ impl Llama {
             lm_head,
             resident_bytes: dense_bytes.get() + host,
             packed_types,
+            host_attention: on_cpu,
         })
+    }
+
+    /// An empty cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
+        let c = &self.cfg;
+        let layer = || {
+            if self.host_attention {
+                LayerKv::Host {
+                    k: vec![Vec::new(); c.n_head_kv],
+                    v: vec![Vec::new(); c.n_head_kv],
+                }
+            } else {
+                LayerKv::Device { k: None, v: None }
+            }
+        };
+        KvCache {
+            layers: (0..c.n_layer).map(|_| layer()).collect(),
+            head_dim: c.head_dim,
+            len: 0,
+        }
     }
 
     /// `[out, in]` as read from the file → `[in, out]` in `precision`.
@@ -494,6 +537,24 @@ impl Llama {
     }
 
     fn rms_norm(&self, x: Tensor<2>, w: &Tensor<1>) -> Tensor<2> {
+        if self.host_attention {
+            // On the host, each row summed in one fixed order: Burn's CPU
+            // reduction sums a one-row tensor in another order than a
+            // many-row one, and 8-bit activations downstream turn that last
+            // bit into a rounding step (a continued session then differs
+            // from a fresh one).
+            let [s, e] = x.dims();
+            let host = |t: TensorData| t.try_into_vec::<f32>().expect("f32 activations");
+            let (xs, ws) = (host(x.into_data()), host(w.clone().into_data()));
+            let mut out = Vec::with_capacity(s * e);
+            for row in xs.chunks_exact(e) {
+                // As llama.cpp: squares summed in f64, the scale in f32.
+                let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
+                let inv = 1.0 / ((sum / e as f64) as f32 + self.cfg.rms_eps).sqrt();
+                out.extend(row.iter().zip(&ws).map(|(v, w)| (v * inv) * w));
+            }
+            return Tensor::from_data(TensorData::new(out, [s, e]), &self.device);
+        }
         let rms = x
             .clone()
             .square()
@@ -551,13 +612,15 @@ impl Llama {
         let emb = self.embeddings.lookup(tokens, e);
         let mut x = Tensor::<2>::from_data(TensorData::new(emb, [s, e]), &self.device);
         let step = Step {
+            past,
             seq: s,
-            mask: self.causal_mask(past, s),
+            // The host attention sees exactly the positions each query may.
+            mask: (!self.host_attention).then(|| self.causal_mask(past, s)),
             rope: self.rope_tables(past, s),
         };
         for (l, b) in self.blocks.iter().enumerate() {
             let delta = lora.map(|a| &a.blocks[l]);
-            x = self.block(b, delta, x, &mut cache.k[l], &mut cache.v[l], &step);
+            x = self.block(b, delta, x, &mut cache.layers[l], &step);
         }
         cache.len = past + s;
         let rows = rows.min(s);
@@ -588,12 +651,11 @@ impl Llama {
         b: &Block,
         lora: Option<&BlockLora>,
         x: Tensor<2>,
-        k_cache: &mut Option<Tensor<3>>,
-        v_cache: &mut Option<Tensor<3>>,
+        kv: &mut LayerKv,
         step: &Step,
     ) -> Tensor<2> {
         let h = self.rms_norm(x.clone(), &b.attn_norm);
-        let x = x + self.attention(b, lora, h, k_cache, v_cache, step);
+        let x = x + self.attention(b, lora, h, kv, step);
         let h = self.rms_norm(x.clone(), &b.ffn_norm);
         x + self.mlp(b, lora, h)
     }
@@ -605,8 +667,7 @@ impl Llama {
         b: &Block,
         lora: Option<&BlockLora>,
         h: Tensor<2>,
-        k_cache: &mut Option<Tensor<3>>,
-        v_cache: &mut Option<Tensor<3>>,
+        kv: &mut LayerKv,
         step: &Step,
     ) -> Tensor<2> {
         let c = &self.cfg;
@@ -620,6 +681,26 @@ impl Llama {
         let q = Self::rope(heads(&b.wq, Proj::Q, c.n_head), &step.rope);
         let k = Self::rope(heads(&b.wk, Proj::K, c.n_head_kv), &step.rope);
         let v = heads(&b.wv, Proj::V, c.n_head_kv);
+        let attn = match kv {
+            LayerKv::Device { k: kc, v: vc } => self.device_attention(q, k, v, kc, vc, step),
+            LayerKv::Host { k: kc, v: vc } => self.host_attention(q, k, v, kc, vc, step),
+        };
+        self.project(attn, &b.wo, delta(Proj::O))
+    }
+
+    /// Attention as tensor ops (wgpu): `q: [n_head, s, hd]`, the new
+    /// `k`, `v: [n_head_kv, s, hd]` appended to the cache; `[s, n_embd]`.
+    fn device_attention(
+        &self,
+        q: Tensor<3>,
+        k: Tensor<3>,
+        v: Tensor<3>,
+        k_cache: &mut Option<Tensor<3>>,
+        v_cache: &mut Option<Tensor<3>>,
+        step: &Step,
+    ) -> Tensor<2> {
+        let c = &self.cfg;
+        let (s, hd) = (step.seq, c.head_dim);
         let append = |cache: &mut Option<Tensor<3>>, new: Tensor<3>| {
             let all = match cache.take() {
                 Some(prev) => Tensor::cat(vec![prev, new], 1),
@@ -635,13 +716,86 @@ impl Llama {
         let group = c.n_head / c.n_head_kv;
         let q = q.reshape([c.n_head_kv, group * s, hd]);
         let scale = 1.0 / (hd as f32).sqrt();
-        let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(scale) + step.mask.clone();
+        let mask = step.mask.clone().expect("device attention has a mask");
+        let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(scale) + mask;
         let attn = softmax(scores, 2).matmul(v).reshape([c.n_head, s, hd]);
-        self.project(
-            attn.swap_dims(0, 1).reshape([s, c.n_embd]),
-            &b.wo,
-            delta(Proj::O),
-        )
+        attn.swap_dims(0, 1).reshape([s, c.n_embd])
+    }
+
+    /// Attention on the host (the CPU backend), the same arithmetic: each
+    /// query over exactly the positions it sees, in position order, so a
+    /// row's result does not depend on what else is in its batch (8-bit
+    /// activations in the next layer would turn a last-bit difference into
+    /// a rounding step), and per token only the new keys and values are
+    /// copied.
+    fn host_attention(
+        &self,
+        q: Tensor<3>,
+        k: Tensor<3>,
+        v: Tensor<3>,
+        k_cache: &mut [Vec<f32>],
+        v_cache: &mut [Vec<f32>],
+        step: &Step,
+    ) -> Tensor<2> {
+        let c = &self.cfg;
+        let (s, hd, past) = (step.seq, c.head_dim, step.past);
+        let host = |t: Tensor<3>| {
+            t.into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 activations")
+        };
+        let (q, k, v) = (host(q), host(k), host(v));
+        for h in 0..c.n_head_kv {
+            k_cache[h].extend_from_slice(&k[h * s * hd..(h + 1) * s * hd]);
+            v_cache[h].extend_from_slice(&v[h * s * hd..(h + 1) * s * hd]);
+        }
+        let (k_cache, v_cache) = (&*k_cache, &*v_cache);
+        let group = c.n_head / c.n_head_kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // One query head: `[s, hd]`.
+        let head = |h: usize| {
+            let (keys, values) = (&k_cache[h / group], &v_cache[h / group]);
+            let mut out = vec![0f32; s * hd];
+            let mut w = Vec::with_capacity(past + s);
+            for (i, o) in out.chunks_exact_mut(hd).enumerate() {
+                let qi = &q[(h * s + i) * hd..(h * s + i + 1) * hd];
+                w.clear();
+                w.extend(
+                    keys.chunks_exact(hd)
+                        .take(past + i + 1)
+                        .map(|kp| dot(qi, kp) * scale),
+                );
+                let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for x in &mut w {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                for (&wp, vp) in w.iter().zip(values.chunks_exact(hd)) {
+                    for (o, &x) in o.iter_mut().zip(vp) {
+                        *o += wp * x;
+                    }
+                }
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|x| *x *= inv);
+            }
+            out
+        };
+        #[cfg(not(target_family = "wasm"))]
+        let per_head: Vec<Vec<f32>> = {
+            use rayon::prelude::*;
+            (0..c.n_head).into_par_iter().map(head).collect()
+        };
+        #[cfg(target_family = "wasm")]
+        let per_head: Vec<Vec<f32>> = (0..c.n_head).map(head).collect();
+        // `[s, n_head · hd]`: row i holds every head's output for query i.
+        let mut out = vec![0f32; s * c.n_embd];
+        for (h, o) in per_head.iter().enumerate() {
+            for (i, row) in o.chunks_exact(hd).enumerate() {
+                out[i * c.n_embd + h * hd..i * c.n_embd + (h + 1) * hd].copy_from_slice(row);
+            }
+        }
+        Tensor::from_data(TensorData::new(out, [s, c.n_embd]), &self.device)
     }
 
     /// SwiGLU: `down(silu(gate(h)) * up(h))`.
@@ -805,8 +959,26 @@ impl Lora {
 
 /// What every block of one forward pass shares.
 struct Step {
+    /// Positions already in the cache.
+    past: usize,
     /// New positions.
     seq: usize,
-    mask: Tensor<3>,
+    /// The causal mask for device attention (none for the host's).
+    mask: Option<Tensor<3>>,
     rope: (Tensor<4>, Tensor<4>),
+}
+
+/// `Σ a·b` in eight lanes, added in a fixed order: vectorized, and the same
+/// bits whatever the batch.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            lanes[j] += x[j] * y[j];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
 }

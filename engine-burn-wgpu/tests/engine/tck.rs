@@ -19,12 +19,6 @@ fn target(device: DeviceRequest) -> Target {
             device,
             ..LoadOptions::default()
         },
-        // The CPU backend's default is packed weights with 8-bit
-        // activations; wgpu computes in f16/f32.
-        batch_tolerance: match device {
-            DeviceRequest::Cpu => arny_conformance::BatchTolerance::QUANTIZED_ACTIVATIONS,
-            _ => arny_conformance::BatchTolerance::FLOAT,
-        },
     }
 }
 

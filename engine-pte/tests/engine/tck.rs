@@ -22,7 +22,6 @@ fn target() -> Target {
         model_path,
         tiny_model_path,
         options: LoadOptions::default(),
-        batch_tolerance: arny_conformance::BatchTolerance::FLOAT,
     }
 }
 
