@@ -97,15 +97,22 @@ impl Config {
 }
 
 struct Block {
-    attn_norm: Tensor<1>,
+    attn_norm: Norm,
     wq: Linear,
     wk: Linear,
     wv: Linear,
     wo: Linear,
-    ffn_norm: Tensor<1>,
+    ffn_norm: Norm,
     w_gate: Linear,
     w_up: Linear,
     w_down: Linear,
+}
+
+/// An RMSNorm weight, on the device and (for the host's RMSNorm) as
+/// values, so a token does not read it back from the device.
+struct Norm {
+    device: Tensor<1>,
+    host: Vec<f32>,
 }
 
 /// A projection's weight as the model holds it.
@@ -210,7 +217,7 @@ pub struct Llama {
     device: Device,
     embeddings: Embeddings,
     blocks: Vec<Block>,
-    out_norm: Tensor<1>,
+    out_norm: Norm,
     /// Never f16: an f16 matmul writes f16, and logits rounded to f16
     /// (steps of 1/64 around 20) would differ between a one-row and a
     /// many-row pass.
@@ -220,9 +227,9 @@ pub struct Llama {
     pub resident_bytes: u64,
     /// The block types the packed projections hold, for `ModelInfo`.
     pub packed_types: Vec<&'static str>,
-    /// Attention runs on the host (the CPU backend) rather than as device
-    /// tensor ops.
-    host_attention: bool,
+    /// Attention and RMSNorm run on the host (the CPU backend) rather than
+    /// as device tensor ops.
+    on_host: bool,
 }
 
 /// One sequence's keys and values, per layer.
@@ -381,10 +388,13 @@ impl Llama {
         let (e, kv) = (cfg.n_embd, cfg.n_head_kv * cfg.head_dim);
         let dense_bytes = std::cell::Cell::new(0u64);
         let types = std::cell::RefCell::new(Vec::<&'static str>::new());
-        let vec1 = |name: &str, n: usize| -> Result<Tensor<1>, EngineError> {
+        let vec1 = |name: &str, n: usize| -> Result<Norm, EngineError> {
             let v = dequantize(f, bytes, source, tensor(f, source, name, &[n])?)?;
             dense_bytes.set(dense_bytes.get() + WeightPrecision::F32.bytes(n));
-            Ok(Tensor::from_data(TensorData::new(v, [n]), device))
+            Ok(Norm {
+                device: Tensor::from_data(TensorData::new(v.clone(), [n]), device),
+                host: v,
+            })
         };
         let dense = |v: Vec<f32>, n_in: usize, n_out: usize, precision: WeightPrecision| {
             dense_bytes.set(dense_bytes.get() + precision.bytes(n_in * n_out));
@@ -496,7 +506,7 @@ impl Llama {
             lm_head,
             resident_bytes: dense_bytes.get() + host,
             packed_types,
-            host_attention: on_cpu,
+            on_host: on_cpu,
         })
     }
 
@@ -504,7 +514,7 @@ impl Llama {
     pub fn new_cache(&self) -> KvCache {
         let c = &self.cfg;
         let layer = || {
-            if self.host_attention {
+            if self.on_host {
                 LayerKv::Host {
                     k: vec![Vec::new(); c.n_head_kv],
                     v: vec![Vec::new(); c.n_head_kv],
@@ -536,22 +546,25 @@ impl Llama {
         }
     }
 
-    fn rms_norm(&self, x: Tensor<2>, w: &Tensor<1>) -> Tensor<2> {
-        if self.host_attention {
+    fn rms_norm(&self, x: Tensor<2>, w: &Norm) -> Tensor<2> {
+        if self.on_host {
             // On the host, each row summed in one fixed order: Burn's CPU
             // reduction sums a one-row tensor in another order than a
             // many-row one, and 8-bit activations downstream turn that last
             // bit into a rounding step (a continued session then differs
             // from a fresh one).
             let [s, e] = x.dims();
-            let host = |t: TensorData| t.try_into_vec::<f32>().expect("f32 activations");
-            let (xs, ws) = (host(x.into_data()), host(w.clone().into_data()));
+            let xs = x
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 activations");
+            let ws = &w.host;
             let mut out = Vec::with_capacity(s * e);
             for row in xs.chunks_exact(e) {
                 // As llama.cpp: squares summed in f64, the scale in f32.
                 let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
                 let inv = 1.0 / ((sum / e as f64) as f32 + self.cfg.rms_eps).sqrt();
-                out.extend(row.iter().zip(&ws).map(|(v, w)| (v * inv) * w));
+                out.extend(row.iter().zip(ws).map(|(v, w)| (v * inv) * w));
             }
             return Tensor::from_data(TensorData::new(out, [s, e]), &self.device);
         }
@@ -561,7 +574,7 @@ impl Llama {
             .mean_dim(1)
             .add_scalar(self.cfg.rms_eps)
             .sqrt();
-        (x / rms) * w.clone().unsqueeze_dim::<2>(0)
+        (x / rms) * w.device.clone().unsqueeze_dim::<2>(0)
     }
 
     /// RoPE's cosines and sines for positions `start..start + seq`, shaped
@@ -615,7 +628,7 @@ impl Llama {
             past,
             seq: s,
             // The host attention sees exactly the positions each query may.
-            mask: (!self.host_attention).then(|| self.causal_mask(past, s)),
+            mask: (!self.on_host).then(|| self.causal_mask(past, s)),
             rope: self.rope_tables(past, s),
         };
         for (l, b) in self.blocks.iter().enumerate() {
