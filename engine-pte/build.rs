@@ -45,6 +45,7 @@ fn main() {
     println!("cargo::rerun-if-env-changed=XDG_CACHE_HOME");
     println!("cargo::rerun-if-changed=shim/pte_shim.cpp");
     println!("cargo::rerun-if-changed=shim/pte_shim.h");
+    println!("cargo::rerun-if-changed=shim/llm_ops.cpp");
 
     let target_os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     if target_os != "linux" {
@@ -75,6 +76,8 @@ fn main() {
         .cpp(true)
         .std("c++17")
         .file("shim/pte_shim.cpp")
+        // The custom KV-cache and SDPA operators (see the file for why).
+        .file("shim/llm_ops.cpp")
         .include(&include)
         .include(include.join("executorch/runtime/core/portable_type/c10"))
         // What the wheel's executorch-config.cmake asks consumers to define.
@@ -82,6 +85,9 @@ fn main() {
         .define("ET_EVENT_TRACER_ENABLED", None)
         .define("ET_USE_THREADPOOL", None)
         .flag_if_supported("-Wno-deprecated-declarations")
+        // Lets the attention loops' `omp simd` reductions vectorize without
+        // OpenMP's runtime (nothing else of OpenMP is used).
+        .flag_if_supported("-fopenmp-simd")
         .pic(true)
         .warnings(false);
     let objects = build.compile_intermediates();

@@ -12,7 +12,10 @@
 #include <executorch/extension/data_loader/buffer_data_loader.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor_ptr_maker.h>
+#include <executorch/runtime/core/hierarchical_allocator.h>
 #include <executorch/runtime/platform/platform.h>
+
+#include <sys/mman.h>
 
 // threadpool.h is not in the wheel; these are the two members of
 // executorch::extension::threadpool that the shim calls (the library
@@ -29,7 +32,38 @@ ThreadPool* get_threadpool();
 namespace et = executorch::runtime;
 using executorch::extension::Module;
 
+// The method's planned buffers (KV cache, activations) as anonymous
+// mappings rather than Module's zero-filled vectors: the kernel hands out
+// zero pages on first touch, so a cache sized for the export's maximum
+// length costs memory only for the positions a conversation has reached.
+class PlannedMemory {
+ public:
+  ~PlannedMemory() {
+    for (auto& s : spans_) munmap(s.data(), s.size());
+  }
+  bool map(const et::MethodMeta& meta) {
+    for (size_t i = 0; i < meta.num_memory_planned_buffers(); i++) {
+      auto size = meta.memory_planned_buffer_size(i);
+      if (!size.ok()) return false;
+      size_t n = *size > 0 ? static_cast<size_t>(*size) : 1;
+      void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) return false;
+      spans_.emplace_back(static_cast<uint8_t*>(p), n);
+    }
+    allocator_ = std::make_unique<et::HierarchicalAllocator>(
+        et::Span<et::Span<uint8_t>>(spans_.data(), spans_.size()));
+    return true;
+  }
+  et::HierarchicalAllocator* allocator() { return allocator_.get(); }
+
+ private:
+  std::vector<et::Span<uint8_t>> spans_;
+  std::unique_ptr<et::HierarchicalAllocator> allocator_;
+};
+
 struct ArnyPte {
+  // Declared before the module so that it outlives the method using it.
+  std::unique_ptr<PlannedMemory> planned;
   std::unique_ptr<Module> module;
 };
 
@@ -76,13 +110,23 @@ ArnyPte* finish_open(std::unique_ptr<Module> m, const char* method, ArnyPteStatu
     set(st, kShimError, std::string("the program has no method `") + method + "`");
     return nullptr;
   }
-  e = m->load_method(method);
+  auto meta = m->method_meta(method);
+  if (!meta.ok()) {
+    fail(st, meta.error(), std::string("no metadata for method `") + method + "`");
+    return nullptr;
+  }
+  auto planned = std::make_unique<PlannedMemory>();
+  if (!planned->map(*meta)) {
+    set(st, kShimError, std::string("mapping the planned memory of `") + method + "` failed");
+    return nullptr;
+  }
+  e = m->load_method(method, planned->allocator());
   if (e != et::Error::Ok) {
     fail(st, e, std::string("loading method `") + method + "` failed");
     return nullptr;
   }
   ok(st);
-  return new ArnyPte{std::move(m)};
+  return new ArnyPte{std::move(planned), std::move(m)};
 }
 
 // Runs `f`, turning any C++ exception into a status and `on_error`: no

@@ -92,8 +92,12 @@ impl Signature {
                 out.dtype
             )));
         }
+        // `[1, 1, vocab]` from a program that takes longer chunks is an
+        // export that keeps only the last row (Arny's exporter: the
+        // other rows would cost a 49k-wide matmul each and a planned
+        // buffer of `seq × vocab` floats).
         let all_rows = match out.dims() {
-            [1, _, _] => true,
+            [1, rows, _] => *rows > 1 || max_chunk == 1,
             [1, _] => false,
             d => return Err(bad(format!("`forward` returns logits of shape {d:?}"))),
         };

@@ -25,10 +25,19 @@ s = scale * alpha / rank. ExecuTorch programs carry their weights, so a
 specialist on this engine is a program of its own, not a delta over a
 shared one.
 
-Only standard ATen ops are used (no custom_sdpa / update_cache), because
-the runtime libraries in the executorch wheel do not carry the custom LLM
-ops. Progress lines on stderr start with "ARNY-STAGE k/n " so that the CLI
-can show them; everything else on stderr is the libraries' own logging.
+The program keeps its KV cache in ExecuTorch's custom cache and attends
+with the custom SDPA operator (`llama::update_cache`, `llama::custom_sdpa`):
+attention runs over the tokens present instead of the whole static cache.
+The wheel's runtime has no kernels for those two operators outside a
+library that needs libtorch, so the Arny engine registers its own
+(engine-pte/shim/llm_ops.cpp). `forward` returns the last position's
+logits only (`[1, 1, vocab]`): the other rows would cost a vocabulary-wide
+matmul each and a planned `[seq, vocab]` buffer; the engine runs one token
+a call when a caller wants every row. Prefill chunks are at most
+--max-chunk tokens (the memory plan is sized for one chunk).
+
+Progress lines on stderr start with "ARNY-STAGE k/n " so that the CLI can
+show them; everything else on stderr is the libraries' own logging.
 """
 
 from __future__ import annotations
@@ -160,12 +169,211 @@ def merge_lora(model, path: Path, scale: float, arch: str) -> dict:
     }
 
 
+# Prompts the 8da4w export calibrates its outlier channels on (not the
+# conformance prompts, which measure the result).
+CALIBRATION_PROMPTS = [
+    "Tell me about the history of Rome.",
+    "How do I bake bread at home?",
+    "What should I pack for a hiking trip?",
+    "Summarize the plot of a detective story.",
+    "Explain how a bicycle works.",
+    "Write a short poem about autumn leaves.",
+]
+GROUP = 32
+OUTLIERS = 8
+
+
+def make_group_linear_class():
+    import torch
+
+    class GroupLinear(torch.nn.Module):
+        """`W x` for a 4-bit group-quantized W, in pieces XNNPACK runs fast
+        and without losing what llama.cpp's blocks hold.
+
+        A Q4_1 group of 32 weights is `d*q + m` (q in 0..15): asymmetric,
+        while XNNPACK's 4-bit kernels are symmetric (`s*(q-8)`). Rewritten
+        as `d*(q-8) + c` with `c = m + 8d`, the first term is a symmetric
+        4-bit group with scale d, held exactly, and the second a constant
+        per group, so `W x = W_sym x + C·(group sums of x)`: a small f32
+        matmul. For a source that is not Q4_1 the same split is a fresh
+        asymmetric 4-bit quantization of the group's range.
+
+        XNNPACK quantizes the activations of a 4-bit matmul to int8 with
+        one scale per token, so a few channels of large magnitude (the same
+        ones for every token, found by calibration) coarsen every other
+        channel. Those channels are zeroed before `W_sym` and multiplied in
+        f32 beside the group sums, with W_sym's own columns.
+        """
+
+        def __init__(self, weight, outliers):
+            super().__init__()
+            out_dim, in_dim = weight.shape
+            groups = weight.view(out_dim, in_dim // GROUP, GROUP)
+            lo, hi = groups.amin(-1), groups.amax(-1)
+            offset = lo + 8.0 * (hi - lo) / 15.0
+            w_sym = weight - offset.repeat_interleave(GROUP, dim=1)
+            self.main = torch.nn.Linear(in_dim, out_dim, bias=False)
+            self.main.weight = torch.nn.Parameter(w_sym, requires_grad=False)
+            keep = torch.ones(in_dim)
+            keep[outliers] = 0.0
+            self.register_buffer("keep", keep)
+            self.register_buffer("outliers", outliers)
+            # [group offsets | W_sym's outlier columns], applied to
+            # [group sums | outlier channels] of x.
+            self.aux = torch.nn.Linear(in_dim // GROUP + len(outliers), out_dim, bias=False)
+            self.aux.weight = torch.nn.Parameter(torch.cat([offset, w_sym[:, outliers]], dim=1), requires_grad=False)
+
+        def forward(self, x):
+            side = torch.cat([x.unflatten(-1, (-1, GROUP)).sum(-1), x.index_select(-1, self.outliers)], dim=-1)
+            return self.main(x * self.keep) + self.aux(side)
+
+    return GroupLinear
+
+
+def quantize_8da4w(model, tokenizer) -> dict:
+    """8-bit dynamic activations, 4-bit weights, as `GroupLinear` describes;
+    the output matrix 8-bit per row (its own copy: the table is tied), the
+    embedding table 8-bit per row. Returns what the sidecar records."""
+    import torch
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_api import (
+        Int8DynamicActivationIntxWeightConfig,
+        IntxWeightOnlyConfig,
+        quantize_,
+    )
+    from torchao.quantization.quant_primitives import MappingType
+    from torchao.utils import unwrap_tensor_subclass
+
+    GroupLinear = make_group_linear_class()
+    names = [
+        n for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and n != "lm_head" and m.weight.shape[1] % GROUP == 0
+    ]
+    # Largest |x| per input channel of each projection, over greedy runs of
+    # the calibration prompts.
+    peak = {}
+    hooks = []
+    modules = dict(model.named_modules())
+    for n in names:
+        def hook(mod, inputs, output, n=n):
+            a = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1]).amax(0)
+            peak[n] = torch.maximum(peak[n], a) if n in peak else a
+        hooks.append(modules[n].register_forward_hook(hook))
+    with torch.no_grad():
+        for prompt in CALIBRATION_PROMPTS:
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt"
+            )
+            if not torch.is_tensor(ids):
+                ids = ids["input_ids"]
+            model.generate(ids, max_new_tokens=48, do_sample=False)
+    for h in hooks:
+        h.remove()
+
+    with torch.no_grad():
+        for n in names:
+            parent_name, _, child = n.rpartition(".")
+            parent = modules[parent_name] if parent_name else model
+            lin = modules[n]
+            if lin.bias is not None:
+                raise ExportError(f"{n} has a bias; the 8da4w export handles bias-free projections only")
+            in_dim = lin.weight.shape[1]
+            outliers = peak[n].topk(min(OUTLIERS, in_dim)).indices.sort().values
+            setattr(parent, child, GroupLinear(lin.weight.data.float(), outliers))
+        # Untie the output matrix from the table so each gets its own form.
+        if getattr(model, "lm_head", None) is not None:
+            model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone(), requires_grad=False)
+
+    quantize_(
+        model,
+        IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0), intx_choose_qparams_algorithm="affine"),
+        lambda m, fqn: isinstance(m, torch.nn.Embedding),
+    )
+    quantize_(
+        model,
+        Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=torch.int4,
+            weight_granularity=PerGroup(GROUP),
+            # scale = max(-min/8, max/7): a group that is exactly
+            # d*(q-8) gets scale d back, so the int4 values are exact.
+            weight_mapping_type=MappingType.SYMMETRIC_NO_CLIPPING_ERR,
+            intx_choose_qparams_algorithm="affine",
+        ),
+        filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn.endswith(".main"),
+    )
+    quantize_(
+        model,
+        Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=torch.int8, weight_granularity=PerAxis(0), intx_choose_qparams_algorithm="affine"
+        ),
+        filter_fn=lambda m, fqn: fqn == "lm_head",
+    )
+    unwrap_tensor_subclass(model)
+    return {
+        "linear": f"int4 groups of {GROUP} as symmetric int4 + f32 group offsets (Q4_1 held exactly), int8 per-token dynamic activations",
+        "outlier_channels_per_input": OUTLIERS,
+        "calibration_prompts": len(CALIBRATION_PROMPTS),
+        "output": "int8 per row, int8 per-token dynamic activations",
+        "embedding": "int8 per row",
+        "projections": len(names),
+    }
+
+
+def patch_quantizer(quant: str, tokenizer, record: dict) -> None:
+    """The 8da4w export quantizes with `quantize_8da4w` instead of
+    optimum-executorch's own recipe (which agrees with llama.cpp at top-1 on
+    ~0.66 of positions for SmolLM2-135M: it re-quantizes Q4_1's asymmetric
+    groups onto a symmetric grid, and keeps the outlier channels in the
+    per-token activation scale)."""
+    if quant != "8da4w":
+        return
+    from optimum.exporters.executorch.tasks import causal_lm
+
+    def arny_quantize(model, **_):
+        record.update(quantize_8da4w(model, tokenizer))
+
+    causal_lm.quantize_model_ = arny_quantize
+
+
+def patch_exportable_module(max_chunk: int) -> None:
+    """Two changes to optimum-executorch's decoder wrapper: `forward` keeps
+    the last position's logits only, and a call takes at most `max_chunk`
+    tokens (optimum sizes the dynamic length to the whole cache, and the
+    memory plan with it)."""
+    import torch
+    from optimum.exporters.executorch import integrations
+
+    cls = integrations.CausalLMExportableModule
+    init, prepare = cls.__init__, cls._prepare_export_inputs
+
+    def patched_init(self, model, *args, **kwargs):
+        forward = model.forward
+
+        def last_row_forward(*a, **kw):
+            kw["logits_to_keep"] = 1
+            return forward(*a, **kw)
+
+        model.forward = last_row_forward
+        init(self, model, *args, **kwargs)
+
+    def patched_prepare(self):
+        ids, positions, dynamic, strict = prepare(self)
+        if dynamic is None:
+            raise ExportError("optimum-executorch exports this model with static shapes; Arny needs a dynamic length")
+        seq = torch.export.Dim("seq_length_dim", max=max_chunk)
+        return ids, positions, {"input_ids": {1: seq}, "cache_position": {0: seq}}, strict
+
+    cls.__init__ = patched_init
+    cls._prepare_export_inputs = patched_prepare
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--from", dest="source", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--quant", default="fp32", choices=sorted(QUANTS))
     ap.add_argument("--max-len", type=int, default=512)
+    ap.add_argument("--max-chunk", type=int, help="most tokens one forward call takes (default: 256, below --max-len)")
     ap.add_argument("--adapter", type=Path, help="a GGUF LoRA adapter to merge into the weights")
     ap.add_argument("--adapter-scale", type=float, default=1.0)
     args = ap.parse_args()
@@ -177,6 +385,11 @@ def main() -> int:
         return 2
     if args.max_len < 16:
         print("error: --max-len must be at least 16", file=sys.stderr)
+        return 2
+    if args.max_chunk is None:
+        args.max_chunk = min(256, args.max_len - 1)
+    if not 2 <= args.max_chunk < args.max_len:
+        print("error: --max-chunk must be at least 2 and below --max-len", file=sys.stderr)
         return 2
     if args.adapter is not None and not args.adapter.is_file():
         print(f"error: the adapter {args.adapter} is not a file", file=sys.stderr)
@@ -272,8 +485,11 @@ def main() -> int:
             return lower(model=model, **kwargs)
 
         opt_main.export_to_executorch = lower_with_arny_metadata
+        patch_exportable_module(args.max_chunk)
+        quant_record = {}
+        patch_quantizer(args.quant, tokenizer, quant_record)
         qlinear, qembedding = QUANTS[args.quant]
-        extra = {}
+        extra = {"use_custom_sdpa": True, "use_custom_kv_cache": True}
         if qlinear:
             extra["qlinear"] = qlinear
         if qembedding:
@@ -323,9 +539,12 @@ def main() -> int:
             "adapter": adapter,
             "qlinear": qlinear,
             "qembedding": qembedding,
+            "quantization_detail": quant_record or None,
             "max_seq_len": args.max_len,
             "recipe": "xnnpack",
-            "signature": "forward(input_ids i64[1, seq], cache_position i64[seq]) -> f32[1, seq, vocab]",
+            "max_chunk": args.max_chunk,
+            "attention": "llama::custom_sdpa over llama::update_cache (custom KV cache)",
+            "signature": "forward(input_ids i64[1, seq], cache_position i64[seq]) -> f32[1, 1, vocab] (last position)",
             "exporter_sha256": sha256_file(Path(__file__)),
             "versions": {
                 "python": sys.version.split()[0],

@@ -6,5 +6,6 @@
 mod bad_programs;
 mod export_llm_signature;
 mod merged_adapter;
+mod quantized;
 mod reference;
 mod tck;

@@ -123,6 +123,23 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// The GGUF a `.pte` program at `program` was exported from, when its
+/// export record says it is the default model (whose file the model store
+/// finds or fetches by its SHA-256).
+fn pte_source(program: &std::path::Path) -> Option<std::path::PathBuf> {
+    let dir = if program.is_dir() {
+        program.to_path_buf()
+    } else {
+        program.parent()?.to_path_buf()
+    };
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("arny-export.json")).ok()?).ok()?;
+    let sha = record.get("source_sha256")?.as_str()?;
+    (sha == arny_model_store::DEFAULT_MODEL.sha256)
+        .then(|| arny_model_store::require_default_model().ok())
+        .flatten()
+}
+
 /// One bench's model, workload and raw baseline, ready to time.
 struct Bench {
     path: std::path::PathBuf,
@@ -173,11 +190,19 @@ impl Bench {
     fn new(args: &Args) -> Result<Self> {
         // The raw baseline is llama.cpp's own API on the same file: the gguf
         // engine's overhead, and the Burn engine's speed beside llama.cpp's.
-        // A `.pte` program has no GGUF file to run it on.
-        let no_raw = args.no_raw
-            || args.adapter.is_some()
-            || !matches!(args.model.engine, EngineKind::Gguf | EngineKind::Burn);
+        // A `.pte` program is compared with llama.cpp on the GGUF it was
+        // exported from, when its export record names a file found here.
         let path = model_path(&args.model)?;
+        let raw_path = match args.model.engine {
+            EngineKind::Gguf | EngineKind::Burn => Some(path.clone()),
+            EngineKind::Pte => pte_source(&path),
+        };
+        let no_raw = args.no_raw || args.adapter.is_some() || raw_path.is_none();
+        if args.model.engine == EngineKind::Pte && raw_path.is_none() && !args.no_raw {
+            tracing::warn!(
+                "no raw llama.cpp baseline: the program's export record does not name the default model as its source"
+            );
+        }
         let engine = engine(args.model.engine)?;
         // Sessions get the bench's context; the load keeps the model's
         // default, which a fixed-context program (an ExecuTorch export)
@@ -205,7 +230,8 @@ impl Bench {
         let raw = if no_raw {
             None
         } else {
-            Some(crate::bench_raw::RawBench::new(&path, threads, ctx)?)
+            let raw_path = raw_path.as_deref().expect("checked above");
+            Some(crate::bench_raw::RawBench::new(raw_path, threads, ctx)?)
         };
         Ok(Self {
             path,
@@ -247,7 +273,7 @@ impl Bench {
             s.load
                 .push(load(self.engine.as_ref(), &self.path, &self.options)?.1);
             if let Some(r) = &self.raw {
-                s.raw_load.push(r.load_ms(&self.path)?);
+                s.raw_load.push(r.load_ms(&r.path)?);
             }
         }
         // Cancels at times spread over each phase, from another thread, as

@@ -18,6 +18,8 @@ use arny_engine_gguf::llama_cpp_2::token::LlamaToken;
 const N_BATCH: u32 = 512;
 
 pub struct RawBench {
+    /// The GGUF it runs (for a `.pte` bench, the program's source).
+    pub path: std::path::PathBuf,
     model: LlamaModel,
     threads: i32,
     n_ctx: NonZeroU32,
@@ -29,6 +31,7 @@ impl RawBench {
         let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
             .context("raw llama.cpp load")?;
         Ok(Self {
+            path: path.to_path_buf(),
             model,
             threads: threads as i32,
             n_ctx: NonZeroU32::new(n_ctx).ok_or_else(|| anyhow!("zero context"))?,
