@@ -24,14 +24,14 @@ pub mod cases;
 pub mod compare;
 pub mod peft;
 
-pub use arny_tiny_models::{Storage, TinyLlama};
+pub use arny_tiny_models::{Storage, TinyArch, TinyModel};
 
 /// What an engine brings to the suite.
 pub struct Target {
     pub engine: Arc<dyn InferenceEngine>,
     /// The reference model (SmolLM2-135M-Instruct) in this engine's format.
     pub model_path: PathBuf,
-    /// `TinyLlama::default()` in this engine's format.
+    /// `TinyModel::default()` in this engine's format.
     pub tiny_model_path: PathBuf,
     pub options: LoadOptions,
 }
@@ -44,7 +44,7 @@ pub fn reference_gguf() -> PathBuf {
 
 /// The tiny model's GGUF file, written on first use.
 pub fn tiny_gguf() -> PathBuf {
-    TinyLlama::default()
+    TinyModel::default()
         .file()
         .unwrap_or_else(|e| panic!("writing the tiny model: {e}"))
 }
@@ -77,7 +77,7 @@ impl Facts {
                 parameters: 130_000_000..=140_000_000,
             },
             Which::Tiny => {
-                let tiny = TinyLlama::default();
+                let tiny = TinyModel::default();
                 let n = tiny.parameters();
                 Self {
                     which,

@@ -16,30 +16,56 @@ use crate::{ChatMessage, EngineError, Result};
 /// small enough that a runaway loop fails in milliseconds.
 const FUEL: u64 = 2_000_000;
 
-/// Templates Arny ships for models that carry none.
+/// Templates Arny ships for models that carry none, used only when a
+/// caller names one (a manifest's `chat_template`, `arny chat --template`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuiltinTemplate {
     /// `<|im_start|>role\ncontent<|im_end|>\n` (Qwen, SmolLM, many others).
     ChatMl,
     /// Llama 3's header-id format.
     Llama3,
-    /// `<|user|>\ncontent</s>\n` (Zephyr, TinyLlama chat).
+    /// `<|user|>\ncontent</s>\n` (Zephyr, TinyModel chat).
     Zephyr,
+    /// Gemma's turns (`<start_of_turn>user` … `<end_of_turn>`); a system
+    /// message is folded into the first user turn, as Gemma's own
+    /// template does.
+    Gemma,
+    /// Phi-3's `<|user|>\ncontent<|end|>\n`.
+    Phi3,
 }
 
 impl BuiltinTemplate {
-    pub const ALL: [Self; 3] = [Self::ChatMl, Self::Llama3, Self::Zephyr];
+    pub const ALL: [Self; 5] = [
+        Self::ChatMl,
+        Self::Llama3,
+        Self::Zephyr,
+        Self::Gemma,
+        Self::Phi3,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::ChatMl => "chatml",
             Self::Llama3 => "llama3",
             Self::Zephyr => "zephyr",
+            Self::Gemma => "gemma",
+            Self::Phi3 => "phi3",
         }
     }
 
+    /// A built-in by its name; `qwen` is another name for ChatML.
     pub fn from_name(name: &str) -> Option<Self> {
+        if name == "qwen" {
+            return Some(Self::ChatMl);
+        }
         Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The names [`Self::from_name`] takes, for error messages.
+    pub fn names() -> String {
+        let mut v: Vec<&str> = Self::ALL.iter().map(|b| b.name()).collect();
+        v.insert(1, "qwen");
+        v.join(", ")
     }
 
     pub fn source(self) -> &'static str {
@@ -52,6 +78,12 @@ impl BuiltinTemplate {
             }
             Self::Zephyr => {
                 "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+            }
+            Self::Gemma => {
+                "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n\n' %}{% set rest = messages[1:] %}{% else %}{% set first = '' %}{% set rest = messages %}{% endif %}{% for message in rest %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+            }
+            Self::Phi3 => {
+                "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
             }
         }
     }
@@ -113,35 +145,26 @@ impl ChatTemplate {
         })
     }
 
-    /// The model's template if it has one, else `fallback` (with a warning:
-    /// a wrong template silently degrades answers).
+    /// The model's own template, or `None` when the file carries none (or
+    /// an empty one). There is no silent fallback: a base model without a
+    /// template is a completion model, and a chat format it was never
+    /// trained on makes it answer with the format's markers. A caller who
+    /// knows the family names a built-in ([`Self::from_override`]).
     pub fn from_model(
         model_template: Option<&str>,
-        fallback: BuiltinTemplate,
         bos_token: &str,
         eos_token: &str,
-    ) -> Result<Self> {
+    ) -> Result<Option<Self>> {
         match model_template {
             Some(src) if !src.trim().is_empty() => {
-                Self::new(src, TemplateOrigin::Model, bos_token, eos_token)
+                Self::new(src, TemplateOrigin::Model, bos_token, eos_token).map(Some)
             }
-            _ => {
-                tracing::warn!(
-                    template = fallback.name(),
-                    "model has no chat template; using a built-in one"
-                );
-                Self::new(
-                    fallback.source(),
-                    TemplateOrigin::Builtin(fallback),
-                    bos_token,
-                    eos_token,
-                )
-            }
+            _ => Ok(None),
         }
     }
 
-    /// A caller's template: a built-in's name (`chatml`, `llama3`,
-    /// `zephyr`) or Jinja source.
+    /// A caller's template: a built-in's name (see [`BuiltinTemplate::ALL`])
+    /// or Jinja source.
     pub fn from_override(template: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         match BuiltinTemplate::from_name(template) {
             Some(b) => Self::new(b.source(), TemplateOrigin::Builtin(b), bos_token, eos_token),
@@ -180,6 +203,34 @@ impl ChatTemplate {
         })
         .map_err(|e| EngineError::Template(describe(&e)))
     }
+}
+
+/// `messages` rendered for `model` with `template` (a built-in's name or
+/// Jinja source) when one is given, else with the model's own; a model
+/// with neither is [`EngineError::Template`]. Ends where the assistant's
+/// answer begins.
+pub fn render_conversation(
+    model: &dyn crate::Model,
+    template: Option<&str>,
+    messages: &[ChatMessage],
+) -> Result<String> {
+    match template {
+        Some(t) => {
+            let (bos, eos) = model
+                .special_tokens()
+                .bos_eos_text(|t| model.token_bytes(t).ok());
+            ChatTemplate::from_override(t, &bos, &eos)?.render(messages, true)
+        }
+        None => model.render_chat(messages, true),
+    }
+}
+
+/// What a chat request on a model without a template gets.
+pub fn no_template_error() -> EngineError {
+    EngineError::Template(format!(
+        "the model has no chat template (a base model): send plain text for completion, or name a template ({}, or Jinja source)",
+        BuiltinTemplate::names()
+    ))
 }
 
 fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Error> {
@@ -278,8 +329,14 @@ mod tests {
     }
 
     #[test]
-    fn missing_template_falls_back_to_builtin() {
-        let t = ChatTemplate::from_model(None, BuiltinTemplate::ChatMl, "", "").unwrap();
+    fn a_missing_template_is_none_and_builtins_are_named() {
+        assert!(ChatTemplate::from_model(None, "", "").unwrap().is_none());
+        assert!(
+            ChatTemplate::from_model(Some("  "), "", "")
+                .unwrap()
+                .is_none()
+        );
+        let t = ChatTemplate::from_override("qwen", "", "").unwrap();
         assert_eq!(
             t.origin(),
             &TemplateOrigin::Builtin(BuiltinTemplate::ChatMl)

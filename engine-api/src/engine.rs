@@ -98,9 +98,9 @@ pub trait Model: Send + Sync {
 
     fn special_tokens(&self) -> &SpecialTokens;
 
-    /// The template conversations are rendered with (the model's own unless
-    /// it has none).
-    fn chat_template(&self) -> &ChatTemplate;
+    /// The model's own chat template; `None` when the file carries none (a
+    /// base model: plain completion, or a template the caller names).
+    fn chat_template(&self) -> Option<&ChatTemplate>;
 
     /// Seed used by requests that do not set one.
     fn default_seed(&self) -> u64 {
@@ -124,9 +124,13 @@ pub trait Model: Send + Sync {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    /// Renders a conversation with the model's chat template.
+    /// Renders a conversation with the model's chat template;
+    /// [`EngineError::Template`] when it has none.
     fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        self.chat_template().render(messages, add_generation_prompt)
+        match self.chat_template() {
+            Some(t) => t.render(messages, add_generation_prompt),
+            None => Err(crate::chat_template::no_template_error()),
+        }
     }
 
     /// Starts a conversation with its own KV cache.

@@ -500,7 +500,11 @@ pub fn prompt_tokens(model: &dyn Model, prompt: &Prompt) -> Result<Vec<TokenId>>
     };
     let special = model.special_tokens();
     // Templates that write BOS themselves must not get a second one.
-    let bos_text = model.chat_template().bos_token();
+    let bos_text = special
+        .bos
+        .and_then(|b| model.token_bytes(b).ok())
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("");
     let add_bos = special.add_bos && (bos_text.is_empty() || !text.starts_with(bos_text));
     let mut tokens = model.tokenize(&text, false, true)?;
     if add_bos && let Some(bos) = special.bos {

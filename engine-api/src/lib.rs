@@ -27,7 +27,9 @@ mod threads;
 mod types;
 
 pub use adapter::{Adapter, AdapterInfo, adapter_for_model, check_adapter_scale, downcast_adapter};
-pub use chat_template::{BuiltinTemplate, ChatTemplate, TemplateOrigin};
+pub use chat_template::{
+    BuiltinTemplate, ChatTemplate, TemplateOrigin, no_template_error, render_conversation,
+};
 pub use constraint::{Constraint, ConstraintState, TokenMask};
 pub use engine::{
     DEFAULT_CONTEXT, InferenceEngine, Model, Session, SessionOptions, check_eval, check_fits,

@@ -105,8 +105,8 @@ impl Model for MockModel {
     fn special_tokens(&self) -> &SpecialTokens {
         &self.special
     }
-    fn chat_template(&self) -> &ChatTemplate {
-        &self.template
+    fn chat_template(&self) -> Option<&ChatTemplate> {
+        Some(&self.template)
     }
     fn tokenize(&self, text: &str, _: bool, _: bool) -> Result<Vec<TokenId>> {
         Ok(text.bytes().map(|b| BYTE0 + TokenId::from(b)).collect())

@@ -1,4 +1,4 @@
-//! `engine-burn-wgpu`: Llama-family GGUF models on Burn, pure Rust.
+//! `engine-burn-wgpu`: decoder-only GGUF models (Llama, Qwen2/3, Gemma 3, Phi-3) on Burn, pure Rust.
 //!
 //! Two backends behind one engine, chosen at load time: Burn's CPU backend
 //! (`flex`) and wgpu (Vulkan, Metal, DX12; WebGPU in a browser). Weights
@@ -10,22 +10,21 @@
 //! engine-api's, as for every engine.
 
 mod adapter;
-mod llama;
+mod decoder;
 
 use std::sync::{Arc, Mutex};
 
 use arny_engine_api::{
-    Adapter, BuiltinTemplate, Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest,
-    EngineError, InferenceEngine, LoadOptions, Logits, LogitsRequest, Model, ModelInfo,
-    ModelSource, Result, Session, SessionOptions, SpecialTokens, TokenId, check_eval,
-    check_model_file, resolve_context,
+    Adapter, Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest, EngineError,
+    InferenceEngine, LoadOptions, Logits, LogitsRequest, Model, ModelInfo, ModelSource, Result,
+    Session, SessionOptions, SpecialTokens, TokenId, check_eval, check_model_file, resolve_context,
 };
 use arny_gguf::GgufFile;
 use arny_tokenizer::BpeTokenizer;
 use burn::tensor::Device;
 
 pub use adapter::BurnAdapter;
-pub use llama::{Config, KvCache, Llama, Lora, WeightPrecision};
+pub use decoder::{Activation, Arch, Config, Decoder, KvCache, Lora, Rope, WeightPrecision};
 
 /// The id manifests and the CLI use.
 pub const ENGINE_ID: &str = "burn";
@@ -244,7 +243,7 @@ impl InferenceEngine for BurnEngine {
             }
         };
         let on_cpu = placement.backend == Backend::Cpu;
-        let llama = Llama::load(
+        let llama = Decoder::load(
             &file,
             &bytes,
             &name,
@@ -264,12 +263,8 @@ impl InferenceEngine for BurnEngine {
         }
         let special = special_tokens(&file, &tokenizer, llama.cfg.vocab);
         let (bos, eos) = special.bos_eos_text(|t| tokenizer.token_bytes(t));
-        let template = ChatTemplate::from_model(
-            file.get_str("tokenizer.chat_template"),
-            BuiltinTemplate::ChatMl,
-            &bos,
-            &eos,
-        )?;
+        let template =
+            ChatTemplate::from_model(file.get_str("tokenizer.chat_template"), &bos, &eos)?;
         let info = model_info(&file, &llama, &placement, precision, &options, bytes.len())?;
         #[cfg(not(target_family = "wasm"))]
         let pool = thread_pool(placement.backend, options.threads)?;
@@ -333,7 +328,7 @@ fn special_tokens(file: &GgufFile, tokenizer: &BpeTokenizer, vocab: usize) -> Sp
 
 fn model_info(
     file: &GgufFile,
-    llama: &Llama,
+    llama: &Decoder,
     placement: &Placement,
     precision: WeightPrecision,
     options: &LoadOptions,
@@ -394,9 +389,9 @@ struct Inner {
     /// The file's architecture and tensor directory, that adapters are
     /// checked against.
     header: GgufFile,
-    llama: Llama,
+    llama: Decoder,
     tokenizer: BpeTokenizer,
-    template: ChatTemplate,
+    template: Option<ChatTemplate>,
     special: SpecialTokens,
     info: ModelInfo,
     #[cfg(target_family = "wasm")]
@@ -440,8 +435,8 @@ impl Model for BurnModel {
         &self.0.special
     }
 
-    fn chat_template(&self) -> &ChatTemplate {
-        &self.0.template
+    fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.0.template.as_ref()
     }
 
     fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<TokenId>> {

@@ -88,7 +88,7 @@ pub(crate) struct Inner {
     pub(crate) pieces: Vec<Vec<u8>>,
     pub(crate) info: ModelInfo,
     pub(crate) special: SpecialTokens,
-    pub(crate) template: ChatTemplate,
+    pub(crate) template: Option<ChatTemplate>,
     pub(crate) seed: u64,
     /// The tensor directory (and architecture) that adapters are checked
     /// against before llama.cpp sees them.

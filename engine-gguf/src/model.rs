@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arny_engine_api::{
-    Adapter, BuiltinTemplate, Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest,
-    EngineError, InferenceEngine, LoadOptions, Model, ModelInfo, ModelSource, Result, Session,
-    SessionOptions, SpecialTokens, TokenId, cpu_device, resolve_context,
+    Adapter, Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest, EngineError,
+    InferenceEngine, LoadOptions, Model, ModelInfo, ModelSource, Result, Session, SessionOptions,
+    SpecialTokens, TokenId, cpu_device, resolve_context,
 };
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -145,8 +145,7 @@ impl GgufModel {
             .ok()
             .and_then(|t| t.to_string().ok());
         let (bos, eos) = special.bos_eos_text(|t| pieces.get(t as usize).map(Vec::as_slice));
-        let template =
-            ChatTemplate::from_model(template_src.as_deref(), BuiltinTemplate::ChatMl, &bos, &eos)?;
+        let template = ChatTemplate::from_model(template_src.as_deref(), &bos, &eos)?;
 
         let meta = |k: &str| model.meta_val_str(k).ok();
         let architecture = meta("general.architecture").unwrap_or_else(|| "unknown".into());
@@ -244,8 +243,8 @@ impl Model for GgufModel {
         &self.inner.special
     }
 
-    fn chat_template(&self) -> &ChatTemplate {
-        &self.inner.template
+    fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.inner.template.as_ref()
     }
 
     fn default_seed(&self) -> u64 {

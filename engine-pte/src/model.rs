@@ -16,10 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arny_engine_api::{
-    BuiltinTemplate, Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest, EngineError,
-    LoadOptions, Logits, LogitsRequest, Model, ModelInfo, ModelSource, Result, Session,
-    SessionOptions, SpecialTokens, TokenId, check_eval, check_model_file, cpu_device,
-    default_threads, resolve_context,
+    Capabilities, ChatTemplate, DEFAULT_CONTEXT, DeviceRequest, EngineError, LoadOptions, Logits,
+    LogitsRequest, Model, ModelInfo, ModelSource, Result, Session, SessionOptions, SpecialTokens,
+    TokenId, check_eval, check_model_file, cpu_device, default_threads, resolve_context,
 };
 use arny_tokenizer::BpeTokenizer;
 use serde::Deserialize;
@@ -145,7 +144,7 @@ struct Inner {
     vocab: usize,
     info: ModelInfo,
     special: SpecialTokens,
-    template: ChatTemplate,
+    template: Option<ChatTemplate>,
     tokenizer: BpeTokenizer,
     seed: u64,
     next_session: AtomicU64,
@@ -189,7 +188,7 @@ fn read_sibling(path: Option<&Path>, file: &str) -> Option<String> {
 struct ProgramFacts {
     config: Option<ExportConfig>,
     tokenizer: BpeTokenizer,
-    template: ChatTemplate,
+    template: Option<ChatTemplate>,
     special: SpecialTokens,
     max_seq_len: u32,
 }
@@ -243,8 +242,7 @@ impl ProgramFacts {
             }),
         };
         let (bos, eos) = special.bos_eos_text(|t| tokenizer.token_bytes(t));
-        let template =
-            ChatTemplate::from_model(template_src.as_deref(), BuiltinTemplate::ChatMl, &bos, &eos)?;
+        let template = ChatTemplate::from_model(template_src.as_deref(), &bos, &eos)?;
         Ok(Self {
             config,
             tokenizer,
@@ -581,8 +579,8 @@ impl Model for PteModel {
         &self.inner.special
     }
 
-    fn chat_template(&self) -> &ChatTemplate {
-        &self.inner.template
+    fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.inner.template.as_ref()
     }
 
     fn default_seed(&self) -> u64 {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arny_engine_api::{
-    CancelToken, ChatMessage, ChatTemplate, Constraint, EngineError, FinishReason, GenerateRequest,
+    CancelToken, ChatMessage, Constraint, EngineError, FinishReason, GenerateRequest,
     InferenceEngine, Model, Prompt, Role, SamplingParams, TokenId, Usage, generate,
+    render_conversation,
 };
 use arny_router::{
     CLOUD, Classifier, Decision, ExampleClassifier, ExampleOptions, Gateway, LabelExamples,
@@ -651,7 +652,7 @@ impl Assistant {
             Prompt::Text(text.unwrap_or_default())
         } else {
             match &sp.chat_template {
-                Some(t) => Prompt::Text(render_with_override(model.as_ref(), t, &messages)?),
+                Some(t) => Prompt::Text(render_conversation(model.as_ref(), Some(t), &messages)?),
                 None => Prompt::Chat(messages),
             }
         };
@@ -756,17 +757,6 @@ impl Assistant {
             "this build has no cloud client (the `cloud` feature)".into(),
         ))
     }
-}
-
-fn render_with_override(
-    model: &dyn Model,
-    template: &str,
-    messages: &[ChatMessage],
-) -> Result<String> {
-    let (bos, eos) = model
-        .special_tokens()
-        .bos_eos_text(|t| model.token_bytes(t).ok());
-    Ok(ChatTemplate::from_override(template, &bos, &eos)?.render(messages, true)?)
 }
 
 fn resolve_path(manifest: &Manifest, spec: &ModelSpec, fetch_missing: bool) -> Result<PathBuf> {

@@ -9,11 +9,11 @@ use std::path::Path;
 
 use arny_engine_api::BuiltinTemplate;
 use arny_gguf::{GgufWriter, Value};
-use arny_tiny_models::{Storage, TinyLlama};
+use arny_tiny_models::{Storage, TinyModel};
 
 /// One layer, 8 wide, 264 tokens: a complete model in about 10 KB.
-fn micro() -> TinyLlama {
-    TinyLlama {
+fn micro() -> TinyModel {
+    TinyModel {
         n_layer: 1,
         n_embd: 8,
         n_head: 2,
@@ -22,7 +22,7 @@ fn micro() -> TinyLlama {
         merges: 8,
         context_length: 64,
         storage: Storage::F16,
-        ..TinyLlama::default()
+        ..TinyModel::default()
     }
 }
 

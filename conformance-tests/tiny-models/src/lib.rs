@@ -1,7 +1,8 @@
 //! # arny-tiny-models
 //!
-//! Tiny models for tests: a few hundred thousand random weights in the
-//! Llama architecture, with a byte-level BPE vocabulary trained here on a
+//! Tiny models for tests: a few hundred thousand random weights in one of
+//! the architectures Arny runs ([`TinyArch`]: Llama, Llama 3, Qwen2, Qwen3,
+//! Gemma 3, Phi-3, each with the tensors and keys its converter writes), with a byte-level BPE vocabulary trained here on a
 //! small built-in text, SmolLM2's special tokens (ids 0–2) and its chat
 //! template. llama.cpp loads them, and so does every Arny engine, so a test
 //! can exercise an engine's plumbing (sessions, caches, sampling, errors)
@@ -9,7 +10,7 @@
 //! software GPU. What they say is noise: behaviour is tested on the real
 //! model.
 //!
-//! Everything is deterministic: the same [`TinyLlama`] gives the same bytes
+//! Everything is deterministic: the same [`TinyModel`] gives the same bytes
 //! on every machine, so files made from them (an ExecuTorch export) can be
 //! cached by content.
 //!
@@ -47,9 +48,64 @@ pub enum Storage {
     Q4_1,
 }
 
-/// The shape of a tiny Llama model.
+/// The architectures a tiny model can have: what llama.cpp's loader
+/// expects of each, at a tiny size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TinyArch {
+    /// SmolLM2's: separate Q, K, V, SwiGLU, an output matrix.
+    Llama,
+    /// Llama 3.x: `llama` with Llama 3's RoPE frequency factors
+    /// (`rope_freqs.weight`), a 500 000 base and a tied output.
+    Llama3,
+    /// QKV biases, NeoX RoPE, a tied output.
+    Qwen2,
+    /// QK-norm, heads wider than `n_embd / n_head` (`key_length`).
+    Qwen3,
+    /// Gemma 3: embeddings scaled by √n_embd, QK-norm, norms after
+    /// attention and MLP, GeGLU, sliding-window layers beside global ones
+    /// with their own RoPE base, a tied output, logit soft-capping.
+    Gemma3,
+    /// Phi-3: fused `attn_qkv` and gate-and-up `ffn_up`.
+    Phi3,
+}
+
+impl TinyArch {
+    pub const ALL: [Self; 6] = [
+        Self::Llama,
+        Self::Llama3,
+        Self::Qwen2,
+        Self::Qwen3,
+        Self::Gemma3,
+        Self::Phi3,
+    ];
+
+    /// `general.architecture`.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Self::Llama | Self::Llama3 => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Gemma3 => "gemma3",
+            Self::Phi3 => "phi3",
+        }
+    }
+
+    /// A name for files and test output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama3 => "llama3",
+            other => other.gguf_name(),
+        }
+    }
+}
+
+/// The shape of a tiny model.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TinyLlama {
+pub struct TinyModel {
+    pub arch: TinyArch,
+    /// Write SmolLM2's chat template; without it the model is a base model
+    /// (plain completion).
+    pub chat_template: bool,
     pub n_layer: usize,
     pub n_embd: usize,
     pub n_head: usize,
@@ -63,11 +119,13 @@ pub struct TinyLlama {
     pub seed: u64,
 }
 
-impl Default for TinyLlama {
+impl Default for TinyModel {
     /// 2 layers, 64 wide, 4 query heads sharing 2 KV heads, a 512-token
     /// vocabulary, 512 positions: about 0.2 M parameters, under 1 MB.
     fn default() -> Self {
         Self {
+            arch: TinyArch::Llama,
+            chat_template: true,
             n_layer: 2,
             n_embd: 64,
             n_head: 4,
@@ -82,10 +140,28 @@ impl Default for TinyLlama {
     }
 }
 
-impl TinyLlama {
-    pub fn head_dim(&self) -> usize {
-        self.n_embd / self.n_head
+impl TinyModel {
+    /// A model of `arch` with the default shape (3 layers for Gemma 3, so
+    /// that sliding and global layers both occur).
+    pub fn of(arch: TinyArch) -> Self {
+        Self {
+            arch,
+            n_layer: if arch == TinyArch::Gemma3 { 3 } else { 2 },
+            ..Self::default()
+        }
     }
+
+    /// Per head; Qwen3 and Gemma 3 set it on their own (`key_length`),
+    /// here twice `n_embd / n_head`.
+    pub fn head_dim(&self) -> usize {
+        match self.arch {
+            TinyArch::Qwen3 | TinyArch::Gemma3 => 2 * self.n_embd / self.n_head,
+            _ => self.n_embd / self.n_head,
+        }
+    }
+
+    /// Positions a Gemma 3 sliding layer sees.
+    pub const SLIDING_WINDOW: usize = 8;
 
     /// The vocabulary this model gets.
     pub fn vocabulary(&self) -> Vocabulary {
@@ -100,36 +176,127 @@ impl TinyLlama {
     }
 
     fn tensors(&self, vocab: usize) -> Vec<TensorSpec> {
-        let (e, kv, ff) = (self.n_embd, self.n_head_kv * self.head_dim(), self.n_ff);
+        let arch = self.arch;
+        let (e, hd, ff) = (self.n_embd, self.head_dim(), self.n_ff);
+        let (q, kv) = (self.n_head * hd, self.n_head_kv * hd);
         let inv = |n: usize| 1.0 / (n as f32).sqrt();
+        let gemma = arch == TinyArch::Gemma3;
+        // Gemma multiplies the embeddings by √n_embd: a table that much
+        // smaller gives the same unit inputs.
+        let embd_std = if gemma { inv(e) } else { 1.0 };
         let mut t = vec![TensorSpec::new(
             "token_embd.weight",
             &[e, vocab],
-            Init::Normal(1.0),
+            Init::Normal(embd_std),
         )];
+        if arch == TinyArch::Llama3 {
+            // Llama 3's shape: high frequencies kept, low ones divided by
+            // up to 8.
+            let half = hd / 2;
+            let f: Vec<f32> = (0..half)
+                .map(|i| 1.0 + 7.0 * i as f32 / (half - 1) as f32)
+                .collect();
+            t.push(TensorSpec::new(
+                "rope_freqs.weight",
+                &[half],
+                Init::Values(f),
+            ));
+        }
         for i in 0..self.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
-            t.extend([
-                TensorSpec::new(&p("attn_norm"), &[e], Init::Ones),
-                // Queries and keys twice the unit scale: attention scores
-                // with a spread of about 4, so attention picks positions.
-                TensorSpec::new(&p("attn_q"), &[e, e], Init::Normal(2.0 * inv(e))),
-                TensorSpec::new(&p("attn_k"), &[e, kv], Init::Normal(2.0 * inv(e))),
-                TensorSpec::new(&p("attn_v"), &[e, kv], Init::Normal(inv(e))),
-                TensorSpec::new(&p("attn_output"), &[e, e], Init::Normal(inv(e))),
-                TensorSpec::new(&p("ffn_norm"), &[e], Init::Ones),
-                TensorSpec::new(&p("ffn_gate"), &[e, ff], Init::Normal(inv(e))),
-                TensorSpec::new(&p("ffn_up"), &[e, ff], Init::Normal(inv(e))),
-                TensorSpec::new(&p("ffn_down"), &[ff, e], Init::Normal(inv(ff))),
-            ]);
+            let pb = |s: &str| format!("blk.{i}.{s}.bias");
+            t.push(TensorSpec::new(&p("attn_norm"), &[e], Init::Ones));
+            // Queries and keys twice the unit scale: attention scores
+            // with a spread of about 4, so attention picks positions.
+            if arch == TinyArch::Phi3 {
+                t.push(TensorSpec::new(
+                    &p("attn_qkv"),
+                    &[e, q + 2 * kv],
+                    Init::Normal(1.5 * inv(e)),
+                ));
+            } else {
+                t.extend([
+                    TensorSpec::new(&p("attn_q"), &[e, q], Init::Normal(2.0 * inv(e))),
+                    TensorSpec::new(&p("attn_k"), &[e, kv], Init::Normal(2.0 * inv(e))),
+                    TensorSpec::new(&p("attn_v"), &[e, kv], Init::Normal(inv(e))),
+                ]);
+            }
+            if arch == TinyArch::Qwen2 {
+                t.extend([
+                    TensorSpec::new(&pb("attn_q"), &[q], Init::Normal(0.5)),
+                    TensorSpec::new(&pb("attn_k"), &[kv], Init::Normal(0.5)),
+                    TensorSpec::new(&pb("attn_v"), &[kv], Init::Normal(0.5)),
+                ]);
+            }
+            if matches!(arch, TinyArch::Qwen3 | TinyArch::Gemma3) {
+                // Normalized heads have unit size: weights of 2 give the
+                // scores their spread back.
+                t.extend([
+                    TensorSpec::new(&p("attn_q_norm"), &[hd], Init::Const(2.0)),
+                    TensorSpec::new(&p("attn_k_norm"), &[hd], Init::Const(2.0)),
+                ]);
+            }
+            t.push(TensorSpec::new(
+                &p("attn_output"),
+                &[q, e],
+                Init::Normal(inv(q)),
+            ));
+            if gemma {
+                t.push(TensorSpec::new(&p("post_attention_norm"), &[e], Init::Ones));
+            }
+            t.push(TensorSpec::new(&p("ffn_norm"), &[e], Init::Ones));
+            if arch == TinyArch::Phi3 {
+                t.push(TensorSpec::new(
+                    &p("ffn_up"),
+                    &[e, 2 * ff],
+                    Init::Normal(inv(e)),
+                ));
+            } else {
+                t.extend([
+                    TensorSpec::new(&p("ffn_gate"), &[e, ff], Init::Normal(inv(e))),
+                    TensorSpec::new(&p("ffn_up"), &[e, ff], Init::Normal(inv(e))),
+                ]);
+            }
+            t.push(TensorSpec::new(
+                &p("ffn_down"),
+                &[ff, e],
+                Init::Normal(inv(ff)),
+            ));
+            if gemma {
+                t.push(TensorSpec::new(&p("post_ffw_norm"), &[e], Init::Ones));
+            }
         }
-        t.push(TensorSpec::new("output_norm.weight", &[e], Init::Ones));
-        t.push(TensorSpec::new(
-            "output.weight",
-            &[e, vocab],
-            Init::Normal(1.0),
-        ));
+        // A tied output reads the token table: with Gemma's small table, a
+        // final norm of 8 gives the logits their spread.
+        let out_norm = if gemma { Init::Const(8.0) } else { Init::Ones };
+        t.push(TensorSpec::new("output_norm.weight", &[e], out_norm));
+        if !self.tied_output() {
+            t.push(TensorSpec::new(
+                "output.weight",
+                &[e, vocab],
+                Init::Normal(1.0),
+            ));
+        }
         t
+    }
+
+    /// `general.name`. Not "phi3" for Phi-3: llama.cpp gives a model so
+    /// named the attributes of Phi-3's special tokens (`<s>`, `</s>`,
+    /// `<|endoftext|>`), which the tiny vocabulary does not have, and fails
+    /// to load it without them.
+    fn general_name(&self) -> String {
+        match self.arch {
+            TinyArch::Phi3 => "arny-tiny-phi".into(),
+            other => format!("arny-tiny-{}", other.name()),
+        }
+    }
+
+    /// The output matrix is the token table (no `output.weight`).
+    pub fn tied_output(&self) -> bool {
+        matches!(
+            self.arch,
+            TinyArch::Llama3 | TinyArch::Qwen2 | TinyArch::Gemma3
+        )
     }
 
     /// The model as a GGUF file.
@@ -140,13 +307,15 @@ impl TinyLlama {
                 && self.head_dim().is_multiple_of(2),
             "inconsistent tiny model {self:?}"
         );
+        let a = self.arch.gguf_name();
+        let k = |key: &str| format!("{a}.{key}");
         let vocab = self.vocabulary();
         let mut w = GgufWriter::new();
         let s = |v: &str| Value::String(v.to_string());
         let u = |v: usize| Value::U32(v as u32);
-        w.set("general.architecture", s("llama"))
+        w.set("general.architecture", s(a))
             .set("general.type", s("model"))
-            .set("general.name", s("arny-tiny-llama"))
+            .set("general.name", Value::String(self.general_name()))
             .set(
                 "general.file_type",
                 // llama.cpp's `llama_ftype` ids.
@@ -157,23 +326,39 @@ impl TinyLlama {
                     Storage::Q8_0 => 7,
                 }),
             )
-            .set("llama.block_count", u(self.n_layer))
-            .set("llama.context_length", Value::U32(self.context_length))
-            .set("llama.embedding_length", u(self.n_embd))
-            .set("llama.feed_forward_length", u(self.n_ff))
-            .set("llama.attention.head_count", u(self.n_head))
-            .set("llama.attention.head_count_kv", u(self.n_head_kv))
-            .set("llama.rope.freq_base", Value::F32(self.rope_theta))
-            .set("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
-            .set("llama.rope.dimension_count", u(self.head_dim()))
-            .set("llama.vocab_size", u(vocab.tokens.len()));
+            .set(k("block_count"), u(self.n_layer))
+            .set(k("context_length"), Value::U32(self.context_length))
+            .set(k("embedding_length"), u(self.n_embd))
+            .set(k("feed_forward_length"), u(self.n_ff))
+            .set(k("attention.head_count"), u(self.n_head))
+            .set(k("attention.head_count_kv"), u(self.n_head_kv))
+            .set(k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
+            .set(k("rope.dimension_count"), u(self.head_dim()))
+            .set(k("vocab_size"), u(vocab.tokens.len()));
+        match self.arch {
+            TinyArch::Llama3 => w.set(k("rope.freq_base"), Value::F32(500_000.0)),
+            TinyArch::Gemma3 => w
+                .set(k("rope.freq_base"), Value::F32(1_000_000.0))
+                .set(k("rope.freq_base_swa"), Value::F32(self.rope_theta))
+                .set(k("attention.sliding_window"), u(Self::SLIDING_WINDOW))
+                // Layers 0 and 2 slide, layer 1 attends to everything.
+                .set(k("attention.sliding_window_pattern"), Value::U32(2))
+                .set(k("final_logit_softcapping"), Value::F32(30.0)),
+            _ => w.set(k("rope.freq_base"), Value::F32(self.rope_theta)),
+        };
+        if matches!(self.arch, TinyArch::Qwen3 | TinyArch::Gemma3) {
+            w.set(k("attention.key_length"), u(self.head_dim()))
+                .set(k("attention.value_length"), u(self.head_dim()));
+        }
         vocab.write_to(&mut w);
-        w.set("tokenizer.chat_template", s(CHAT_TEMPLATE));
+        if self.chat_template {
+            w.set("tokenizer.chat_template", s(CHAT_TEMPLATE));
+        }
         let mut rng = Rng::new(self.seed);
         for t in self.tensors(vocab.tokens.len()) {
             let values = t.init.values(t.elements() as usize, &mut rng);
             let dims: Vec<u64> = t.dims.iter().map(|&d| d as u64).collect();
-            // Norm weights stay F32, as converters write them.
+            // Norm weights and biases stay F32, as converters write them.
             match (self.storage, t.dims.len()) {
                 (Storage::F16, 2) => w.tensor_f16(t.name, &dims, &values),
                 (Storage::Q8_0, 2) => w.tensor_q8_0(t.name, &dims, &values),
@@ -188,7 +373,7 @@ impl TinyLlama {
     pub fn file_name(&self) -> String {
         let digest = Sha256::digest(self.gguf());
         let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-        format!("tiny-llama-{hex}.gguf")
+        format!("tiny-{}-{hex}.gguf", self.arch.name())
     }
 
     /// The model's file in the models folder's `tiny/` directory, written
@@ -228,17 +413,21 @@ impl TensorSpec {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Init {
     Ones,
+    Const(f32),
     Normal(f32),
+    Values(Vec<f32>),
 }
 
 impl Init {
-    fn values(self, n: usize, rng: &mut Rng) -> Vec<f32> {
+    fn values(&self, n: usize, rng: &mut Rng) -> Vec<f32> {
         match self {
             Init::Ones => vec![1.0; n],
+            Init::Const(c) => vec![*c; n],
             Init::Normal(std) => (0..n).map(|_| rng.normal() * std).collect(),
+            Init::Values(v) => v.clone(),
         }
     }
 }
@@ -277,7 +466,7 @@ mod tests {
 
     #[test]
     fn deterministic_and_readable() {
-        let m = TinyLlama::default();
+        let m = TinyModel::default();
         let (a, b) = (m.gguf(), m.gguf());
         assert_eq!(a, b);
         let f = GgufFile::from_bytes(&a).unwrap();
@@ -288,9 +477,9 @@ mod tests {
         let params: u64 = f.tensors.iter().map(|t| t.elements()).sum();
         assert_eq!(params, m.parameters());
         assert!(a.len() < 1 << 20, "{} bytes", a.len());
-        let other = TinyLlama {
+        let other = TinyModel {
             seed: 1,
-            ..TinyLlama::default()
+            ..TinyModel::default()
         };
         assert_ne!(other.file_name(), m.file_name());
     }

@@ -60,7 +60,7 @@ async fn token_ids_equal_llama_cpp() {
 /// so tests that run engines on it compare like with like.
 #[tokio::test]
 async fn token_ids_equal_llama_cpp_on_the_tiny_model() {
-    parity(arny_tiny_models::TinyLlama::default().file().unwrap()).await;
+    parity(arny_tiny_models::TinyModel::default().file().unwrap()).await;
 }
 
 async fn parity(path: std::path::PathBuf) {

@@ -195,6 +195,26 @@ impl QMatrix {
         Self::new(QType::Q8_0, rows, cols, out.into(), 0)
     }
 
+    /// Rows `start..start + n` as a matrix of their own, sharing the bytes:
+    /// how a fused tensor (Phi-3's `attn_qkv`, its gate-and-up `ffn_up`)
+    /// becomes the projections it stacks.
+    pub fn row_range(&self, start: usize, n: usize) -> Result<Self, ShapeError> {
+        if start.checked_add(n).is_none_or(|end| end > self.rows) {
+            return Err(ShapeError(format!(
+                "rows {start}..{} of a {}-row matrix",
+                start.saturating_add(n),
+                self.rows
+            )));
+        }
+        Self::new(
+            self.ty,
+            n,
+            self.cols,
+            self.data.clone(),
+            self.start + start * self.row_bytes(),
+        )
+    }
+
     pub fn ty(&self) -> QType {
         self.ty
     }

@@ -4,6 +4,7 @@
 //! new shape costs seconds).
 
 mod adapters;
+mod architectures;
 mod precision;
 mod tck;
 mod tiny;

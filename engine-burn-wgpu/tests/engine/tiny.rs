@@ -96,12 +96,12 @@ fn burn_and_llama_cpp_agree_on_the_tiny_model() {
 /// 2.9e-3); Q8_0 packed 33/34, 1.8e-3 (f32 33/34, 1.4e-3).
 #[test]
 fn packed_weights_compute_what_llama_cpp_computes() {
-    use arny_conformance::{Storage, TinyLlama};
+    use arny_conformance::{Storage, TinyModel};
     use arny_engine_burn_wgpu::{BurnEngine, WeightPrecision};
     for storage in [Storage::Q4_1, Storage::Q8_0] {
-        let path = TinyLlama {
+        let path = TinyModel {
             storage,
-            ..TinyLlama::default()
+            ..TinyModel::default()
         }
         .file()
         .unwrap();

@@ -5,7 +5,7 @@
 //! makes it, cached by its key).
 
 use arny_conformance::compare::{argmax, kl_divergence};
-use arny_conformance::{Storage, TinyLlama};
+use arny_conformance::{Storage, TinyModel};
 use arny_engine_api::{
     ChatMessage, InferenceEngine, LoadOptions, LogitsRequest, Model, ModelSource, SessionOptions,
     TokenId, teacher_forced_logits,
@@ -43,9 +43,9 @@ fn agreement(reference: &dyn Model, candidate: &dyn Model, seqs: &[Vec<TokenId>]
 /// scale per token here, per 32 values there) and the f16 KV cache there.
 #[test]
 fn tiny_q4_1_8da4w_tracks_llama_cpp() {
-    let gguf = TinyLlama {
+    let gguf = TinyModel {
         storage: Storage::Q4_1,
-        ..TinyLlama::default()
+        ..TinyModel::default()
     }
     .file()
     .unwrap();

@@ -178,7 +178,7 @@ fn sdk_error(e: &SdkError, param: Option<&str>) -> Response {
     let status = match e {
         SdkError::InvalidRequest(_)
         | SdkError::Engine(E::InvalidInput(_) | E::ContextOverflow { .. })
-        | SdkError::Engine(E::InvalidConstraint(_)) => StatusCode::BAD_REQUEST,
+        | SdkError::Engine(E::InvalidConstraint(_) | E::Template(_)) => StatusCode::BAD_REQUEST,
         SdkError::UnknownSpecialist { .. } => StatusCode::NOT_FOUND,
         SdkError::MemoryBudget { .. } | SdkError::QueueTimeout { .. } => {
             StatusCode::SERVICE_UNAVAILABLE

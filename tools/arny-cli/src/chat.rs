@@ -3,9 +3,9 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Result;
-use arny_engine_api::{ChatMessage, Generation, Prompt};
+use arny_engine_api::{ChatMessage, Generation};
 
-use crate::runtime::{AdapterArgs, ModelArgs, SamplingArgs, load, stream_to_stdout};
+use crate::runtime::{AdapterArgs, ModelArgs, SamplingArgs, TemplateArgs, load, stream_to_stdout};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -15,6 +15,8 @@ pub struct Args {
     adapter: AdapterArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    template: TemplateArgs,
     /// Print token counts and speed after each answer (on stderr).
     #[arg(long)]
     stats: bool,
@@ -24,6 +26,9 @@ const HELP: &str = "Commands: /reset starts over, /exit (or Ctrl-D) quits.";
 
 pub fn run(args: Args) -> Result<()> {
     let (model, _) = load(&args.model)?;
+    // Refused before the first line is read, not after it.
+    args.template
+        .chat_prompt(model.as_ref(), vec![ChatMessage::user("x")])?;
     let options = args.adapter.session_options(&model)?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
@@ -67,15 +72,18 @@ pub fn run(args: Args) -> Result<()> {
                 _ => {}
             }
             conversation.push(ChatMessage::user(line.clone()));
-            let request = |c: &Vec<ChatMessage>| args.sampling.request(Prompt::Chat(c.clone()));
+            let request = |c: &Vec<ChatMessage>| -> Result<_> {
+                let prompt = args.template.chat_prompt(model.as_ref(), c.clone())?;
+                Ok(args.sampling.request(prompt))
+            };
             let mut generation =
-                Generation::new(model.as_ref(), session.as_mut(), request(&conversation));
+                Generation::new(model.as_ref(), session.as_mut(), request(&conversation)?);
             if let Err(arny_engine_api::EngineError::ContextOverflow { .. }) = &generation {
                 eprintln!("(context full: starting a new conversation)");
                 conversation = fresh();
                 conversation.push(ChatMessage::user(line));
                 generation =
-                    Generation::new(model.as_ref(), session.as_mut(), request(&conversation));
+                    Generation::new(model.as_ref(), session.as_mut(), request(&conversation)?);
             }
             let done = stream_to_stdout(generation?).await?;
             if args.stats {

@@ -1,9 +1,11 @@
 //! `arny generate`: one prompt in, a streamed answer out.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use arny_engine_api::{ChatMessage, Constraint, Generation, Prompt};
 
-use crate::runtime::{AdapterArgs, ModelArgs, SamplingArgs, load, read_prompt, stream_to_stdout};
+use crate::runtime::{
+    AdapterArgs, ModelArgs, SamplingArgs, TemplateArgs, load, read_prompt, stream_to_stdout,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -16,9 +18,12 @@ pub struct Args {
     /// Print a JSON summary (text, token ids, timings) as the last line.
     #[arg(long)]
     json: bool,
-    /// Send the prompt as raw text, without the chat template.
+    /// Send the prompt as raw text, without the chat template (what a
+    /// model without a template gets anyway).
     #[arg(long)]
     raw: bool,
+    #[command(flatten)]
+    template: TemplateArgs,
     #[command(flatten)]
     constraint: ConstraintArgs,
     /// The prompt; `-` reads it from stdin.
@@ -28,7 +33,19 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let text = read_prompt(&args.prompt)?;
     let (model, path) = load(&args.model)?;
-    let prompt = if args.raw {
+    let plain = args.raw || (args.template.template.is_none() && model.chat_template().is_none());
+    let prompt = if plain {
+        if !args.raw {
+            // A base model: a chat format it never saw would make it answer
+            // with that format's markers.
+            eprintln!(
+                "note: {} has no chat template: plain completion (--template NAME to chat)",
+                path.display()
+            );
+        }
+        if args.sampling.system.is_some() {
+            bail!("--system needs a chat template; this prompt is plain text");
+        }
         Prompt::Text(text)
     } else {
         let mut messages = Vec::new();
@@ -36,7 +53,7 @@ pub fn run(args: Args) -> Result<()> {
             messages.push(ChatMessage::system(system.clone()));
         }
         messages.push(ChatMessage::user(text));
-        Prompt::Chat(messages)
+        args.template.chat_prompt(model.as_ref(), messages)?
     };
     let mut request = args.sampling.request(prompt);
     request.constraint = args.constraint.constraint()?;

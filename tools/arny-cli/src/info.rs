@@ -18,15 +18,20 @@ pub fn run(args: Args) -> Result<()> {
     let (model, path) = load(&args.model)?;
     let info = model.info();
     let template = model.chat_template();
-    let origin = match template.origin() {
-        TemplateOrigin::Model => "model".to_string(),
-        TemplateOrigin::Override => "override".to_string(),
-        TemplateOrigin::Builtin(b) => format!("built-in {}", b.name()),
+    let origin = match template.map(|t| t.origin()) {
+        None => "none: a completion model; chat needs --template".to_string(),
+        Some(TemplateOrigin::Model) => "model".to_string(),
+        Some(TemplateOrigin::Override) => "override".to_string(),
+        Some(TemplateOrigin::Builtin(b)) => format!("built-in {}", b.name()),
     };
+    let source = template.map(|t| t.source()).unwrap_or_default();
     if args.json {
         let mut v = serde_json::to_value(info)?;
         v["path"] = path.display().to_string().into();
-        v["chat_template"] = serde_json::json!({ "origin": origin, "source": template.source() });
+        v["chat_template"] = match template {
+            Some(_) => serde_json::json!({ "origin": origin, "source": source }),
+            None => serde_json::Value::Null,
+        };
         println!("{v}");
         return Ok(());
     }
@@ -57,7 +62,7 @@ pub fn run(args: Args) -> Result<()> {
         c.logits, c.lora, c.grammar, c.embeddings
     );
     println!("chat template  ({origin})");
-    for line in template.source().lines() {
+    for line in source.lines() {
         println!("  {line}");
     }
     Ok(())

@@ -55,7 +55,7 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Tiny => {
             println!(
                 "{}",
-                arny_tiny_models::TinyLlama::default().file()?.display()
+                arny_tiny_models::TinyModel::default().file()?.display()
             );
             Ok(())
         }

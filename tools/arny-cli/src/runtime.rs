@@ -38,6 +38,60 @@ pub struct ModelArgs {
     pub threads: Option<u32>,
 }
 
+/// `--template`, for the commands that render conversations.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TemplateArgs {
+    /// Chat template to render with instead of the model's own: a built-in
+    /// (chatml, qwen, llama3, zephyr, gemma, phi3) or a Jinja file. A model
+    /// without a template needs one for chat.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub template: Option<String>,
+}
+
+impl TemplateArgs {
+    /// The template's name or Jinja source, the file read if it names one.
+    pub fn source(&self) -> Result<Option<String>> {
+        let Some(t) = &self.template else {
+            return Ok(None);
+        };
+        if arny_engine_api::BuiltinTemplate::from_name(t).is_some() {
+            return Ok(Some(t.clone()));
+        }
+        let path = std::path::Path::new(t);
+        if !path.is_file() {
+            bail!(
+                "--template {t}: neither a built-in ({}) nor a file",
+                arny_engine_api::BuiltinTemplate::names()
+            );
+        }
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))
+            .map(Some)
+    }
+
+    /// `messages` as the prompt: rendered with the named template, else
+    /// left to the model's own (an error if it has none).
+    pub fn chat_prompt(
+        &self,
+        model: &dyn Model,
+        messages: Vec<arny_engine_api::ChatMessage>,
+    ) -> Result<Prompt> {
+        Ok(match self.source()? {
+            Some(t) => Prompt::Text(arny_engine_api::render_conversation(
+                model,
+                Some(&t),
+                &messages,
+            )?),
+            None => {
+                if model.chat_template().is_none() {
+                    return Err(arny_engine_api::no_template_error().into());
+                }
+                Prompt::Chat(messages)
+            }
+        })
+    }
+}
+
 /// `--adapter`, for the commands that run sessions.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AdapterArgs {

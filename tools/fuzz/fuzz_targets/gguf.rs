@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 fn base() -> &'static GgufFile {
     static BASE: OnceLock<GgufFile> = OnceLock::new();
     BASE.get_or_init(|| {
-        GgufFile::from_bytes(&arny_tiny_models::TinyLlama::default().gguf())
+        GgufFile::from_bytes(&arny_tiny_models::TinyModel::default().gguf())
             .expect("the tiny model parses")
     })
 }

@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 fn tokenizer() -> &'static BpeTokenizer {
     static TOKENIZER: OnceLock<BpeTokenizer> = OnceLock::new();
     TOKENIZER.get_or_init(|| {
-        let file = GgufFile::from_bytes(&arny_tiny_models::TinyLlama::default().gguf())
+        let file = GgufFile::from_bytes(&arny_tiny_models::TinyModel::default().gguf())
             .expect("the tiny model parses");
         BpeTokenizer::from_gguf(&file).expect("the tiny model has a tokenizer")
     })

@@ -1,15 +1,21 @@
-//! The Llama architecture as SmolLM2 uses it, on Burn: token embeddings,
-//! `n_layer` blocks of (RMSNorm → grouped-query attention with RoPE →
-//! residual, RMSNorm → SwiGLU MLP → residual), a final RMSNorm and the
-//! output projection (tied to the embeddings when the file has no
-//! `output.weight`). One file, top to bottom, like candle-transformers'.
+//! The decoder-only transformers of today's small models on Burn: Llama
+//! (SmolLM2, Llama 3.x), Qwen2/2.5, Qwen3, Gemma 3 and Phi-3. They share
+//! one block (norm → grouped-query attention with RoPE → residual, norm →
+//! gated MLP → residual) and differ by the switches in [`Config`]: QKV
+//! bias, QK-norm, head sizes other than `n_embd / n_head`, the norms Gemma
+//! puts after attention and MLP, GeGLU, embedding scaling, sliding-window
+//! layers, logit soft-capping and the RoPE variants. One file, top to
+//! bottom, like candle-transformers'; each switch is read from the GGUF
+//! file as llama.cpp reads it.
 //!
 //! Weights come from a GGUF file. On the CPU they stay in the file's block
 //! format ([`WeightPrecision::Packed`]) and every projection is a call into
 //! `arny-qmatmul`'s kernels on the tensor's bytes; otherwise they are
-//! dequantized into Burn tensors. GGUF stores Q and K already permuted for
-//! llama.cpp's "normal" RoPE, which rotates adjacent pairs (x[2i],
-//! x[2i+1]); the rotation here does the same.
+//! dequantized into Burn tensors. Fused tensors (Phi-3's `attn_qkv` and
+//! gate-and-up `ffn_up`) are split into their projections at load, views on
+//! the same bytes. GGUF stores Llama's Q and K permuted for llama.cpp's
+//! "normal" RoPE, which rotates adjacent pairs (x[2i], x[2i+1]); the other
+//! families rotate the two halves (NeoX), as llama.cpp does for them.
 
 use std::sync::Arc;
 
@@ -21,19 +27,99 @@ use arny_qmatmul::{QMatrix, QType};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
-/// Hyperparameters from the GGUF metadata (`llama.*`).
+/// The architectures this file runs, by their GGUF names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Qwen2,
+    Qwen3,
+    Gemma3,
+    Phi3,
+}
+
+impl Arch {
+    pub const ALL: [Self; 5] = [
+        Self::Llama,
+        Self::Qwen2,
+        Self::Qwen3,
+        Self::Gemma3,
+        Self::Phi3,
+    ];
+
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+            Self::Gemma3 => "gemma3",
+            Self::Phi3 => "phi3",
+        }
+    }
+
+    pub fn from_gguf(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.gguf_name() == name)
+    }
+
+    /// llama.cpp's rope type for the architecture: Llama's converter
+    /// permutes Q and K for adjacent pairs, the others keep the halves.
+    fn neox_rope(self) -> bool {
+        self != Self::Llama
+    }
+}
+
+/// The gated MLP's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu(gate) * up`.
+    SwiGlu,
+    /// `gelu_tanh(gate) * up` (Gemma), with llama.cpp's f16 table.
+    GeGlu,
+}
+
+/// How positions are rotated into queries and keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    /// Rotate the two halves of a head (NeoX) rather than adjacent pairs.
+    pub neox: bool,
+    pub base: f32,
+    /// Linear scaling: positions multiplied by this (`1 / rope.scaling.factor`).
+    pub freq_scale: f32,
+    /// Sliding-window layers' own base (Gemma 3: 10 000 beside 1 000 000).
+    pub base_swa: f32,
+    /// Per-frequency divisors (`rope_freqs.weight`: Llama 3's scaling; or
+    /// Phi-3's LongRoPE short/long factors, picked by the context length).
+    pub factors: Option<Vec<f32>>,
+    /// Multiplies cos and sin (`rope.scaling.attn_factor`, LongRoPE).
+    pub attn_factor: f32,
+}
+
+/// Hyperparameters from the GGUF metadata (`<arch>.*`).
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub arch: Arch,
     pub n_layer: usize,
     pub n_embd: usize,
     pub n_head: usize,
     pub n_head_kv: usize,
+    /// Per head, for queries, keys and values (`attention.key_length`).
     pub head_dim: usize,
     pub n_ff: usize,
     pub vocab: usize,
-    pub rope_theta: f32,
+    pub rope: Rope,
     pub rms_eps: f32,
     pub context_length: usize,
+    /// Scale of the attention scores (`1 / sqrt(head_dim)` unless set).
+    pub attn_scale: f32,
+    /// Token embeddings multiplied by this (Gemma: `sqrt(n_embd)`).
+    pub embed_scale: Option<f32>,
+    /// Logits squashed to `cap · tanh(x / cap)`.
+    pub logit_softcap: Option<f32>,
+    pub activation: Activation,
+    /// Keys a sliding-window layer's query sees: positions `p - window + 1
+    /// ..= p`.
+    pub sliding_window: Option<usize>,
+    /// Which layers slide (the rest attend to everything).
+    pub swa_layers: Vec<bool>,
 }
 
 impl Config {
@@ -42,57 +128,148 @@ impl Config {
             source_name: name.to_string(),
             reason,
         };
-        let arch = f.architecture().unwrap_or("");
-        if arch != "llama" {
-            return Err(EngineError::UnsupportedArchitecture(arch.to_string()));
-        }
-        let u = |k: &str| {
-            f.get_u64(&format!("llama.{k}"))
-                .map(|v| v as usize)
-                .ok_or_else(|| corrupt(format!("missing llama.{k}")))
-        };
-        let fl = |k: &str, d: f64| {
-            f.get(&format!("llama.{k}"))
-                .and_then(|v| v.as_f64())
-                .unwrap_or(d) as f32
-        };
+        let arch_name = f.architecture().unwrap_or("");
+        let arch = Arch::from_gguf(arch_name)
+            .ok_or_else(|| EngineError::UnsupportedArchitecture(arch_name.to_string()))?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let opt_u = |k: &str| f.get_u64(&key(k)).map(|v| v as usize);
+        let u = |k: &str| opt_u(k).ok_or_else(|| corrupt(format!("missing {}", key(k))));
+        let fl = |k: &str| f.get(&key(k)).and_then(|v| v.as_f64()).map(|v| v as f32);
+        let unsupported = |what: String| EngineError::Unsupported(format!("{name}: {what}"));
         let n_embd = u("embedding_length")?;
+        let n_layer = u("block_count")?;
+        // Per-layer arrays (head counts, widths) would be Array values.
+        for k in [
+            "attention.head_count",
+            "attention.head_count_kv",
+            "feed_forward_length",
+        ] {
+            if let Some(arny_gguf::Value::Array(_)) = f.get(&key(k)) {
+                return Err(unsupported(format!("per-layer {}", key(k))));
+            }
+        }
         let n_head = u("attention.head_count")?;
-        let n_head_kv = f
-            .get_u64("llama.attention.head_count_kv")
-            .map(|v| v as usize)
-            .unwrap_or(n_head);
+        let n_head_kv = opt_u("attention.head_count_kv").unwrap_or(n_head);
+        let head_dim =
+            opt_u("attention.key_length").unwrap_or(n_embd.checked_div(n_head).unwrap_or(0));
+        if opt_u("attention.value_length").is_some_and(|v| v != head_dim) {
+            return Err(unsupported(
+                "value heads of another size than key heads".into(),
+            ));
+        }
+        if opt_u("rope.dimension_count").is_some_and(|r| r != head_dim) {
+            return Err(unsupported(format!(
+                "partial rotary embeddings ({} of {head_dim} dimensions)",
+                opt_u("rope.dimension_count").unwrap_or(0)
+            )));
+        }
         let vocab = f
             .tensor("token_embd.weight")
             .map(|t| t.dims.get(1).copied().unwrap_or(0) as usize)
             .ok_or_else(|| corrupt("no token_embd.weight".into()))?;
+        let scaling = f.get_str(&key("rope.scaling.type")).unwrap_or("none");
+        let factor = fl("rope.scaling.factor")
+            .or_else(|| fl("rope.scale_linear"))
+            .unwrap_or(0.0);
+        let freq_scale = match scaling {
+            // llama.cpp applies the factor for "none" too, as "linear".
+            "none" | "linear" if factor != 0.0 => 1.0 / factor,
+            "none" | "linear" | "longrope" => 1.0,
+            other => return Err(unsupported(format!("RoPE scaling `{other}`"))),
+        };
+        let sliding_window = opt_u("attention.sliding_window").filter(|&w| w > 0);
+        let swa_layers = match (arch, sliding_window) {
+            // Phi-3's window is ignored by llama.cpp (its converters fill it
+            // wrongly); Gemma 3 slides in 5 of every 6 layers unless told.
+            (Arch::Gemma3, Some(_)) => match f.get(&key("attention.sliding_window_pattern")) {
+                Some(arny_gguf::Value::Array(a)) => {
+                    let v: Vec<bool> = a.iter().map(|x| x.as_i64().unwrap_or(0) != 0).collect();
+                    if v.len() > n_layer {
+                        return Err(corrupt(
+                            "sliding_window_pattern is longer than the model".into(),
+                        ));
+                    }
+                    let mut v = v;
+                    v.resize(n_layer, false);
+                    v
+                }
+                other => {
+                    let n = other.and_then(|v| v.as_u64()).unwrap_or(6) as usize;
+                    (0..n_layer).map(|l| n == 0 || l % n < n - 1).collect()
+                }
+            },
+            _ => vec![false; n_layer],
+        };
+        let sliding_window = sliding_window.filter(|_| swa_layers.iter().any(|&s| s));
+        let rope = Rope {
+            neox: arch.neox_rope(),
+            base: fl("rope.freq_base").unwrap_or(10_000.0),
+            freq_scale,
+            base_swa: fl("rope.freq_base_swa").unwrap_or(10_000.0),
+            factors: None,
+            attn_factor: 1.0,
+        };
+        // llama.cpp's YaRN-style attention factor is not built here.
+        if fl("rope.scaling.attn_factor").is_some_and(|a| a != 1.0) {
+            return Err(unsupported(format!(
+                "{} ≠ 1",
+                key("rope.scaling.attn_factor")
+            )));
+        }
+        let gemma = arch == Arch::Gemma3;
         let cfg = Self {
-            n_layer: u("block_count")?,
+            arch,
+            n_layer,
             n_embd,
             n_head,
             n_head_kv,
-            head_dim: n_embd.checked_div(n_head).unwrap_or(0),
+            head_dim,
             n_ff: u("feed_forward_length")?,
             vocab,
-            rope_theta: fl("rope.freq_base", 10_000.0),
-            rms_eps: fl("attention.layer_norm_rms_epsilon", 1e-5),
+            rope,
+            rms_eps: fl("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             context_length: u("context_length")?,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            embed_scale: gemma.then(|| (n_embd as f32).sqrt()),
+            logit_softcap: fl("final_logit_softcapping").filter(|&c| c != 0.0),
+            activation: if gemma {
+                Activation::GeGlu
+            } else {
+                Activation::SwiGlu
+            },
+            sliding_window,
+            swa_layers,
         };
+        let finite = |x: f32| x.is_finite();
         let ok = cfg.n_layer > 0
             && cfg.n_layer <= 512
             && cfg.n_head > 0
             && cfg.n_head_kv > 0
             && cfg.n_head.is_multiple_of(cfg.n_head_kv)
+            && cfg.head_dim > 0
             && cfg.head_dim.is_multiple_of(2)
-            && cfg.head_dim * cfg.n_head == cfg.n_embd
+            && cfg.head_dim <= 1024
             && cfg.rms_eps.is_finite()
             && cfg.rms_eps >= 0.0
-            && cfg.rope_theta.is_finite()
-            && cfg.rope_theta > 0.0;
+            && [cfg.rope.base, cfg.rope.base_swa, cfg.rope.freq_scale]
+                .into_iter()
+                .all(|x| finite(x) && x > 0.0)
+            && finite(cfg.rope.attn_factor)
+            && cfg.logit_softcap.is_none_or(|c| finite(c) && c > 0.0);
         if !ok {
             return Err(corrupt(format!("inconsistent hyperparameters: {cfg:?}")));
         }
         Ok(cfg)
+    }
+
+    /// Width of all query heads together (`n_embd` unless heads are sized
+    /// on their own, as in Qwen3 and Gemma 3).
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_head_kv * self.head_dim
     }
 }
 
@@ -101,11 +278,21 @@ struct Block {
     wq: Linear,
     wk: Linear,
     wv: Linear,
+    /// Added to the projections (Qwen2).
+    qkv_bias: Option<[Tensor<1>; 3]>,
+    /// RMSNorm over each query and key head before RoPE (Qwen3, Gemma 3).
+    qk_norm: Option<[Norm; 2]>,
     wo: Linear,
+    /// RMSNorm on the attention's output before the residual (Gemma).
+    attn_post_norm: Option<Norm>,
     ffn_norm: Norm,
     w_gate: Linear,
     w_up: Linear,
     w_down: Linear,
+    /// RMSNorm on the MLP's output before the residual (Gemma).
+    ffn_post_norm: Option<Norm>,
+    /// The layer attends within the sliding window.
+    sliding: bool,
 }
 
 /// An RMSNorm weight, on the device and (for the host's RMSNorm) as
@@ -211,7 +398,7 @@ impl Embeddings {
     }
 }
 
-pub struct Llama {
+pub struct Decoder {
     pub cfg: Config,
     pub precision: WeightPrecision,
     device: Device,
@@ -373,7 +560,46 @@ fn packed(
     Ok(Some(q))
 }
 
-impl Llama {
+/// The per-frequency RoPE divisors, as llama.cpp picks them: Llama 3's
+/// `rope_freqs`, else LongRoPE's short factors. Its long factors serve
+/// contexts past the trained length, which llama.cpp switches to per
+/// context; here the context is capped at that length instead, so the
+/// short factors are always right.
+fn rope_factors(
+    f: &GgufFile,
+    bytes: &[u8],
+    source: &str,
+    cfg: &mut Config,
+) -> Result<(), EngineError> {
+    let n = cfg.head_dim / 2;
+    let read = |name: &str| -> Result<Option<Vec<f32>>, EngineError> {
+        let Some(_) = f.tensor(name) else {
+            return Ok(None);
+        };
+        let v = dequantize(f, bytes, source, tensor(f, source, name, &[n])?)?;
+        if v.iter().any(|&x| x <= 0.0) {
+            return Err(corrupt(source, format!("{name} holds a factor ≤ 0")));
+        }
+        Ok(Some(v))
+    };
+    if let Some(v) = read("rope_freqs.weight")? {
+        cfg.rope.factors = Some(v);
+    } else if let Some(short) = read("rope_factors_short.weight")? {
+        if read("rope_factors_long.weight")?.is_some_and(|long| long != short) {
+            let key = format!(
+                "{}.rope.scaling.original_context_length",
+                cfg.arch.gguf_name()
+            );
+            if let Some(orig) = f.get_u64(&key) {
+                cfg.context_length = cfg.context_length.min(orig as usize);
+            }
+        }
+        cfg.rope.factors = Some(short);
+    }
+    Ok(())
+}
+
+impl Decoder {
     /// `on_cpu`: the device is Burn's CPU backend, so attention and the KV
     /// cache live on the host.
     pub fn load(
@@ -384,17 +610,22 @@ impl Llama {
         precision: WeightPrecision,
         progress: &dyn Fn(f32),
     ) -> Result<Self, EngineError> {
-        let cfg = Config::from_gguf(f, source)?;
-        let (e, kv) = (cfg.n_embd, cfg.n_head_kv * cfg.head_dim);
+        let mut cfg = Config::from_gguf(f, source)?;
+        rope_factors(f, bytes, source, &mut cfg)?;
+        let (e, q_dim, kv) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim());
         let dense_bytes = std::cell::Cell::new(0u64);
         let types = std::cell::RefCell::new(Vec::<&'static str>::new());
-        let vec1 = |name: &str, n: usize| -> Result<Norm, EngineError> {
-            let v = dequantize(f, bytes, source, tensor(f, source, name, &[n])?)?;
+        let values = |name: &str, n: usize| -> Result<Vec<f32>, EngineError> {
             dense_bytes.set(dense_bytes.get() + WeightPrecision::F32.bytes(n));
-            Ok(Norm {
-                device: Tensor::from_data(TensorData::new(v.clone(), [n]), device),
-                host: v,
-            })
+            dequantize(f, bytes, source, tensor(f, source, name, &[n])?)
+        };
+        let norm = |v: Vec<f32>| Norm {
+            device: Tensor::from_data(TensorData::new(v.clone(), [v.len()]), device),
+            host: v,
+        };
+        let vec1 = |name: &str, n: usize| values(name, n).map(norm);
+        let opt_vec1 = |name: &str, n: usize| -> Result<Option<Norm>, EngineError> {
+            f.tensor(name).map(|_| vec1(name, n)).transpose()
         };
         let dense = |v: Vec<f32>, n_in: usize, n_out: usize, precision: WeightPrecision| {
             dense_bytes.set(dense_bytes.get() + precision.bytes(n_in * n_out));
@@ -403,12 +634,15 @@ impl Llama {
                 precision,
             )
         };
-        // GGUF dims are innermost first: [in, out] there is `out` rows of `in`.
-        let mat = |name: &str,
-                   n_in: usize,
-                   n_out: usize,
-                   precision: WeightPrecision|
-         -> Result<Linear, EngineError> {
+        // GGUF dims are innermost first: [in, out] there is `out` rows of
+        // `in`. `parts` are the row ranges (start, n) of a fused tensor,
+        // one projection each.
+        let mats = |name: &str,
+                    n_in: usize,
+                    parts: &[(usize, usize)],
+                    precision: WeightPrecision|
+         -> Result<Vec<Linear>, EngineError> {
+            let n_out = parts.iter().map(|p| p.1).sum();
             let t = tensor(f, source, name, &[n_in, n_out])?;
             if precision == WeightPrecision::Packed
                 && let Some(q) = packed(f, bytes, source, t, (n_out, n_in), true)?
@@ -417,30 +651,160 @@ impl Llama {
                 if !types.contains(&q.ty().name()) {
                     types.push(q.ty().name());
                 }
-                return Ok(Linear::Packed(q));
+                return parts
+                    .iter()
+                    .map(|&(r, n)| {
+                        q.row_range(r, n)
+                            .map(Linear::Packed)
+                            .map_err(|e| corrupt(source, format!("tensor {name}: {e}")))
+                    })
+                    .collect();
             }
             let v = dequantize(f, bytes, source, t)?;
             let dense_precision = match precision {
                 WeightPrecision::Packed => WeightPrecision::F32,
                 p => p,
             };
-            Ok(dense(v, n_in, n_out, dense_precision))
+            Ok(parts
+                .iter()
+                .map(|&(r, n)| {
+                    dense(
+                        v[r * n_in..(r + n) * n_in].to_vec(),
+                        n_in,
+                        n,
+                        dense_precision,
+                    )
+                })
+                .collect())
         };
+        let mat = |name: &str, n_in: usize, n_out: usize, precision: WeightPrecision| {
+            mats(name, n_in, &[(0, n_out)], precision).map(|mut v| v.remove(0))
+        };
+        let bias =
+            |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device);
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let pb = |s: &str| format!("blk.{i}.{s}.bias");
+            // Phi-3 stores Q, K and V as one tensor, and gate and up as one.
+            let [wq, wk, wv]: [Linear; 3] = if f.tensor(&p("attn_qkv")).is_some() {
+                let parts = [(0, q_dim), (q_dim, kv), (q_dim + kv, kv)];
+                mats(&p("attn_qkv"), e, &parts, precision)?
+                    .try_into()
+                    .map_err(|_| corrupt(source, "attn_qkv split".into()))?
+            } else {
+                [
+                    mat(&p("attn_q"), e, q_dim, precision)?,
+                    mat(&p("attn_k"), e, kv, precision)?,
+                    mat(&p("attn_v"), e, kv, precision)?,
+                ]
+            };
+            let qkv_bias = if f.tensor(&pb("attn_qkv")).is_some() {
+                let v = values(&pb("attn_qkv"), q_dim + 2 * kv)?;
+                Some([
+                    bias(v[..q_dim].to_vec()),
+                    bias(v[q_dim..q_dim + kv].to_vec()),
+                    bias(v[q_dim + kv..].to_vec()),
+                ])
+            } else if f.tensor(&pb("attn_q")).is_some() {
+                Some([
+                    bias(values(&pb("attn_q"), q_dim)?),
+                    bias(values(&pb("attn_k"), kv)?),
+                    bias(values(&pb("attn_v"), kv)?),
+                ])
+            } else {
+                None
+            };
+            let qk_norm = match (
+                opt_vec1(&p("attn_q_norm"), cfg.head_dim)?,
+                opt_vec1(&p("attn_k_norm"), cfg.head_dim)?,
+            ) {
+                (Some(q), Some(k)) => Some([q, k]),
+                (None, None) => None,
+                _ => {
+                    return Err(corrupt(
+                        source,
+                        format!("layer {i} normalizes only one of Q and K"),
+                    ));
+                }
+            };
+            let [w_gate, w_up]: [Linear; 2] = if f.tensor(&p("ffn_gate")).is_some() {
+                [
+                    mat(&p("ffn_gate"), e, cfg.n_ff, precision)?,
+                    mat(&p("ffn_up"), e, cfg.n_ff, precision)?,
+                ]
+            } else {
+                // llama.cpp's swiglu: the first half is the gate.
+                mats(
+                    &p("ffn_up"),
+                    e,
+                    &[(0, cfg.n_ff), (cfg.n_ff, cfg.n_ff)],
+                    precision,
+                )?
+                .try_into()
+                .map_err(|_| corrupt(source, "ffn_up split".into()))?
+            };
             blocks.push(Block {
                 attn_norm: vec1(&p("attn_norm"), e)?,
-                wq: mat(&p("attn_q"), e, e, precision)?,
-                wk: mat(&p("attn_k"), e, kv, precision)?,
-                wv: mat(&p("attn_v"), e, kv, precision)?,
-                wo: mat(&p("attn_output"), e, e, precision)?,
+                wq,
+                wk,
+                wv,
+                qkv_bias,
+                qk_norm,
+                wo: mat(&p("attn_output"), q_dim, e, precision)?,
+                attn_post_norm: opt_vec1(&p("post_attention_norm"), e)?,
                 ffn_norm: vec1(&p("ffn_norm"), e)?,
-                w_gate: mat(&p("ffn_gate"), e, cfg.n_ff, precision)?,
-                w_up: mat(&p("ffn_up"), e, cfg.n_ff, precision)?,
+                w_gate,
+                w_up,
                 w_down: mat(&p("ffn_down"), cfg.n_ff, e, precision)?,
+                ffn_post_norm: opt_vec1(&p("post_ffw_norm"), e)?,
+                sliding: cfg.swa_layers[i],
             });
             progress((i + 1) as f32 / (cfg.n_layer + 1) as f32);
+        }
+        for (name, got, what) in [
+            (
+                "post-attention norms",
+                blocks.iter().filter(|b| b.attn_post_norm.is_some()).count(),
+                "attn_post_norm",
+            ),
+            (
+                "post-MLP norms",
+                blocks.iter().filter(|b| b.ffn_post_norm.is_some()).count(),
+                "ffn_post_norm",
+            ),
+        ] {
+            let want = if cfg.arch == Arch::Gemma3 {
+                cfg.n_layer
+            } else {
+                0
+            };
+            if got != want {
+                return Err(corrupt(
+                    source,
+                    format!(
+                        "{got} of {} layers have {name} ({what}); {} expects {want}",
+                        cfg.n_layer,
+                        cfg.arch.gguf_name()
+                    ),
+                ));
+            }
+        }
+        let qk_norms = blocks.iter().filter(|b| b.qk_norm.is_some()).count();
+        let want = if matches!(cfg.arch, Arch::Qwen3 | Arch::Gemma3) {
+            cfg.n_layer
+        } else {
+            0
+        };
+        if qk_norms != want {
+            return Err(corrupt(
+                source,
+                format!(
+                    "{qk_norms} of {} layers have QK norms; {} expects {want}",
+                    cfg.n_layer,
+                    cfg.arch.gguf_name()
+                ),
+            ));
         }
         let out_norm = vec1("output_norm.weight", e)?;
         let packed_model = precision == WeightPrecision::Packed;
@@ -577,37 +941,54 @@ impl Llama {
         (x / rms) * w.device.clone().unsqueeze_dim::<2>(0)
     }
 
-    /// RoPE's cosines and sines for positions `start..start + seq`, shaped
-    /// `[1, seq, head_dim / 2, 1]` to broadcast over heads and pairs. Built
-    /// once per forward pass: an upload per layer costs a GPU dearly.
-    fn rope_tables(&self, start: usize, seq: usize) -> (Tensor<4>, Tensor<4>) {
+    /// RoPE's cosines and sines for positions `start..start + seq` at
+    /// `base`, shaped to broadcast over heads: `[1, seq, half, 1]` for
+    /// adjacent pairs, `[1, seq, 1, half]` for NeoX halves. Built once per
+    /// forward pass: an upload per layer costs a GPU dearly.
+    fn rope_tables(&self, start: usize, seq: usize, base: f32) -> (Tensor<4>, Tensor<4>) {
+        let r = &self.cfg.rope;
         let d = self.cfg.head_dim;
         let half = d / 2;
+        // As ggml: theta_i = p · scale · base^(-2i/d) / factor_i.
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| {
+                let f = base.powf(-(2.0 * i as f32) / d as f32);
+                f / r.factors.as_ref().map_or(1.0, |v| v[i])
+            })
+            .collect();
         let mut cos = Vec::with_capacity(seq * half);
         let mut sin = Vec::with_capacity(seq * half);
         for p in start..start + seq {
-            for i in 0..half {
-                let freq = self.cfg.rope_theta.powf(-(2.0 * i as f32) / d as f32);
-                let a = p as f32 * freq;
-                cos.push(a.cos());
-                sin.push(a.sin());
+            let p = p as f32 * r.freq_scale;
+            for f in &freqs {
+                let a = p * f;
+                cos.push(a.cos() * r.attn_factor);
+                sin.push(a.sin() * r.attn_factor);
             }
         }
-        let t = |v: Vec<f32>| {
-            Tensor::<4>::from_data(TensorData::new(v, [1, seq, half, 1]), &self.device)
+        let shape = if r.neox {
+            [1, seq, 1, half]
+        } else {
+            [1, seq, half, 1]
         };
+        let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, shape), &self.device);
         (t(cos), t(sin))
     }
 
-    /// RoPE on `x: [heads, seq, head_dim]`, rotating adjacent pairs.
-    fn rope(x: Tensor<3>, (cos, sin): &(Tensor<4>, Tensor<4>)) -> Tensor<3> {
+    /// RoPE on `x: [heads, seq, head_dim]`: adjacent pairs (x[2i],
+    /// x[2i+1]) rotate together, or with `neox` x[i] and x[i + d/2].
+    fn rope(x: Tensor<3>, (cos, sin): &(Tensor<4>, Tensor<4>), neox: bool) -> Tensor<3> {
         let [h, s, d] = x.dims();
-        let x = x.reshape([h, s, d / 2, 2]);
-        let x0 = x.clone().narrow(3, 0, 1);
-        let x1 = x.narrow(3, 1, 1);
+        let (x, axis) = if neox {
+            (x.reshape([h, s, 2, d / 2]), 2)
+        } else {
+            (x.reshape([h, s, d / 2, 2]), 3)
+        };
+        let x0 = x.clone().narrow(axis, 0, 1);
+        let x1 = x.narrow(axis, 1, 1);
         let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
         let r1 = x0 * sin.clone() + x1 * cos.clone();
-        Tensor::cat(vec![r0, r1], 3).reshape([h, s, d])
+        Tensor::cat(vec![r0, r1], axis).reshape([h, s, d])
     }
 
     /// Runs `tokens` (appended after what `cache` holds) and returns the
@@ -621,15 +1002,29 @@ impl Llama {
         lora: Option<&Lora>,
     ) -> Tensor<2> {
         let (s, past) = (tokens.len(), cache.len);
-        let e = self.cfg.n_embd;
-        let emb = self.embeddings.lookup(tokens, e);
+        let c = &self.cfg;
+        let e = c.n_embd;
+        let mut emb = self.embeddings.lookup(tokens, e);
+        if let Some(scale) = c.embed_scale {
+            emb.iter_mut().for_each(|x| *x *= scale);
+        }
         let mut x = Tensor::<2>::from_data(TensorData::new(emb, [s, e]), &self.device);
+        let sliding = c.sliding_window.filter(|_| c.swa_layers.iter().any(|&l| l));
+        // The host attention sees exactly the positions each query may.
+        let mask = |window| (!self.on_host).then(|| self.causal_mask(past, s, window));
         let step = Step {
             past,
             seq: s,
-            // The host attention sees exactly the positions each query may.
-            mask: (!self.on_host).then(|| self.causal_mask(past, s)),
-            rope: self.rope_tables(past, s),
+            global: Attend {
+                mask: mask(None),
+                rope: self.rope_tables(past, s, c.rope.base),
+                window: None,
+            },
+            sliding: sliding.map(|w| Attend {
+                mask: mask(Some(w)),
+                rope: self.rope_tables(past, s, c.rope.base_swa),
+                window: Some(w),
+            }),
         };
         for (l, b) in self.blocks.iter().enumerate() {
             let delta = lora.map(|a| &a.blocks[l]);
@@ -639,18 +1034,25 @@ impl Llama {
         let rows = rows.min(s);
         let x = x.narrow(0, s - rows, rows);
         let x = self.rms_norm(x, &self.out_norm);
-        self.lm_head.forward(x)
+        let logits = self.lm_head.forward(x);
+        match c.logit_softcap {
+            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
+            None => logits,
+        }
     }
 
-    /// Query `i` (absolute position `past + i`) sees keys `0..=past + i`:
-    /// 0 or -inf, `[1, group · seq, past + seq]`, the `seq` rows repeated
-    /// for each of the `group` query heads that share a KV head.
-    fn causal_mask(&self, past: usize, seq: usize) -> Tensor<3> {
+    /// Query `i` (absolute position `p = past + i`) sees keys `0..=p`, or
+    /// `p - window + 1..=p` in a sliding layer: 0 or -inf, `[1, group ·
+    /// seq, past + seq]`, the `seq` rows repeated for each of the `group`
+    /// query heads that share a KV head.
+    fn causal_mask(&self, past: usize, seq: usize, window: Option<usize>) -> Tensor<3> {
         let total = past + seq;
         let group = self.cfg.n_head / self.cfg.n_head_kv;
         let mut rows = vec![0f32; seq * total];
         for i in 0..seq {
-            for j in past + i + 1..total {
+            let p = past + i;
+            let first = window.map_or(0, |w| (p + 1).saturating_sub(w));
+            for j in (0..first).chain(p + 1..total) {
                 rows[i * total + j] = f32::NEG_INFINITY;
             }
         }
@@ -658,7 +1060,8 @@ impl Llama {
         Tensor::<3>::from_data(TensorData::new(mask, [1, group * seq, total]), &self.device)
     }
 
-    /// One block: pre-norm attention and pre-norm MLP, each added back.
+    /// One block: pre-norm attention and pre-norm MLP, each added back
+    /// (Gemma normalizes each output again before adding it).
     fn block(
         &self,
         b: &Block,
@@ -667,10 +1070,21 @@ impl Llama {
         kv: &mut LayerKv,
         step: &Step,
     ) -> Tensor<2> {
+        let post = |y: Tensor<2>, n: &Option<Norm>| match n {
+            Some(n) => self.rms_norm(y, n),
+            None => y,
+        };
         let h = self.rms_norm(x.clone(), &b.attn_norm);
-        let x = x + self.attention(b, lora, h, kv, step);
+        let attend = match (&step.sliding, b.sliding) {
+            (Some(a), true) => a,
+            _ => &step.global,
+        };
+        let x = x + post(
+            self.attention(b, lora, h, kv, step, attend),
+            &b.attn_post_norm,
+        );
         let h = self.rms_norm(x.clone(), &b.ffn_norm);
-        x + self.mlp(b, lora, h)
+        x + post(self.mlp(b, lora, h), &b.ffn_post_norm)
     }
 
     /// Grouped-query attention over the cached and the new positions; the
@@ -682,27 +1096,48 @@ impl Llama {
         h: Tensor<2>,
         kv: &mut LayerKv,
         step: &Step,
+        attend: &Attend,
     ) -> Tensor<2> {
         let c = &self.cfg;
         let (s, hd) = (step.seq, c.head_dim);
         let delta = |p: Proj| lora.and_then(|l| l.get(p));
-        let heads = |w: &Linear, p: Proj, n: usize| {
-            self.project(h.clone(), w, delta(p))
-                .reshape([s, n, hd])
-                .swap_dims(0, 1)
-        };
-        let q = Self::rope(heads(&b.wq, Proj::Q, c.n_head), &step.rope);
-        let k = Self::rope(heads(&b.wk, Proj::K, c.n_head_kv), &step.rope);
-        let v = heads(&b.wv, Proj::V, c.n_head_kv);
+        let heads =
+            |w: &Linear, p: Proj, n: usize, bias: Option<&Tensor<1>>, norm: Option<&Norm>| {
+                let mut y = self.project(h.clone(), w, delta(p));
+                if let Some(bias) = bias {
+                    y = y + bias.clone().unsqueeze_dim::<2>(0);
+                }
+                if let Some(norm) = norm {
+                    y = self.rms_norm(y.reshape([s * n, hd]), norm);
+                }
+                y.reshape([s, n, hd]).swap_dims(0, 1)
+            };
+        let bias = |i: usize| b.qkv_bias.as_ref().map(|v| &v[i]);
+        let norm = |i: usize| b.qk_norm.as_ref().map(|v| &v[i]);
+        let neox = c.rope.neox;
+        let q = Self::rope(
+            heads(&b.wq, Proj::Q, c.n_head, bias(0), norm(0)),
+            &attend.rope,
+            neox,
+        );
+        let k = Self::rope(
+            heads(&b.wk, Proj::K, c.n_head_kv, bias(1), norm(1)),
+            &attend.rope,
+            neox,
+        );
+        let v = heads(&b.wv, Proj::V, c.n_head_kv, bias(2), None);
         let attn = match kv {
-            LayerKv::Device { k: kc, v: vc } => self.device_attention(q, k, v, kc, vc, step),
-            LayerKv::Host { k: kc, v: vc } => self.host_attention(q, k, v, kc, vc, step),
+            LayerKv::Device { k: kc, v: vc } => {
+                self.device_attention(q, k, v, kc, vc, step, attend)
+            }
+            LayerKv::Host { k: kc, v: vc } => self.host_attention(q, k, v, kc, vc, step, attend),
         };
         self.project(attn, &b.wo, delta(Proj::O))
     }
 
     /// Attention as tensor ops (wgpu): `q: [n_head, s, hd]`, the new
-    /// `k`, `v: [n_head_kv, s, hd]` appended to the cache; `[s, n_embd]`.
+    /// `k`, `v: [n_head_kv, s, hd]` appended to the cache; `[s, q_dim]`.
+    #[allow(clippy::too_many_arguments)]
     fn device_attention(
         &self,
         q: Tensor<3>,
@@ -711,6 +1146,7 @@ impl Llama {
         k_cache: &mut Option<Tensor<3>>,
         v_cache: &mut Option<Tensor<3>>,
         step: &Step,
+        attend: &Attend,
     ) -> Tensor<2> {
         let c = &self.cfg;
         let (s, hd) = (step.seq, c.head_dim);
@@ -728,11 +1164,10 @@ impl Llama {
         // without copying them `group` times.
         let group = c.n_head / c.n_head_kv;
         let q = q.reshape([c.n_head_kv, group * s, hd]);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mask = step.mask.clone().expect("device attention has a mask");
-        let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(scale) + mask;
+        let mask = attend.mask.clone().expect("device attention has a mask");
+        let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(c.attn_scale) + mask;
         let attn = softmax(scores, 2).matmul(v).reshape([c.n_head, s, hd]);
-        attn.swap_dims(0, 1).reshape([s, c.n_embd])
+        attn.swap_dims(0, 1).reshape([s, c.q_dim()])
     }
 
     /// Attention on the host (the CPU backend), the same arithmetic: each
@@ -741,6 +1176,7 @@ impl Llama {
     /// activations in the next layer would turn a last-bit difference into
     /// a rounding step), and per token only the new keys and values are
     /// copied.
+    #[allow(clippy::too_many_arguments)]
     fn host_attention(
         &self,
         q: Tensor<3>,
@@ -749,6 +1185,7 @@ impl Llama {
         k_cache: &mut [Vec<f32>],
         v_cache: &mut [Vec<f32>],
         step: &Step,
+        attend: &Attend,
     ) -> Tensor<2> {
         let c = &self.cfg;
         let (s, hd, past) = (step.seq, c.head_dim, step.past);
@@ -764,18 +1201,21 @@ impl Llama {
         }
         let (k_cache, v_cache) = (&*k_cache, &*v_cache);
         let group = c.n_head / c.n_head_kv;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = c.attn_scale;
         // One query head: `[s, hd]`.
         let head = |h: usize| {
             let (keys, values) = (&k_cache[h / group], &v_cache[h / group]);
             let mut out = vec![0f32; s * hd];
             let mut w = Vec::with_capacity(past + s);
             for (i, o) in out.chunks_exact_mut(hd).enumerate() {
+                let p = past + i;
+                let first = attend.window.map_or(0, |win| (p + 1).saturating_sub(win));
                 let qi = &q[(h * s + i) * hd..(h * s + i + 1) * hd];
                 w.clear();
                 w.extend(
                     keys.chunks_exact(hd)
-                        .take(past + i + 1)
+                        .take(p + 1)
+                        .skip(first)
                         .map(|kp| dot(qi, kp) * scale),
                 );
                 let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -784,7 +1224,7 @@ impl Llama {
                     *x = (*x - max).exp();
                     sum += *x;
                 }
-                for (&wp, vp) in w.iter().zip(values.chunks_exact(hd)) {
+                for (&wp, vp) in w.iter().zip(values.chunks_exact(hd).skip(first)) {
                     for (o, &x) in o.iter_mut().zip(vp) {
                         *o += wp * x;
                     }
@@ -802,21 +1242,46 @@ impl Llama {
         #[cfg(target_family = "wasm")]
         let per_head: Vec<Vec<f32>> = (0..c.n_head).map(head).collect();
         // `[s, n_head · hd]`: row i holds every head's output for query i.
-        let mut out = vec![0f32; s * c.n_embd];
+        let width = c.q_dim();
+        let mut out = vec![0f32; s * width];
         for (h, o) in per_head.iter().enumerate() {
             for (i, row) in o.chunks_exact(hd).enumerate() {
-                out[i * c.n_embd + h * hd..i * c.n_embd + (h + 1) * hd].copy_from_slice(row);
+                out[i * width + h * hd..i * width + (h + 1) * hd].copy_from_slice(row);
             }
         }
-        Tensor::from_data(TensorData::new(out, [s, c.n_embd]), &self.device)
+        Tensor::from_data(TensorData::new(out, [s, width]), &self.device)
     }
 
-    /// SwiGLU: `down(silu(gate(h)) * up(h))`.
+    /// The gated MLP: `down(act(gate(h)) * up(h))`.
     fn mlp(&self, b: &Block, lora: Option<&BlockLora>, h: Tensor<2>) -> Tensor<2> {
         let delta = |p: Proj| lora.and_then(|l| l.get(p));
-        let gate = silu(self.project(h.clone(), &b.w_gate, delta(Proj::Gate)));
+        let gate = self.project(h.clone(), &b.w_gate, delta(Proj::Gate));
+        let gate = match self.cfg.activation {
+            Activation::SwiGlu => silu(gate),
+            Activation::GeGlu => self.gelu(gate),
+        };
         let up = self.project(h, &b.w_up, delta(Proj::Up));
         self.project(gate * up, &b.w_down, delta(Proj::Down))
+    }
+
+    /// GELU, tanh form. On the host as llama.cpp's CPU computes it: the
+    /// input rounded to f16, looked up in a table of f16 results (exact
+    /// outside ±10); on a device, the formula in f32.
+    fn gelu(&self, x: Tensor<2>) -> Tensor<2> {
+        if !self.on_host {
+            let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044_715))
+                .mul_scalar((2.0 / std::f32::consts::PI).sqrt());
+            return x.clone().mul_scalar(0.5) * (inner.tanh().add_scalar(1.0));
+        }
+        let dims = x.dims();
+        let mut v = x
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("f32 activations");
+        for x in &mut v {
+            *x = gelu_like_ggml(*x);
+        }
+        Tensor::from_data(TensorData::new(v, dims), &self.device)
     }
 
     /// `x @ w`, plus `(x @ A) @ B` when the projection is adapted. The
@@ -910,7 +1375,7 @@ impl Lora {
     /// the base's) for `model`, scaled by `scale` (`alpha / rank` times the
     /// caller's). A scale of 0 keeps nothing: the session is the base.
     pub fn load(
-        model: &Llama,
+        model: &Decoder,
         file: &GgufFile,
         bytes: &[u8],
         lora: &LoraFile,
@@ -976,9 +1441,32 @@ struct Step {
     past: usize,
     /// New positions.
     seq: usize,
-    /// The causal mask for device attention (none for the host's).
+    /// How the full-attention layers attend.
+    global: Attend,
+    /// How the sliding-window layers do, when the model has any.
+    sliding: Option<Attend>,
+}
+
+/// One kind of layer's view of the positions.
+struct Attend {
+    /// The causal (and window) mask for device attention; none on the host.
     mask: Option<Tensor<3>>,
     rope: (Tensor<4>, Tensor<4>),
+    window: Option<usize>,
+}
+
+/// ggml's `gelu` on the CPU: `f16(gelu(f16(x)))` inside ±10.
+fn gelu_like_ggml(x: f32) -> f32 {
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let x = half::f16::from_f32(x).to_f32();
+    // ggml's constants, as f32.
+    let y = 0.5 * x * (1.0 + (0.797_884_6_f32 * x * (1.0 + 0.044_715 * x * x)).tanh());
+    half::f16::from_f32(y).to_f32()
 }
 
 /// `Σ a·b` in eight lanes, added in a fixed order: vectorized, and the same
