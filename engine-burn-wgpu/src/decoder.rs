@@ -89,8 +89,6 @@ pub struct Rope {
     /// Per-frequency divisors (`rope_freqs.weight`: Llama 3's scaling; or
     /// Phi-3's LongRoPE short/long factors, picked by the context length).
     pub factors: Option<Vec<f32>>,
-    /// Multiplies cos and sin (`rope.scaling.attn_factor`, LongRoPE).
-    pub attn_factor: f32,
 }
 
 /// Hyperparameters from the GGUF metadata (`<arch>.*`).
@@ -207,7 +205,6 @@ impl Config {
             freq_scale,
             base_swa: fl("rope.freq_base_swa").unwrap_or(10_000.0),
             factors: None,
-            attn_factor: 1.0,
         };
         // llama.cpp's YaRN-style attention factor is not built here.
         if fl("rope.scaling.attn_factor").is_some_and(|a| a != 1.0) {
@@ -254,7 +251,6 @@ impl Config {
             && [cfg.rope.base, cfg.rope.base_swa, cfg.rope.freq_scale]
                 .into_iter()
                 .all(|x| finite(x) && x > 0.0)
-            && finite(cfg.rope.attn_factor)
             && cfg.logit_softcap.is_none_or(|c| finite(c) && c > 0.0);
         if !ok {
             return Err(corrupt(format!("inconsistent hyperparameters: {cfg:?}")));
@@ -962,8 +958,8 @@ impl Decoder {
             let p = p as f32 * r.freq_scale;
             for f in &freqs {
                 let a = p * f;
-                cos.push(a.cos() * r.attn_factor);
-                sin.push(a.sin() * r.attn_factor);
+                cos.push(a.cos());
+                sin.push(a.sin());
             }
         }
         let shape = if r.neox {
@@ -1009,7 +1005,6 @@ impl Decoder {
             emb.iter_mut().for_each(|x| *x *= scale);
         }
         let mut x = Tensor::<2>::from_data(TensorData::new(emb, [s, e]), &self.device);
-        let sliding = c.sliding_window.filter(|_| c.swa_layers.iter().any(|&l| l));
         // The host attention sees exactly the positions each query may.
         let mask = |window| (!self.on_host).then(|| self.causal_mask(past, s, window));
         let step = Step {
@@ -1020,7 +1015,7 @@ impl Decoder {
                 rope: self.rope_tables(past, s, c.rope.base),
                 window: None,
             },
-            sliding: sliding.map(|w| Attend {
+            sliding: c.sliding_window.map(|w| Attend {
                 mask: mask(Some(w)),
                 rope: self.rope_tables(past, s, c.rope.base_swa),
                 window: Some(w),

@@ -76,6 +76,14 @@ fn check_hparams(f: &GgufFile, name: &str) -> Result<(), EngineError> {
             "{h} attention heads cannot share {kv} KV heads"
         )));
     }
+    // llama.cpp asserts that the scaling type is one it names.
+    let scaling = format!("{arch}.rope.scaling.type");
+    if let Some(v) = f.get(&scaling) {
+        match v.as_str() {
+            Some("none" | "linear" | "yarn" | "longrope") => {}
+            _ => return Err(bad(format!("{scaling} = {v:?} is not a RoPE scaling type"))),
+        }
+    }
     // Norm epsilons feed a GGML_ASSERT(eps >= 0); no real model has a
     // non-finite float hyperparameter.
     let prefix = format!("{arch}.");
@@ -180,6 +188,20 @@ mod tests {
         // An empty token becomes `[EMPTY_<id>]`, which may collide too.
         assert!(check_gguf_bytes(&vocab(&["", "b"]), "m").is_ok());
         assert!(check_gguf_bytes(&vocab(&["", "[EMPTY_0]"]), "m").is_err());
+    }
+
+    #[test]
+    fn unknown_rope_scaling_is_refused() {
+        let with = |t: &str| {
+            let mut w = crate::GgufWriter::new();
+            w.set("general.architecture", crate::Value::String("llama".into()));
+            w.set("llama.rope.scaling.type", crate::Value::String(t.into()));
+            check_gguf_bytes(&w.to_bytes(), "m")
+        };
+        assert!(with("linear").is_ok());
+        assert!(with("yarn").is_ok());
+        let err = with("dynamic").unwrap_err();
+        assert!(err.to_string().contains("RoPE scaling"), "{err}");
     }
 
     #[test]

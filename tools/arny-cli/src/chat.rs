@@ -5,7 +5,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::Result;
 use arny_engine_api::{ChatMessage, Generation};
 
-use crate::runtime::{AdapterArgs, ModelArgs, SamplingArgs, TemplateArgs, load, stream_to_stdout};
+use crate::runtime::{
+    AdapterArgs, ModelArgs, SamplingArgs, TemplateArgs, chat_prompt, load, stream_to_stdout,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -26,9 +28,11 @@ const HELP: &str = "Commands: /reset starts over, /exit (or Ctrl-D) quits.";
 
 pub fn run(args: Args) -> Result<()> {
     let (model, _) = load(&args.model)?;
-    // Refused before the first line is read, not after it.
-    args.template
-        .chat_prompt(model.as_ref(), vec![ChatMessage::user("x")])?;
+    let template = args.template.source()?;
+    // A model without a template is refused before the first line is read.
+    if template.is_none() && model.chat_template().is_none() {
+        return Err(arny_engine_api::no_template_error().into());
+    }
     let options = args.adapter.session_options(&model)?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
@@ -73,7 +77,7 @@ pub fn run(args: Args) -> Result<()> {
             }
             conversation.push(ChatMessage::user(line.clone()));
             let request = |c: &Vec<ChatMessage>| -> Result<_> {
-                let prompt = args.template.chat_prompt(model.as_ref(), c.clone())?;
+                let prompt = chat_prompt(model.as_ref(), template.as_deref(), c.clone())?;
                 Ok(args.sampling.request(prompt))
             };
             let mut generation =

@@ -4,7 +4,8 @@ use anyhow::{Context, Result, bail};
 use arny_engine_api::{ChatMessage, Constraint, Generation, Prompt};
 
 use crate::runtime::{
-    AdapterArgs, ModelArgs, SamplingArgs, TemplateArgs, load, read_prompt, stream_to_stdout,
+    AdapterArgs, ModelArgs, SamplingArgs, TemplateArgs, chat_prompt, load, read_prompt,
+    stream_to_stdout,
 };
 
 #[derive(clap::Args, Debug)]
@@ -20,7 +21,7 @@ pub struct Args {
     json: bool,
     /// Send the prompt as raw text, without the chat template (what a
     /// model without a template gets anyway).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "template")]
     raw: bool,
     #[command(flatten)]
     template: TemplateArgs,
@@ -33,7 +34,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let text = read_prompt(&args.prompt)?;
     let (model, path) = load(&args.model)?;
-    let plain = args.raw || (args.template.template.is_none() && model.chat_template().is_none());
+    let template = args.template.source()?;
+    let plain = args.raw || (template.is_none() && model.chat_template().is_none());
     let prompt = if plain {
         if !args.raw {
             // A base model: a chat format it never saw would make it answer
@@ -53,7 +55,7 @@ pub fn run(args: Args) -> Result<()> {
             messages.push(ChatMessage::system(system.clone()));
         }
         messages.push(ChatMessage::user(text));
-        args.template.chat_prompt(model.as_ref(), messages)?
+        chat_prompt(model.as_ref(), template.as_deref(), messages)?
     };
     let mut request = args.sampling.request(prompt);
     request.constraint = args.constraint.constraint()?;

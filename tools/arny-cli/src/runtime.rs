@@ -49,7 +49,8 @@ pub struct TemplateArgs {
 }
 
 impl TemplateArgs {
-    /// The template's name or Jinja source, the file read if it names one.
+    /// The named template (a built-in's name, or the Jinja file read
+    /// once), `None` for the model's own.
     pub fn source(&self) -> Result<Option<String>> {
         let Some(t) = &self.template else {
             return Ok(None);
@@ -68,28 +69,27 @@ impl TemplateArgs {
             .with_context(|| format!("reading {}", path.display()))
             .map(Some)
     }
+}
 
-    /// `messages` as the prompt: rendered with the named template, else
-    /// left to the model's own (an error if it has none).
-    pub fn chat_prompt(
-        &self,
-        model: &dyn Model,
-        messages: Vec<arny_engine_api::ChatMessage>,
-    ) -> Result<Prompt> {
-        Ok(match self.source()? {
-            Some(t) => Prompt::Text(arny_engine_api::render_conversation(
-                model,
-                Some(&t),
-                &messages,
-            )?),
-            None => {
-                if model.chat_template().is_none() {
-                    return Err(arny_engine_api::no_template_error().into());
-                }
-                Prompt::Chat(messages)
-            }
-        })
-    }
+/// `messages` as the prompt: rendered with `template` (from
+/// [`TemplateArgs::source`]) when one is named, else left to the model's
+/// own; a model with neither is refused here, before any work.
+pub fn chat_prompt(
+    model: &dyn Model,
+    template: Option<&str>,
+    messages: Vec<arny_engine_api::ChatMessage>,
+) -> Result<Prompt> {
+    Ok(match template {
+        Some(t) => Prompt::Text(arny_engine_api::render_conversation(
+            model,
+            Some(t),
+            &messages,
+        )?),
+        None if model.chat_template().is_none() => {
+            return Err(arny_engine_api::no_template_error().into());
+        }
+        None => Prompt::Chat(messages),
+    })
 }
 
 /// `--adapter`, for the commands that run sessions.

@@ -532,3 +532,56 @@ fn the_pte_engine_answers_and_benchmarks() {
     assert_eq!(bad.code, 1);
     assert!(bad.stderr.contains("unsupported"), "{}", bad.stderr);
 }
+
+/// A model without a chat template (the tiny model, written without one):
+/// `generate` completes the text as it is, exactly what `--raw` does, and
+/// says so; a named template wraps it; `chat` refuses before reading input.
+#[test]
+fn a_model_without_a_template_gets_plain_completion() {
+    let path = arny_conformance::TinyModel {
+        chat_template: false,
+        ..arny_conformance::TinyModel::default()
+    }
+    .file()
+    .unwrap();
+    let model = path.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "8",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        args.push("The quick brown fox");
+        arny(&args, None)
+    };
+    let summary = |o: &Out| -> Value {
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        serde_json::from_str(o.stdout.lines().last().unwrap()).unwrap()
+    };
+    let plain = run(&[]);
+    assert!(
+        plain
+            .stderr
+            .contains("has no chat template: plain completion"),
+        "{}",
+        plain.stderr
+    );
+    let (plain, raw) = (summary(&plain), summary(&run(&["--raw"])));
+    assert_eq!(plain["tokens"], raw["tokens"]);
+    assert_eq!(plain["prompt_tokens"], raw["prompt_tokens"]);
+    let chatml = summary(&run(&["--template", "chatml"]));
+    assert!(
+        chatml["prompt_tokens"].as_u64().unwrap() > plain["prompt_tokens"].as_u64().unwrap() + 4,
+        "{chatml}"
+    );
+    assert_ne!(run(&["--raw", "--template", "chatml"]).code, 0);
+    let chat = arny(&["chat", "--model", model], Some("Hi\n"));
+    assert_ne!(chat.code, 0);
+    assert!(chat.stderr.contains("no chat template"), "{}", chat.stderr);
+}
