@@ -4,7 +4,7 @@
 //! template may hang it.
 #![no_main]
 
-use arny_engine_api::{BuiltinTemplate, ChatMessage, ChatTemplate, Role};
+use arny_engine_api::{ChatMessage, ChatTemplate, Role};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
             ChatMessage::new(role, String::from_utf8_lossy(text))
         })
         .collect();
-    if let Ok(t) = ChatTemplate::from_model(Some(&source), BuiltinTemplate::ChatMl, "<s>", "</s>") {
+    if let Ok(Some(t)) = ChatTemplate::from_model(Some(&source), "<s>", "</s>") {
         let _ = t.render(&messages, true);
         let _ = t.render(&messages, false);
     }
