@@ -81,7 +81,7 @@ impl Facts {
                 let n = tiny.parameters();
                 Self {
                     which,
-                    vocab_size: tiny.vocabulary().tokens.len() as u32,
+                    vocab_size: tiny.vocab_size() as u32,
                     trained_context_length: tiny.context_length,
                     parameters: n..=n,
                 }

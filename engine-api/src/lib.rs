@@ -21,6 +21,7 @@ mod constraint;
 mod engine;
 mod error;
 mod generate;
+mod memory;
 pub mod sampler;
 mod text;
 mod threads;
@@ -40,6 +41,7 @@ pub use generate::{
     Completion, FinishReason, GenerateRequest, Generation, GenerationEvent, MAX_TOP_LOGPROBS,
     Prompt, TokenEvent, Usage, generate, next_token_logits, prompt_tokens, teacher_forced_logits,
 };
+pub use memory::release_free_heap;
 pub use sampler::{Sampler, SamplingParams};
 pub use text::{StopMatcher, StopScan, Utf8Stream};
 pub use threads::default_threads;

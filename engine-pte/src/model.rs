@@ -434,10 +434,10 @@ impl PteModel {
             max_context_length: facts.max_seq_len,
             context_length,
             // The mapped program plus the method's planned buffers (the KV
-            // cache and activations). XNNPACK's packed copies of the
-            // weights come on top; `arny bench` reports the process's
-            // peak RSS.
-            resident_bytes: file_bytes + planned_bytes,
+            // cache and activations) and the tokenizer. XNNPACK's packed
+            // copies of the delegated weights take the place of their
+            // pages in the program, which the loader frees once packed.
+            resident_bytes: file_bytes + planned_bytes + facts.tokenizer.heap_bytes(),
             file_bytes,
             engine: ENGINE_ID.into(),
             device: cpu_device(Some("XNNPACK"), threads),
@@ -455,6 +455,9 @@ impl PteModel {
             planned_bytes,
             "pte program loaded"
         );
+        // What the load freed (the tokenizer's build, XNNPACK's packing
+        // scratch) goes back to the system, so RSS is what the model holds.
+        arny_engine_api::release_free_heap();
         pool.live_programs += 1;
         drop(pool);
         progress(1.0);

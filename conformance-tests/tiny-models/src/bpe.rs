@@ -145,14 +145,14 @@ impl Vocabulary {
     }
 
     /// The `tokenizer.ggml.*` keys of a GPT-2-style vocabulary, as SmolLM2's
-    /// GGUF file has them.
-    pub fn write_to(&self, w: &mut GgufWriter) {
+    /// GGUF file has them, with llama.cpp's pre-tokenizer `pre`.
+    pub fn write_to(&self, w: &mut GgufWriter, pre: &str) {
         let s = |v: &str| Value::String(v.to_string());
         let types = (0..self.tokens.len())
             .map(|i| Value::I32(if i < SPECIAL.len() { CONTROL } else { NORMAL }))
             .collect();
         w.set("tokenizer.ggml.model", s("gpt2"))
-            .set("tokenizer.ggml.pre", s("smollm"))
+            .set("tokenizer.ggml.pre", s(pre))
             .set(
                 "tokenizer.ggml.tokens",
                 Value::Array(self.tokens.iter().map(|t| s(t)).collect()),

@@ -21,6 +21,7 @@
 //! context (a broken KV cache changes it).
 
 mod bpe;
+mod spm;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use arny_gguf::{GgufWriter, Value};
 use sha2::{Digest, Sha256};
 
 pub use bpe::Vocabulary;
+pub use spm::SpmVocabulary;
 
 /// SmolLM2's chat template (ChatML with a default system prompt), so the
 /// conformance suite's template fixture applies to the tiny model too.
@@ -99,6 +101,34 @@ impl TinyArch {
     }
 }
 
+/// The vocabulary a tiny model carries, in the form its family's
+/// converter writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TinyTokenizer {
+    /// Byte-level BPE (`gpt2`) with llama.cpp's pre-tokenizer of this name:
+    /// `smollm` (SmolLM2), `llama-bpe` (Llama 3), `qwen2` (Qwen2 and 3).
+    Bpe { pre: &'static str },
+    /// SentencePiece (`llama`): Phi-3 with the space prefix, Gemma without.
+    Spm { add_space_prefix: bool },
+}
+
+impl TinyTokenizer {
+    /// What real models of `arch` carry.
+    pub fn of(arch: TinyArch) -> Self {
+        match arch {
+            TinyArch::Llama => Self::Bpe { pre: "smollm" },
+            TinyArch::Llama3 => Self::Bpe { pre: "llama-bpe" },
+            TinyArch::Qwen2 | TinyArch::Qwen3 => Self::Bpe { pre: "qwen2" },
+            TinyArch::Gemma3 => Self::Spm {
+                add_space_prefix: false,
+            },
+            TinyArch::Phi3 => Self::Spm {
+                add_space_prefix: true,
+            },
+        }
+    }
+}
+
 /// The shape of a tiny model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TinyModel {
@@ -111,7 +141,9 @@ pub struct TinyModel {
     pub n_head: usize,
     pub n_head_kv: usize,
     pub n_ff: usize,
-    /// Merges learned on top of the 256 byte tokens and 3 special tokens.
+    pub tokenizer: TinyTokenizer,
+    /// Merges learned on top of the 256 byte tokens and 3 special tokens
+    /// (a SentencePiece vocabulary gets the same size).
     pub merges: usize,
     pub context_length: u32,
     pub rope_theta: f32,
@@ -131,6 +163,7 @@ impl Default for TinyModel {
             n_head: 4,
             n_head_kv: 2,
             n_ff: 192,
+            tokenizer: TinyTokenizer::Bpe { pre: "smollm" },
             merges: 253,
             context_length: 512,
             rope_theta: 10_000.0,
@@ -147,6 +180,7 @@ impl TinyModel {
         Self {
             arch,
             n_layer: if arch == TinyArch::Gemma3 { 3 } else { 2 },
+            tokenizer: TinyTokenizer::of(arch),
             ..Self::default()
         }
     }
@@ -163,16 +197,29 @@ impl TinyModel {
     /// Positions a Gemma 3 sliding layer sees.
     pub const SLIDING_WINDOW: usize = 8;
 
-    /// The vocabulary this model gets.
+    /// The BPE vocabulary this model gets (with a BPE tokenizer).
     pub fn vocabulary(&self) -> Vocabulary {
         Vocabulary::train(CORPUS, self.merges)
+    }
+
+    fn spm_vocabulary(&self) -> SpmVocabulary {
+        SpmVocabulary::train(CORPUS, bpe::SPECIAL.len() + 256 + self.merges)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self.tokenizer {
+            TinyTokenizer::Bpe { .. } => self.vocabulary().tokens.len(),
+            TinyTokenizer::Spm { .. } => self.spm_vocabulary().tokens.len(),
+        }
     }
 
     /// Every weight, as the parameter counts of llama.cpp and the engines
     /// see them.
     pub fn parameters(&self) -> u64 {
-        let vocab = self.vocabulary().tokens.len();
-        self.tensors(vocab).iter().map(|t| t.elements()).sum()
+        self.tensors(self.vocab_size())
+            .iter()
+            .map(|t| t.elements())
+            .sum()
     }
 
     fn tensors(&self, vocab: usize) -> Vec<TensorSpec> {
@@ -309,7 +356,7 @@ impl TinyModel {
         );
         let a = self.arch.gguf_name();
         let k = |key: &str| format!("{a}.{key}");
-        let vocab = self.vocabulary();
+        let vocab = self.vocab_size();
         let mut w = GgufWriter::new();
         let s = |v: &str| Value::String(v.to_string());
         let u = |v: usize| Value::U32(v as u32);
@@ -334,7 +381,7 @@ impl TinyModel {
             .set(k("attention.head_count_kv"), u(self.n_head_kv))
             .set(k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
             .set(k("rope.dimension_count"), u(self.head_dim()))
-            .set(k("vocab_size"), u(vocab.tokens.len()));
+            .set(k("vocab_size"), u(vocab));
         match self.arch {
             TinyArch::Llama3 => w.set(k("rope.freq_base"), Value::F32(500_000.0)),
             TinyArch::Gemma3 => w
@@ -350,12 +397,17 @@ impl TinyModel {
             w.set(k("attention.key_length"), u(self.head_dim()))
                 .set(k("attention.value_length"), u(self.head_dim()));
         }
-        vocab.write_to(&mut w);
+        match self.tokenizer {
+            TinyTokenizer::Bpe { pre } => self.vocabulary().write_to(&mut w, pre),
+            TinyTokenizer::Spm { add_space_prefix } => {
+                self.spm_vocabulary().write_to(&mut w, add_space_prefix)
+            }
+        }
         if self.chat_template {
             w.set("tokenizer.chat_template", s(CHAT_TEMPLATE));
         }
         let mut rng = Rng::new(self.seed);
-        for t in self.tensors(vocab.tokens.len()) {
+        for t in self.tensors(vocab) {
             let values = t.init.values(t.elements() as usize, &mut rng);
             let dims: Vec<u64> = t.dims.iter().map(|&d| d as u64).collect();
             // Norm weights and biases stay F32, as converters write them.

@@ -102,6 +102,15 @@ impl Value {
         }
     }
 
+    /// The value of a boolean key (GGUF's own type, as llama.cpp reads
+    /// `add_bos_token` and the like).
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Self::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// The value as a signed integer, if it is an integer.
     pub fn as_i64(&self) -> Option<i64> {
         match *self {

@@ -1,18 +1,28 @@
 //! # arny-tokenizer
 //!
-//! The tokenizer for engines that do not have llama.cpp's: byte-level BPE
-//! built as a [`tokenizers`] tokenizer, either from a GGUF file's
-//! vocabulary and merges (`tokenizer.ggml.model = "gpt2"`, with the
-//! pre-tokenizer llama.cpp picks for `tokenizer.ggml.pre`) or from the
-//! `tokenizer.json` an exporter wrote beside an ExecuTorch program.
+//! The tokenizer for engines that do not have llama.cpp's, with
+//! llama.cpp's token ids for the same text. Two kinds, as GGUF files name
+//! them in `tokenizer.ggml.model`:
 //!
-//! Token ids equal llama.cpp's for the same text (checked on SmolLM2 by
-//! this crate's tests). Two tokenizers are kept: one that turns special
-//! texts like `<|im_start|>` into their tokens (chat templates) and one that
-//! treats them as plain text (user input), as llama.cpp's `parse_special`
-//! does.
+//! - `gpt2`: byte-level BPE built as a [`tokenizers`] tokenizer, either
+//!   from a GGUF file's vocabulary and merges (with the pre-tokenizer
+//!   llama.cpp picks for `tokenizer.ggml.pre`: SmolLM2, Llama 3, Qwen2/3)
+//!   or from the `tokenizer.json` an exporter wrote beside an ExecuTorch
+//!   program ([`BpeTokenizer`]). Two tokenizers are kept: one that turns
+//!   special texts like `<|im_start|>` into their tokens (chat templates)
+//!   and one that treats them as plain text (user input), as llama.cpp's
+//!   `parse_special` does.
+//! - `llama`: SentencePiece pieces with scores and byte fallback (Llama 2,
+//!   Gemma, Phi-3), joined by llama.cpp's own algorithm ([`SpmTokenizer`]).
+//!
+//! [`Tokenizer`] is either, picked from the file.
+
+mod spm;
+
+pub use spm::SpmTokenizer;
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use arny_gguf::{GgufFile, Value};
 use tokenizers::models::bpe::BPE;
@@ -20,7 +30,9 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+type HfTokenizer = tokenizers::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -60,14 +72,17 @@ const CONTROL: i64 = 3;
 const USER_DEFINED: i64 = 4;
 
 pub struct BpeTokenizer {
-    with_special: Tokenizer,
-    plain: Tokenizer,
+    /// One tokenizer for both ways of reading special texts, switched per
+    /// call under the lock: a second copy of a 49k-token vocabulary would
+    /// hold another 16 MiB.
+    inner: Mutex<HfTokenizer>,
+    merges: usize,
     /// Raw bytes of every token, for streaming decode.
     bytes: Vec<Vec<u8>>,
     special: Vec<bool>,
 }
 
-fn strings(file: &GgufFile, key: &'static str) -> Result<Vec<String>> {
+pub(crate) fn strings(file: &GgufFile, key: &'static str) -> Result<Vec<String>> {
     let arr = file
         .get(key)
         .and_then(Value::as_array)
@@ -145,6 +160,13 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
             )?,
             byte_level(false),
         ])),
+        // Llama 3's pattern with digits one at a time (Qwen2, Qwen2.5, Qwen3).
+        "qwen2" | "deepseek-r1-qwen" => PreTokenizerWrapper::Sequence(Sequence::new(vec![
+            split(
+                r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            )?,
+            byte_level(false),
+        ])),
         other => {
             return Err(TokenizerError::Unsupported(format!(
                 "pre-tokenizer `{other}`"
@@ -197,30 +219,28 @@ impl BpeTokenizer {
             })
             .collect::<Result<_>>()?;
 
-        let build = |special: bool| -> Result<Tokenizer> {
-            let bpe = BPE::builder()
-                .vocab_and_merges(
-                    vocab
-                        .iter()
-                        .map(|(k, v)| (k.clone(), *v))
-                        .collect::<tokenizers::models::bpe::Vocab>(),
-                    merges.clone(),
-                )
-                .build()
-                .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
-            let mut tk = Tokenizer::new(bpe);
-            tk.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
-            if special {
-                let added: Vec<AddedToken> = tokens
-                    .iter()
-                    .zip(&types)
-                    .filter(|(_, ty)| matches!(**ty, CONTROL | USER_DEFINED))
-                    .map(|(t, _)| AddedToken::from(t.clone(), true))
-                    .collect();
-                tk.add_special_tokens(&added);
-            }
-            Ok(tk)
-        };
+        let n_merges = merges.len();
+        let bpe = BPE::builder()
+            .vocab_and_merges(
+                vocab
+                    .into_iter()
+                    .collect::<tokenizers::models::bpe::Vocab>(),
+                merges,
+            )
+            // llama.cpp takes a pre-token that is itself a token whole for
+            // Llama 3's vocabulary, before any merge.
+            .ignore_merges(matches!(pre, "llama3" | "llama-v3" | "llama-bpe"))
+            .build()
+            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+        let mut tk = HfTokenizer::new(bpe);
+        tk.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, ty)| matches!(**ty, CONTROL | USER_DEFINED))
+            .map(|(t, _)| AddedToken::from(t.clone(), true))
+            .collect();
+        tk.add_special_tokens(&added);
 
         let inverse = byte_inverse();
         let special: Vec<bool> = types
@@ -239,8 +259,8 @@ impl BpeTokenizer {
             })
             .collect();
         Ok(Self {
-            with_special: build(true)?,
-            plain: build(false)?,
+            inner: Mutex::new(tk),
+            merges: n_merges,
             bytes,
             special,
         })
@@ -252,7 +272,7 @@ impl BpeTokenizer {
     /// are parsed when `parse_special` asks for it.
     pub fn from_tokenizer_json(json: &[u8]) -> Result<Self> {
         let with_special =
-            Tokenizer::from_bytes(json).map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+            HfTokenizer::from_bytes(json).map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
         // transformers writes byte-level decoders inside a `Sequence`; the
         // serialized form is the one stable place to look for it.
         let byte_level = with_special
@@ -265,8 +285,6 @@ impl BpeTokenizer {
                     .into(),
             ));
         }
-        let mut plain = with_special.clone();
-        plain.set_encode_special_tokens(true);
         let n = with_special.get_vocab_size(true);
         let added = with_special.get_added_tokens_decoder();
         let inverse = byte_inverse();
@@ -284,9 +302,14 @@ impl BpeTokenizer {
             });
             special.push(sp);
         }
+        // The merges' count, for `heap_bytes`; the tokenizer does not say.
+        let merges = serde_json::from_slice::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| v["model"]["merges"].as_array().map(Vec::len))
+            .unwrap_or(0);
         Ok(Self {
-            with_special,
-            plain,
+            inner: Mutex::new(with_special),
+            merges,
             bytes,
             special,
         })
@@ -298,11 +321,10 @@ impl BpeTokenizer {
         if text.is_empty() {
             return Ok(Vec::new());
         }
-        let tk = if parse_special {
-            &self.with_special
-        } else {
-            &self.plain
-        };
+        let mut tk = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Special texts read as plain text when not parsed: llama.cpp's
+        // `parse_special = false`.
+        tk.set_encode_special_tokens(!parse_special);
         tk.encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| TokenizerError::Encode(e.to_string()))
@@ -313,11 +335,114 @@ impl BpeTokenizer {
         self.bytes.get(id as usize).map(Vec::as_slice)
     }
 
+    /// See [`Tokenizer::heap_bytes`]. Per token: its text in the model's
+    /// two maps (text → id, id → text) and its bytes here, each with a
+    /// `String`'s header and the map's slot; per merge, a map slot; and the
+    /// BPE word cache, full (10,000 words).
+    pub fn heap_bytes(&self) -> u64 {
+        let text: usize = self.bytes.iter().map(Vec::len).sum();
+        (3 * text + 130 * self.bytes.len() + 40 * self.merges + (1 << 20)) as u64
+    }
+
     pub fn is_special(&self, id: u32) -> bool {
         self.special.get(id as usize).copied().unwrap_or(false)
     }
 
     pub fn vocab_size(&self) -> usize {
         self.bytes.len()
+    }
+}
+
+/// The tokenizer a GGUF file names in `tokenizer.ggml.model`.
+pub enum Tokenizer {
+    Bpe(BpeTokenizer),
+    Spm(SpmTokenizer),
+}
+
+/// What a vocabulary's kind implies when the file does not say: llama.cpp's
+/// defaults for BOS and EOS ids and for adding BOS to a prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialDefaults {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub add_bos: bool,
+}
+
+impl Tokenizer {
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let model = file
+            .get_str("tokenizer.ggml.model")
+            .ok_or(TokenizerError::Missing("tokenizer.ggml.model"))?;
+        match model {
+            "gpt2" => BpeTokenizer::from_gguf(file).map(Self::Bpe),
+            "llama" => SpmTokenizer::from_gguf(file).map(Self::Spm),
+            other => Err(TokenizerError::Unsupported(format!(
+                "tokenizer model `{other}` (built here: `gpt2` byte-level BPE and `llama` SentencePiece)"
+            ))),
+        }
+    }
+
+    /// llama.cpp's defaults for this kind of vocabulary and pre-tokenizer,
+    /// which the file's own `tokenizer.ggml.*` keys override.
+    pub fn defaults(&self, file: &GgufFile) -> SpecialDefaults {
+        match self {
+            Self::Spm(_) => SpecialDefaults {
+                bos: Some(1),
+                eos: Some(2),
+                add_bos: true,
+            },
+            Self::Bpe(_) => SpecialDefaults {
+                bos: None,
+                eos: None,
+                add_bos: matches!(
+                    file.get_str("tokenizer.ggml.pre"),
+                    Some("llama3" | "llama-v3" | "llama-bpe")
+                ),
+            },
+        }
+    }
+
+    pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        match self {
+            Self::Bpe(t) => t.encode(text, parse_special),
+            Self::Spm(t) => t.encode(text, parse_special),
+        }
+    }
+
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        match self {
+            Self::Bpe(t) => t.token_bytes(id),
+            Self::Spm(t) => t.token_bytes(id),
+        }
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        match self {
+            Self::Bpe(t) => t.is_special(id),
+            Self::Spm(t) => t.is_special(id),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Bpe(t) => t.vocab_size(),
+            Self::Spm(t) => t.vocab_size(),
+        }
+    }
+
+    /// Heap bytes the tokenizer holds, for a model's resident bytes (an
+    /// estimate from its tables, checked against a counting allocator by
+    /// this crate's tests).
+    pub fn heap_bytes(&self) -> u64 {
+        match self {
+            Self::Bpe(t) => t.heap_bytes(),
+            Self::Spm(t) => t.heap_bytes(),
+        }
+    }
+}
+
+impl From<BpeTokenizer> for Tokenizer {
+    fn from(t: BpeTokenizer) -> Self {
+        Self::Bpe(t)
     }
 }

@@ -69,6 +69,12 @@ impl Pair {
 }
 
 #[derive(Debug, Serialize)]
+struct ReportedBytes {
+    model: u64,
+    session: u64,
+}
+
+#[derive(Debug, Serialize)]
 struct Report {
     engine: String,
     model: String,
@@ -87,6 +93,9 @@ struct Report {
     /// Peak RSS over the load and the pp/tg reps (with the raw baseline,
     /// its own copy of the model too: `--no-raw` for the SDK alone).
     peak_rss_bytes: Option<u64>,
+    /// What the engine says the model and one bench session hold (what the
+    /// SDK's memory budget counts), to hold beside the peak RSS.
+    reported_bytes: ReportedBytes,
     cpu_cores: usize,
     /// 1-minute load average when the bench started (Linux).
     load_average: Option<f64>,
@@ -170,6 +179,8 @@ struct Samples {
     /// The session's prefill chunk, in tokens.
     batch: usize,
     peak_rss: Option<u64>,
+    /// The most a bench session said it held.
+    session_bytes: u64,
 }
 
 /// How fast a cancel takes effect, beside what one prefill chunk and one
@@ -251,11 +262,14 @@ impl Bench {
     /// always runs on a warmer cache.
     fn measure(&self, reps: usize) -> Result<Samples> {
         let warm = &self.tokens[..self.tokens.len().min(32)];
-        sdk_run(self.model.as_ref(), warm, 4, self.ctx, self.adapter.clone())?;
+        let (_, _, held) = sdk_run(self.model.as_ref(), warm, 4, self.ctx, self.adapter.clone())?;
+        let mut s = Samples {
+            session_bytes: held,
+            ..Samples::default()
+        };
         if let Some(r) = &self.raw {
             r.run(warm, 4)?;
         }
-        let mut s = Samples::default();
         for rep in 0..reps {
             if rep % 2 == 0 {
                 self.sdk_rep(&mut s)?;
@@ -328,7 +342,7 @@ impl Bench {
     }
 
     fn sdk_rep(&self, s: &mut Samples) -> Result<()> {
-        let (pp, tg) = sdk_run(
+        let (pp, tg, held) = sdk_run(
             self.model.as_ref(),
             &self.tokens,
             self.n_gen,
@@ -337,12 +351,13 @@ impl Bench {
         )?;
         s.pp.push(pp);
         s.tg.push(tg);
+        s.session_bytes = s.session_bytes.max(held);
         Ok(())
     }
 
     fn raw_rep(&self, s: &mut Samples) -> Result<()> {
         if self.adapter.is_some() {
-            let (pp, tg) = sdk_run(
+            let (pp, tg, _) = sdk_run(
                 self.model.as_ref(),
                 &self.tokens,
                 self.n_gen,
@@ -385,6 +400,10 @@ impl Bench {
             cancel,
             load_ms: Pair::new(s.load, self.raw.as_ref().map(|_| s.raw_load)),
             peak_rss_bytes: s.peak_rss,
+            reported_bytes: ReportedBytes {
+                model: info.resident_bytes,
+                session: s.session_bytes,
+            },
             cpu_cores: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
@@ -454,7 +473,7 @@ fn sdk_run(
     n_gen: usize,
     ctx: u32,
     adapter: Option<Arc<dyn Adapter>>,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, u64)> {
     futures::executor::block_on(async {
         let mut session = model
             .new_session(SessionOptions {
@@ -469,7 +488,11 @@ fn sdk_run(
             ..GenerateRequest::new(Prompt::Tokens(tokens.to_vec()))
         };
         let done = generate(model, session.as_mut(), request, |_| {}).await?;
-        Ok((done.usage.prefill_tok_s, done.usage.decode_tok_s))
+        Ok((
+            done.usage.prefill_tok_s,
+            done.usage.decode_tok_s,
+            session.resident_bytes(),
+        ))
     })
 }
 
@@ -529,8 +552,15 @@ fn print_table(r: &Report) {
         c.decode_ms.max,
         c.token_ms
     );
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     if let Some(b) = r.peak_rss_bytes {
-        println!("peak RSS {:.1} MiB", b as f64 / (1024.0 * 1024.0));
+        println!(
+            "peak RSS {:.1} MiB; the engine reports {:.1} MiB held (model {:.1}, session {:.1})",
+            mib(b),
+            mib(r.reported_bytes.model + r.reported_bytes.session),
+            mib(r.reported_bytes.model),
+            mib(r.reported_bytes.session)
+        );
     }
 }
 

@@ -261,6 +261,78 @@ fn bench_reports_throughput_and_overhead() {
     assert!(table.stdout.contains("pp16") && table.stdout.contains("ratio arny/raw"));
 }
 
+/// What each engine says a model and a session hold is what the process
+/// holds: the SDK budgets on those reports, so an engine that counted less
+/// than it holds would let an app past its memory budget. The peak RSS of
+/// a bench on the real model (one model, one session, a 256-token prompt
+/// and 32 tokens, 1 thread, no llama.cpp baseline beside it) stays within
+/// the reports plus the fixed runtime overhead the budget leaves room for
+/// (64 MiB: the binary's pages, the allocator, thread stacks). Reports are
+/// held the other way too: more than twice the truth would waste an app's
+/// memory.
+#[test]
+fn each_engine_reports_the_memory_it_holds() {
+    const RUNTIME: u64 = 64 << 20;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    // The pte engine on both exports of the default model CI makes: fp32
+    // and 8da4w.
+    let a8w4 = arny_pte_export::require_default_export(arny_pte_export::PteQuant::A8W4)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .display()
+        .to_string();
+    let runs: [(&str, &[&str]); 4] = [
+        ("gguf", &[]),
+        ("burn", &[]),
+        ("pte", &[]),
+        ("pte", &["--model", &a8w4]),
+    ];
+    for (engine, extra) in runs {
+        let mut args = vec![
+            "bench",
+            "--engine",
+            engine,
+            "--no-raw",
+            "--json",
+            "--threads",
+            "1",
+            "-p",
+            "256",
+            "-n",
+            "32",
+            "-r",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let out = arny(&args, None);
+        assert_eq!(out.code, 0, "{engine}: {}", out.stderr);
+        let v = last_json(&out);
+        let peak = v["peak_rss_bytes"].as_u64().unwrap();
+        let model = v["reported_bytes"]["model"].as_u64().unwrap();
+        let session = v["reported_bytes"]["session"].as_u64().unwrap();
+        let reported = model + session;
+        let engine = format!("{engine} {}", v["quantization"].as_str().unwrap_or("?"));
+        eprintln!(
+            "{engine}: peak RSS {:.1} MiB, reported {:.1} MiB (model {:.1}, session {:.1})",
+            mib(peak),
+            mib(reported),
+            mib(model),
+            mib(session)
+        );
+        assert!(
+            peak <= reported + RUNTIME,
+            "{engine}: peak RSS {:.1} MiB over the reported {:.1} MiB + 64 MiB",
+            mib(peak),
+            mib(reported)
+        );
+        assert!(
+            reported <= 2 * peak,
+            "{engine}: reports {:.1} MiB for a peak RSS of {:.1} MiB",
+            mib(reported),
+            mib(peak)
+        );
+    }
+}
+
 #[test]
 fn ask_routes_and_streams_the_answer() {
     let out = arny(
