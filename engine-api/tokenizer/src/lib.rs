@@ -355,7 +355,7 @@ impl BpeTokenizer {
 
 /// The tokenizer a GGUF file names in `tokenizer.ggml.model`.
 pub enum Tokenizer {
-    Bpe(BpeTokenizer),
+    Bpe(Box<BpeTokenizer>),
     Spm(SpmTokenizer),
 }
 
@@ -374,7 +374,7 @@ impl Tokenizer {
             .get_str("tokenizer.ggml.model")
             .ok_or(TokenizerError::Missing("tokenizer.ggml.model"))?;
         match model {
-            "gpt2" => BpeTokenizer::from_gguf(file).map(Self::Bpe),
+            "gpt2" => BpeTokenizer::from_gguf(file).map(Self::from),
             "llama" => SpmTokenizer::from_gguf(file).map(Self::Spm),
             other => Err(TokenizerError::Unsupported(format!(
                 "tokenizer model `{other}` (built here: `gpt2` byte-level BPE and `llama` SentencePiece)"
@@ -443,6 +443,6 @@ impl Tokenizer {
 
 impl From<BpeTokenizer> for Tokenizer {
     fn from(t: BpeTokenizer) -> Self {
-        Self::Bpe(t)
+        Self::Bpe(Box::new(t))
     }
 }

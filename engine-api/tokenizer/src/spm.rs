@@ -62,7 +62,7 @@ pub struct SpmTokenizer {
     /// The special tokens, longest text first: the order the text is cut.
     specials: Vec<u32>,
     /// The token of each byte, for text no piece covers.
-    byte_tokens: [Option<u32>; 256],
+    byte_tokens: Box<[Option<u32>; 256]>,
     /// What a token stands for, as llama.cpp's `token_to_piece` with
     /// `special = true` spells it.
     bytes: Vec<Vec<u8>>,
@@ -121,7 +121,7 @@ impl SpmTokenizer {
                 Kind::Unused | Kind::Undefined => Vec::new(),
             });
         }
-        let mut byte_tokens = [None; 256];
+        let mut byte_tokens = Box::new([None; 256]);
         for (b, slot) in byte_tokens.iter_mut().enumerate() {
             // llama.cpp falls back to the byte as a one-byte string, which
             // a UTF-8 vocabulary holds for ASCII only (and byte 0 looks up
