@@ -44,8 +44,12 @@ fn packed_weights_hold_the_files_size() {
     let m = block_on(BurnEngine::new().load(ModelSource::Path(path), opts)).unwrap();
     let info = m.info();
     assert!(info.device.contains("packed Q4_1/Q8_0"), "{}", info.device);
+    // The weights are the file's own bytes; on top of them the model holds
+    // its tokenizer (10 MB) and one pass's working set (13 MB), where a
+    // dequantized copy would be several times the file.
     assert!(
-        info.resident_bytes >= info.file_bytes && info.resident_bytes < info.file_bytes * 21 / 20,
+        info.resident_bytes >= info.file_bytes
+            && info.resident_bytes < info.file_bytes + (32 << 20),
         "{} resident for a {}-byte file",
         info.resident_bytes,
         info.file_bytes
