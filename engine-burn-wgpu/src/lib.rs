@@ -169,6 +169,11 @@ impl Placement {
 #[cfg(not(target_family = "wasm"))]
 async fn hardware_adapter() -> bool {
     use burn::tensor::wgpu::wgpu;
+    // Asked once per process: adapters do not come and go between loads.
+    static HARDWARE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if let Some(&h) = HARDWARE.get() {
+        return h;
+    }
     // Even enumerating adapters loads every Vulkan driver, lavapipe's LLVM
     // among them (16 MiB of RSS that stays). On Linux a GPU that Vulkan or
     // GL can drive has a DRM render node or NVIDIA's device file, so where
@@ -180,7 +185,7 @@ async fn hardware_adapter() -> bool {
                 .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
         });
         if !render_node && !std::path::Path::new("/dev/nvidia0").exists() {
-            return false;
+            return *HARDWARE.get_or_init(|| false);
         }
     }
     let instance =
@@ -190,7 +195,7 @@ async fn hardware_adapter() -> bool {
         .iter()
         .any(|a| a.get_info().device_type != wgpu::DeviceType::Cpu);
     tracing::debug!(adapters = adapters.len(), hardware, "wgpu adapters");
-    hardware
+    *HARDWARE.get_or_init(|| hardware)
 }
 
 #[cfg(target_family = "wasm")]

@@ -94,6 +94,34 @@ fn words(text: &str) -> Vec<&str> {
     out
 }
 
+/// Joins the commonest pair of neighbouring symbols (counted over the
+/// words, each `n` times) wherever it occurs, and returns it; `None` when
+/// no word has two symbols left. Ties go to the pair that sorts first.
+pub(crate) fn merge_commonest(words: &mut [(Vec<String>, usize)]) -> Option<(String, String)> {
+    let mut pairs: HashMap<(&str, &str), usize> = HashMap::new();
+    for (w, n) in words.iter() {
+        for p in w.windows(2) {
+            *pairs.entry((&p[0], &p[1])).or_default() += n;
+        }
+    }
+    let (a, b) = pairs
+        .into_iter()
+        .max_by(|(a, x), (b, y)| x.cmp(y).then_with(|| b.cmp(a)))
+        .map(|((a, b), _)| (a.to_string(), b.to_string()))?;
+    let joined = format!("{a}{b}");
+    for (w, _) in words.iter_mut() {
+        let mut i = 0;
+        while i + 1 < w.len() {
+            if w[i] == a && w[i + 1] == b {
+                w[i] = joined.clone();
+                w.remove(i + 1);
+            }
+            i += 1;
+        }
+    }
+    Some((a, b))
+}
+
 impl Vocabulary {
     /// Learns `merges` merges from `text` (fewer if the text runs out of
     /// pairs). Deterministic: ties go to the pair that sorts first.
@@ -111,28 +139,10 @@ impl Vocabulary {
         let mut known: std::collections::HashSet<String> = tokens.iter().cloned().collect();
         let mut learnt = Vec::new();
         for _ in 0..merges {
-            let mut pairs: HashMap<(&str, &str), usize> = HashMap::new();
-            for (w, n) in &words {
-                for p in w.windows(2) {
-                    *pairs.entry((&p[0], &p[1])).or_default() += n;
-                }
-            }
-            let best = pairs
-                .into_iter()
-                .max_by(|(a, x), (b, y)| x.cmp(y).then_with(|| b.cmp(a)))
-                .map(|((a, b), _)| (a.to_string(), b.to_string()));
-            let Some((a, b)) = best else { break };
+            let Some((a, b)) = merge_commonest(&mut words) else {
+                break;
+            };
             let joined = format!("{a}{b}");
-            for (w, _) in &mut words {
-                let mut i = 0;
-                while i + 1 < w.len() {
-                    if w[i] == a && w[i + 1] == b {
-                        w[i] = joined.clone();
-                        w.remove(i + 1);
-                    }
-                    i += 1;
-                }
-            }
             if known.insert(joined.clone()) {
                 tokens.push(joined);
             }

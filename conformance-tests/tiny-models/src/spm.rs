@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use crate::bpe::merge_commonest;
+
 use arny_gguf::{GgufWriter, Value};
 
 /// ggml's token types.
@@ -73,28 +75,10 @@ impl SpmVocabulary {
         words.sort();
         let mut rank = 0;
         while tokens.len() < size {
-            let mut pairs: HashMap<(&str, &str), usize> = HashMap::new();
-            for (w, n) in &words {
-                for p in w.windows(2) {
-                    *pairs.entry((&p[0], &p[1])).or_default() += n;
-                }
-            }
-            let best = pairs
-                .into_iter()
-                .max_by(|(a, x), (b, y)| x.cmp(y).then_with(|| b.cmp(a)))
-                .map(|((a, b), _)| (a.to_string(), b.to_string()));
-            let Some((a, b)) = best else { break };
+            let Some((a, b)) = merge_commonest(&mut words) else {
+                break;
+            };
             let joined = format!("{a}{b}");
-            for (w, _) in &mut words {
-                let mut i = 0;
-                while i + 1 < w.len() {
-                    if w[i] == a && w[i + 1] == b {
-                        w[i] = joined.clone();
-                        w.remove(i + 1);
-                    }
-                    i += 1;
-                }
-            }
             if known.insert(joined.clone()) {
                 tokens.push(joined);
                 types.push(NORMAL);
