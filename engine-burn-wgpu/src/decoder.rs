@@ -24,6 +24,7 @@ use arny_gguf::GgufFile;
 use arny_gguf::TensorInfo;
 use arny_gguf::lora::LoraFile;
 use arny_qmatmul::{QMatrix, QType};
+use arny_qmatmul_gpu::GpuQMatrix;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
@@ -307,6 +308,9 @@ enum Linear {
     Half(Tensor<2>),
     /// `[out, in]` GGUF blocks on the host, multiplied by `arny-qmatmul`.
     Packed(QMatrix),
+    /// `[out, in]` GGUF blocks on the GPU, multiplied by
+    /// `arny-qmatmul-gpu`'s shaders.
+    Gpu(Box<GpuQMatrix>),
 }
 
 impl Linear {
@@ -329,6 +333,7 @@ impl Linear {
                 arny_qmatmul::matmul(x, m, w, &mut out);
                 Tensor::from_data(TensorData::new(out, [m, w.rows()]), &device)
             }
+            Self::Gpu(w) => w.matmul(x),
         }
     }
 }
@@ -343,10 +348,12 @@ pub enum WeightPrecision {
     /// Burn's block quantization: 8-bit symmetric values with one f16 scale
     /// per 32 inputs, GGUF Q8_0's layout. Matmuls take f32 inputs.
     Q8,
-    /// The file's own blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K), read in place
-    /// by `arny-qmatmul`'s kernels, activations quantized to 8 bits as
-    /// llama.cpp does. Other block types and f16/bf16 become Q8_0 at load;
-    /// f32 tensors stay f32. CPU backend only; its default.
+    /// The file's own blocks (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K). On the CPU
+    /// they are read in place by `arny-qmatmul`'s kernels, activations
+    /// quantized to 8 bits as llama.cpp does; on wgpu they are copied to
+    /// the GPU as word-aligned arrays and read by `arny-qmatmul-gpu`'s
+    /// shaders with f32 activations. Other block types and f16/bf16 become
+    /// Q8_0 at load; f32 tensors stay f32. The default on both backends.
     Packed,
 }
 
@@ -633,6 +640,21 @@ impl Decoder {
         // GGUF dims are innermost first: [in, out] there is `out` rows of
         // `in`. `parts` are the row ranges (start, n) of a fused tensor,
         // one projection each.
+        // A packed matrix as the backend multiplies it: in place on the
+        // host, or copied to the GPU.
+        let to_linear = |q: QMatrix| -> Result<Linear, EngineError> {
+            let mut types = types.borrow_mut();
+            if !types.contains(&q.ty().name()) {
+                types.push(q.ty().name());
+            }
+            if on_cpu {
+                return Ok(Linear::Packed(q));
+            }
+            let g = GpuQMatrix::upload(&q, device)
+                .map_err(|e| EngineError::Unsupported(e.to_string()))?;
+            dense_bytes.set(dense_bytes.get() + g.bytes());
+            Ok(Linear::Gpu(Box::new(g)))
+        };
         let mats = |name: &str,
                     n_in: usize,
                     parts: &[(usize, usize)],
@@ -643,16 +665,12 @@ impl Decoder {
             if precision == WeightPrecision::Packed
                 && let Some(q) = packed(f, bytes, source, t, (n_out, n_in), true)?
             {
-                let mut types = types.borrow_mut();
-                if !types.contains(&q.ty().name()) {
-                    types.push(q.ty().name());
-                }
                 return parts
                     .iter()
                     .map(|&(r, n)| {
                         q.row_range(r, n)
-                            .map(Linear::Packed)
                             .map_err(|e| corrupt(source, format!("tensor {name}: {e}")))
+                            .and_then(to_linear)
                     })
                     .collect();
             }
@@ -804,12 +822,16 @@ impl Decoder {
         }
         let out_norm = vec1("output_norm.weight", e)?;
         let packed_model = precision == WeightPrecision::Packed;
-        // A quantized token table stays in blocks on every precision; with
-        // dense weights it is copied out, so the file buffer can go.
+        // Packed projections on the CPU point into the file's buffer; on
+        // the GPU they are copies and the buffer can go.
+        let shares_file = packed_model && on_cpu;
+        // A quantized token table stays in blocks on the host on every
+        // precision; unless the projections keep the file's buffer, it is
+        // copied out, so the buffer can go.
         let embd = tensor(f, source, "token_embd.weight", &[e, cfg.vocab])?;
         let embeddings = match QType::from_ggml(embd.ggml_type) {
             Some(_) => Embeddings::Packed(
-                packed(f, bytes, source, embd, (cfg.vocab, e), packed_model)?
+                packed(f, bytes, source, embd, (cfg.vocab, e), shares_file)?
                     .expect("a block type packs"),
             ),
             None => Embeddings::F32(dequantize(f, bytes, source, embd)?),
@@ -823,10 +845,10 @@ impl Decoder {
         } else {
             match (&embeddings, packed_model) {
                 // Tied: the token table's blocks serve as the output matrix.
-                (Embeddings::Packed(q), true) => Linear::Packed(q.clone()),
+                (Embeddings::Packed(q), true) => to_linear(q.clone())?,
                 (Embeddings::F32(v), true) => {
                     match packed(f, bytes, source, embd, (cfg.vocab, e), true)? {
-                        Some(q) => Linear::Packed(q),
+                        Some(q) => to_linear(q)?,
                         None => dense(v.clone(), e, cfg.vocab, WeightPrecision::F32),
                     }
                 }
@@ -841,21 +863,16 @@ impl Decoder {
             }
         };
         progress(1.0);
-        // Packed projections point into the file's buffer, which stays
-        // whole while they live; otherwise the table's own bytes count.
-        let shares_file = packed_model
+        // Packed projections on the CPU point into the file's buffer, which
+        // stays whole while they live; otherwise the table's own bytes count.
+        let holds_file = shares_file
             && (!types.borrow().is_empty() || matches!(embeddings, Embeddings::Packed(_)));
-        let host = if shares_file {
+        let host = if holds_file {
             bytes.len() as u64
         } else {
             embeddings.bytes()
         };
-        let mut packed_types = types.into_inner();
-        if let (Linear::Packed(q), true) = (&lm_head, packed_model)
-            && !packed_types.contains(&q.ty().name())
-        {
-            packed_types.push(q.ty().name());
-        }
+        let packed_types = types.into_inner();
         Ok(Self {
             cfg,
             precision,

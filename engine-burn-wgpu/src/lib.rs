@@ -3,8 +3,9 @@
 //! Two backends behind one engine, chosen at load time: Burn's CPU backend
 //! (`flex`) and wgpu (Vulkan, Metal, DX12; WebGPU in a browser). Weights
 //! come from the same GGUF files llama.cpp reads. On the CPU they stay in
-//! the file's blocks, multiplied by `arny-qmatmul`'s kernels; on wgpu they
-//! are dequantized to f16 (with shader f16) or f32. The
+//! the file's blocks, multiplied by `arny-qmatmul`'s kernels; on wgpu the
+//! same blocks are copied to the GPU and multiplied by `arny-qmatmul-gpu`'s
+//! shaders (f16 and f32 weights remain as options). The
 //! tokenizer is built from the file's vocabulary (`arny-tokenizer`) and
 //! gives llama.cpp's token ids. Sampling, templates and streaming are
 //! engine-api's, as for every engine.
@@ -45,15 +46,14 @@ pub struct BurnEngine {
 }
 
 impl BurnEngine {
-    /// Weights packed as the file stores them on the CPU backend; f16 on a
-    /// wgpu device that has shader f16, else f32.
+    /// Weights packed as the file stores them, on both backends.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Holds weights in `precision` whatever the device (f16 on the CPU
-    /// backend is slower than f32: it has no f16 arithmetic). `Packed` runs
-    /// on the CPU backend only; a wgpu model refuses it.
+    /// backend is slower than f32: it has no f16 arithmetic). A wgpu
+    /// adapter without shader f16 refuses `F16`.
     pub fn with_precision(precision: WeightPrecision) -> Self {
         Self {
             precision: Some(precision),
@@ -269,17 +269,13 @@ impl InferenceEngine for BurnEngine {
         let file = GgufFile::from_bytes(&bytes).map_err(|e| e.into_engine_error(&name))?;
         let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| e.into_engine_error(&name))?;
         let placement = place(options.device).await?;
-        let precision = self.precision.unwrap_or(match placement.backend {
-            Backend::Cpu => WeightPrecision::Packed,
-            Backend::Wgpu if placement.f16 => WeightPrecision::F16,
-            Backend::Wgpu => WeightPrecision::F32,
-        });
-        if precision == WeightPrecision::Packed && placement.backend != Backend::Cpu {
-            return Err(EngineError::Unsupported(
-                "packed weights run on the burn engine's CPU backend; on wgpu it holds \
-                 f16 or f32 weights (no quantized wgpu kernel yet)"
-                    .into(),
-            ));
+        let precision = self.precision.unwrap_or(WeightPrecision::Packed);
+        if precision == WeightPrecision::F16 && placement.backend == Backend::Wgpu && !placement.f16
+        {
+            return Err(EngineError::Unsupported(format!(
+                "f16 weights: the adapter ({}) has no shader f16",
+                placement.name
+            )));
         }
         let report = |p: f32| {
             if let Some(f) = &options.progress {
@@ -421,7 +417,10 @@ fn model_info(
                 "{}, packed {} weights ({} kernels)",
                 placement.name,
                 llama.packed_types.join("/"),
-                arny_qmatmul::Kernel::detect().name()
+                match placement.backend {
+                    Backend::Cpu => arny_qmatmul::Kernel::detect().name(),
+                    Backend::Wgpu => "CubeCL",
+                }
             ),
             p => format!("{}, {p:?} weights", placement.name),
         },

@@ -5,10 +5,12 @@
 // adapter) and a wellness question through the UI, stops an answer
 // mid-stream and saves a screenshot under tests/artifacts/. The CPU path
 // runs the real model and checks what it answers; the WebGPU path runs the
-// generated tiny model (`arny models tiny`), because SwiftShader decodes
-// the real one at a token per ~10 s: it checks the plumbing (WebGPU
-// adapter, load, streaming, routing labels, stop), and the real model's
-// GPU shaders are checked natively on lavapipe by the engine's tests.
+// generated tiny model with Q4_1 blocks (`arny models tiny --storage
+// q4_1`), because SwiftShader decodes the real one at a token per ~10 s:
+// it checks the plumbing (WebGPU adapter, load, streaming, routing labels,
+// stop) and that Chromium compiles and runs the packed-weight shaders; the
+// real model's GPU shaders are checked natively on lavapipe by the
+// engine's tests.
 // Even the tiny model takes ~1.7 s per token there (every new sequence
 // length compiles new kernels), so its answers are capped at 32 tokens.
 //
@@ -69,7 +71,9 @@ function serve(extra) {
 
 before(async () => {
   mkdirSync(artifacts, { recursive: true });
-  const tiny = execFileSync(arny, ["models", "tiny"], { encoding: "utf8" }).trim();
+  const tiny = execFileSync(arny, ["models", "tiny", "--storage", "q4_1"], {
+    encoding: "utf8",
+  }).trim();
   base.real = await serve([]);
   base.tiny = await serve(["--model", tiny]);
 });

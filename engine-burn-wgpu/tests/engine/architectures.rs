@@ -112,7 +112,7 @@ macro_rules! arch_tests {
         #[test]
         fn $name() {
             check($arch, Storage::F32, &[DeviceRequest::Cpu, DeviceRequest::Gpu]);
-            check($arch, Storage::Q8_0, &[DeviceRequest::Cpu]);
+            check($arch, Storage::Q8_0, &[DeviceRequest::Cpu, DeviceRequest::Gpu]);
         }
     )*};
 }

@@ -56,18 +56,31 @@ fn packed_weights_hold_the_files_size() {
     );
 }
 
-/// Asking for packed weights on wgpu is refused by name, not ignored.
+/// On wgpu the default keeps the file's blocks too, copied to the GPU as
+/// word-aligned arrays: the model holds a little more than the file (the
+/// arrays' f32 scales, the token table on the host for lookups beside its
+/// copy on the GPU as the tied output matrix) where f16 would hold 2.9×
+/// the file and f32 5.7×, and says so.
 #[test]
-fn packed_weights_on_wgpu_are_refused() {
-    let path = arny_conformance::tiny_gguf();
+fn packed_weights_on_wgpu_hold_about_the_files_size() {
+    let path =
+        arny_model_store::require_default_model().expect("the default model; run scripts/setup.sh");
     let opts = LoadOptions {
         device: DeviceRequest::Gpu,
         ..LoadOptions::default()
     };
-    let err = block_on(
-        BurnEngine::with_precision(WeightPrecision::Packed).load(ModelSource::Path(path), opts),
-    )
-    .err()
-    .expect("refused");
-    assert!(err.to_string().contains("packed"), "{err}");
+    let m = block_on(BurnEngine::new().load(ModelSource::Path(path), opts)).unwrap();
+    let info = m.info();
+    assert!(info.device.contains("packed Q4_1/Q8_0"), "{}", info.device);
+    eprintln!(
+        "wgpu packed: {} resident for a {}-byte file",
+        info.resident_bytes, info.file_bytes
+    );
+    assert!(
+        info.resident_bytes >= info.file_bytes
+            && info.resident_bytes < info.file_bytes * 3 / 2 + (32 << 20),
+        "{} resident for a {}-byte file",
+        info.resident_bytes,
+        info.file_bytes
+    );
 }

@@ -214,7 +214,7 @@ impl Bench {
                 "no raw llama.cpp baseline: the program's export record does not name the default model as its source"
             );
         }
-        let engine = engine(args.model.engine)?;
+        let engine = engine(args.model.engine, args.model.weights)?;
         // Sessions get the bench's context; the load keeps the model's
         // default, which a fixed-context program (an ExecuTorch export)
         // cannot exceed.

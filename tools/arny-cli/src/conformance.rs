@@ -47,6 +47,10 @@ pub fn run(args: Args) -> Result<()> {
         "invalid input: need 1 <= --prompts <= {}, --positions >= 1, --greedy >= 1",
         PROMPTS.len()
     );
+    anyhow::ensure!(
+        args.model.weights.is_none() || args.engines.contains(&EngineKind::Burn),
+        "unsupported: --weights is the burn engine's option, and neither engine is burn"
+    );
     // Each engine gets its own format of the model: --model for the
     // reference, --candidate-model for the candidate, else each engine's
     // default (the GGUF, or its ExecuTorch export for pte).
@@ -58,7 +62,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     let load =
         |kind: EngineKind, path: &std::path::Path, threads: Option<u32>, device: DeviceRequest| {
-            let e = engine(kind)?;
+            // --weights is the burn engine's, whichever side it is on.
+            let e = engine(
+                kind,
+                args.model.weights.filter(|_| kind == EngineKind::Burn),
+            )?;
             let options = LoadOptions {
                 context_length: args.model.ctx,
                 threads,

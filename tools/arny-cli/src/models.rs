@@ -17,7 +17,23 @@ pub enum Command {
     Path,
     /// Write the generated tiny test model (random weights, Llama
     /// architecture, ~0.2 M parameters) into the cache and print its path.
-    Tiny,
+    Tiny {
+        /// How its matrices are stored: f32, f16, q8_0 or q4_1 (the block
+        /// formats the packed kernels read).
+        #[arg(long, value_enum, default_value_t = TinyStorage::F32)]
+        storage: TinyStorage,
+    },
+}
+
+/// `arny models tiny --storage`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TinyStorage {
+    F32,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_1")]
+    Q4_1,
 }
 
 pub fn run(cmd: Command) -> Result<()> {
@@ -52,11 +68,18 @@ pub fn run(cmd: Command) -> Result<()> {
             println!("{}", store::require_default_model()?.display());
             Ok(())
         }
-        Command::Tiny => {
-            println!(
-                "{}",
-                arny_tiny_models::TinyModel::default().file()?.display()
-            );
+        Command::Tiny { storage } => {
+            use arny_tiny_models::Storage;
+            let model = arny_tiny_models::TinyModel {
+                storage: match storage {
+                    TinyStorage::F32 => Storage::F32,
+                    TinyStorage::F16 => Storage::F16,
+                    TinyStorage::Q8_0 => Storage::Q8_0,
+                    TinyStorage::Q4_1 => Storage::Q4_1,
+                },
+                ..Default::default()
+            };
+            println!("{}", model.file()?.display());
             Ok(())
         }
     }

@@ -36,6 +36,20 @@ pub struct ModelArgs {
     /// the cores, at most 8).
     #[arg(long)]
     pub threads: Option<u32>,
+    /// How the burn engine holds the weights: packed (the file's blocks,
+    /// on the CPU and the GPU; the default), f16, f32 (the float
+    /// reference) or q8 (Burn's own 8-bit blocks). Other engines refuse it.
+    #[arg(long, value_enum)]
+    pub weights: Option<Weights>,
+}
+
+/// `--weights`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    Packed,
+    F16,
+    F32,
+    Q8,
 }
 
 /// `--template`, for the commands that render conversations.
@@ -124,12 +138,29 @@ impl AdapterArgs {
     }
 }
 
-/// The engine for `kind`, if this build has it.
-pub fn engine(kind: EngineKind) -> Result<Box<dyn InferenceEngine>> {
+/// The engine for `kind`, if this build has it, holding weights as
+/// `weights` says (the burn engine only).
+pub fn engine(kind: EngineKind, weights: Option<Weights>) -> Result<Box<dyn InferenceEngine>> {
+    if weights.is_some() && kind != EngineKind::Burn {
+        bail!(
+            "unsupported: --weights is the burn engine's option; the {kind} engine runs the file as it is"
+        );
+    }
     match kind {
         EngineKind::Gguf => Ok(Box::new(arny_engine_gguf::GgufEngine::new())),
         #[cfg(feature = "burn")]
-        EngineKind::Burn => Ok(Box::new(arny_engine_burn_wgpu::BurnEngine::new())),
+        EngineKind::Burn => {
+            use arny_engine_burn_wgpu::{BurnEngine, WeightPrecision};
+            Ok(Box::new(match weights {
+                None => BurnEngine::new(),
+                Some(w) => BurnEngine::with_precision(match w {
+                    Weights::Packed => WeightPrecision::Packed,
+                    Weights::F16 => WeightPrecision::F16,
+                    Weights::F32 => WeightPrecision::F32,
+                    Weights::Q8 => WeightPrecision::Q8,
+                }),
+            }))
+        }
         #[cfg(feature = "pte")]
         EngineKind::Pte => Ok(Box::new(arny_engine_pte::PteEngine::new())),
         #[allow(unreachable_patterns)]
@@ -146,7 +177,7 @@ pub fn model_path(args: &ModelArgs) -> Result<PathBuf> {
 
 /// Loads the model named by `args`, with a progress bar on a terminal.
 pub fn load(args: &ModelArgs) -> Result<(Arc<dyn Model>, PathBuf)> {
-    let engine = engine(args.engine)?;
+    let engine = engine(args.engine, args.weights)?;
     let path = model_path(args)?;
     let bar = ProgressBar::new(100).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {percent}%")
