@@ -3,6 +3,7 @@
 //! export venv (scripts/test.sh makes both); the tiny model's export is
 //! made here on first use and cached by content.
 
+mod architectures;
 mod bad_programs;
 mod export_llm_signature;
 mod merged_adapter;
