@@ -179,7 +179,7 @@ pub fn dequantize(ty: u32, data: &[u8], elements: usize) -> Result<Vec<f32>> {
 }
 
 /// The 6-bit scale and min of sub-block `j` in a K-quant's 12 scale bytes.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

@@ -49,20 +49,20 @@ makers_q5 = {
     Q.Q5_K: lambda: f16(rng.uniform(1e-4, 1e-2)) + f16(rng.uniform(1e-4, 1e-2)) + rand(12) + rand(32) + rand(128),
 }
 N_BLOCKS = 6
-for qt, make in makers.items():
-    raw = blocks(N_BLOCKS, make)
-    arr = np.frombuffer(raw, dtype=np.uint8).reshape(N_BLOCKS, -1)
-    values = quants.dequantize(arr, qt).astype("<f4").reshape(-1)
-    (OUT / f"{qt.name}.bin").write_bytes(raw)
-    (OUT / f"{qt.name}.f32").write_bytes(values.tobytes())
 
+
+def write_fixtures(makers):
+    for qt, make in makers.items():
+        raw = blocks(N_BLOCKS, make)
+        arr = np.frombuffer(raw, dtype=np.uint8).reshape(N_BLOCKS, -1)
+        values = quants.dequantize(arr, qt).astype("<f4").reshape(-1)
+        (OUT / f"{qt.name}.bin").write_bytes(raw)
+        (OUT / f"{qt.name}.f32").write_bytes(values.tobytes())
+
+
+write_fixtures(makers)
 floats = rng.standard_normal(96).astype(np.float32)
-for qt, make in makers_q5.items():
-    raw = blocks(N_BLOCKS, make)
-    arr = np.frombuffer(raw, dtype=np.uint8).reshape(N_BLOCKS, -1)
-    values = quants.dequantize(arr, qt).astype("<f4").reshape(-1)
-    (OUT / f"{qt.name}.bin").write_bytes(raw)
-    (OUT / f"{qt.name}.f32").write_bytes(values.tobytes())
+write_fixtures(makers_q5)
 (OUT / "F32.bin").write_bytes(floats.astype("<f4").tobytes())
 (OUT / "F32.f32").write_bytes(floats.astype("<f4").tobytes())
 half = floats.astype("<f2")

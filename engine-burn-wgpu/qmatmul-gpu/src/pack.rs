@@ -8,6 +8,7 @@
 //! of an f16 and a 6-bit integer, exact in f32), an 8-bit value is
 //! `scale · q` (Q8_0 per 32; Q6_K's `q - 32` with `d·sc` per 16).
 
+use arny_gguf::dequant::scale_min_k4;
 use arny_qmatmul::{QMatrix, QType};
 use half::f16;
 
@@ -63,19 +64,6 @@ pub struct Packed {
 
 fn half(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
-}
-
-/// Q4_K's 6-bit scale and minimum of sub-block `j` (llama.cpp's
-/// `get_scale_min_k4`).
-fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (s[j] & 63, s[j + 4] & 63)
-    } else {
-        (
-            (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        )
-    }
 }
 
 /// 32 unsigned 4-bit values → 4 words in [`Layout::Q4`]'s order.
