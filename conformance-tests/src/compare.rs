@@ -157,9 +157,19 @@ async fn greedy(
 ) -> Result<Vec<TokenId>, EngineError> {
     let mut s = model.new_session(with_adapter(adapter)).await?;
     let mut req = GenerateRequest::chat(prompt);
+    req.prompt = as_prompt(model, prompt);
     req.max_tokens = n;
     req.ignore_eos = true;
     Ok(generate(model, s.as_mut(), req, |_| {}).await?.tokens)
+}
+
+/// A user turn in the model's chat template, or for a base model (no
+/// template) the text itself: what `arny generate` sends either.
+fn as_prompt(model: &dyn Model, text: &str) -> Prompt {
+    match model.chat_template() {
+        Some(_) => Prompt::Chat(vec![arny_engine_api::ChatMessage::user(text.to_string())]),
+        None => Prompt::Text(text.to_string()),
+    }
 }
 
 fn with_adapter(adapter: &Option<Arc<dyn Adapter>>) -> SessionOptions {
@@ -199,9 +209,8 @@ pub async fn compare_adapted(
     let mut rs = reference.new_session(with_adapter(&ref_adapter)).await?;
     let mut cs = candidate.new_session(with_adapter(&cand_adapter)).await?;
     for prompt in &opts.prompts {
-        let p = Prompt::Chat(vec![arny_engine_api::ChatMessage::user(prompt.clone())]);
-        let tokens = prompt_tokens(reference, &p)?;
-        let theirs = prompt_tokens(candidate, &p)?;
+        let tokens = prompt_tokens(reference, &as_prompt(reference, prompt))?;
+        let theirs = prompt_tokens(candidate, &as_prompt(candidate, prompt))?;
         if tokens != theirs {
             return Err(EngineError::InvalidInput(format!(
                 "the engines tokenize {prompt:?} differently"

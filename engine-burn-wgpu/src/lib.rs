@@ -246,17 +246,6 @@ fn read(source: &ModelSource) -> Result<(Arc<[u8]>, String)> {
     }
 }
 
-/// llama.cpp's end-of-generation texts, for files that only name EOS.
-const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<EOT>",
-    "<|end_of_text|>",
-];
-
 #[cfg_attr(not(target_arch = "wasm32"), async_trait::async_trait)]
 #[cfg_attr(target_arch = "wasm32", async_trait::async_trait(?Send))]
 impl InferenceEngine for BurnEngine {
@@ -301,7 +290,7 @@ impl InferenceEngine for BurnEngine {
                 ),
             });
         }
-        let special = special_tokens(&file, &tokenizer, llama.cfg.vocab);
+        let special = tokenizer.special_tokens(&file, llama.cfg.vocab);
         let (bos, eos) = special.bos_eos_text(|t| tokenizer.token_bytes(t));
         let template =
             ChatTemplate::from_model(file.get_str("tokenizer.chat_template"), &bos, &eos)?;
@@ -326,49 +315,6 @@ impl InferenceEngine for BurnEngine {
             #[cfg(not(target_family = "wasm"))]
             pool,
         }))))
-    }
-}
-
-/// BOS, EOS and every end-of-generation token: the ids the file names, plus
-/// the special tokens whose text llama.cpp treats as an end of turn.
-fn special_tokens(file: &GgufFile, tokenizer: &Tokenizer, vocab: usize) -> SpecialTokens {
-    let id = |k: &str| {
-        file.get_u64(k)
-            .map(|v| v as TokenId)
-            .filter(|&v| (v as usize) < vocab)
-    };
-    let defaults = tokenizer.defaults(file);
-    let in_vocab = |t: Option<TokenId>| t.filter(|&t| (t as usize) < vocab);
-    let (bos, eos) = (
-        id("tokenizer.ggml.bos_token_id").or(in_vocab(defaults.bos)),
-        id("tokenizer.ggml.eos_token_id").or(in_vocab(defaults.eos)),
-    );
-    let mut eog: Vec<TokenId> = [
-        eos,
-        id("tokenizer.ggml.eot_token_id"),
-        id("tokenizer.ggml.eom_token_id"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    for t in 0..vocab as TokenId {
-        if tokenizer.is_special(t)
-            && let Some(b) = tokenizer.token_bytes(t)
-            && EOG_TEXTS.iter().any(|x| x.as_bytes() == b)
-            && !eog.contains(&t)
-        {
-            eog.push(t);
-        }
-    }
-    eog.sort_unstable();
-    SpecialTokens {
-        bos,
-        eos,
-        end_of_generation: eog,
-        add_bos: file
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(defaults.add_bos),
     }
 }
 

@@ -1,5 +1,7 @@
-// The two LLM operators an export with a custom KV cache and custom SDPA
-// calls: `llama::update_cache.out` and `llama::custom_sdpa.out`.
+// The LLM operators an export with a custom KV cache and custom SDPA
+// calls: `llama::update_cache.out`, `llama::custom_sdpa.out`, and for
+// models with sliding-window layers (whose caches are rings)
+// `llama::update_cache_with_indices.out`.
 //
 // Why they are here: the executorch wheel carries their kernels only in
 // `libcustom_ops_aot_lib.so`, which also registers them with PyTorch and so
@@ -11,6 +13,9 @@
 //
 //   update_cache(value [B, S, H, D], cache [B, L, H, D], start_pos)
 //       cache[:, start_pos : start_pos + S] = value
+//   update_cache_with_indices(value [B, S, H, D], cache [B, L, H, D],
+//                             start_pos, indices [B, S])
+//       cache[b, indices[b, s]] = value[b, s]   (start_pos unused)
 //   custom_sdpa(q [B, S, Hq, D], k [B, L, Hkv, D], v [B, L, Hkv, D],
 //               start_pos, attn_mask?, dropout_p, is_causal, scale?)
 //       query row i sits at position start_pos + i; with is_causal it sees
@@ -99,6 +104,45 @@ Tensor& update_cache_out(KernelRuntimeContext& ctx, const Tensor& value, Tensor&
   for (int64_t b = 0; b < value.size(0); ++b) {
     std::memcpy(dst + (b * cache_len + start_pos) * row, src + b * seq * row,
                 static_cast<size_t>(seq) * row);
+  }
+  return out;
+}
+
+Tensor& update_cache_with_indices_out(KernelRuntimeContext& ctx, const Tensor& value,
+                                      Tensor& cache, const int64_t start_pos,
+                                      const Tensor& indices, Tensor& out) {
+  (void)start_pos;  // the ring's slots are in `indices`
+  ET_KERNEL_CHECK_MSG(ctx, value.dim() == 4 && cache.dim() == 4, InvalidArgument, out,
+                      "update_cache_with_indices: value and cache must be 4-D");
+  ET_KERNEL_CHECK_MSG(ctx, value.scalar_type() == cache.scalar_type(), InvalidArgument, out,
+                      "update_cache_with_indices: value and cache differ in dtype");
+  ET_KERNEL_CHECK_MSG(ctx,
+                      value.size(0) == cache.size(0) && value.size(2) == cache.size(2) &&
+                          value.size(3) == cache.size(3),
+                      InvalidArgument, out,
+                      "update_cache_with_indices: value and cache shapes disagree");
+  ET_KERNEL_CHECK_MSG(ctx,
+                      indices.dim() == 2 && indices.scalar_type() == ScalarType::Long &&
+                          indices.size(0) == value.size(0) && indices.size(1) == value.size(1) &&
+                          contiguous(indices),
+                      InvalidArgument, out,
+                      "update_cache_with_indices: indices must be contiguous int64 [batch, seq]");
+  ET_KERNEL_CHECK_MSG(ctx, contiguous(value) && contiguous(cache), InvalidArgument, out,
+                      "update_cache_with_indices: value and cache must be contiguous");
+  const int64_t seq = value.size(1), cache_len = cache.size(1);
+  const int64_t* idx = indices.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < value.size(0) * seq; ++i) {
+    ET_KERNEL_CHECK_MSG(ctx, idx[i] >= 0 && idx[i] < cache_len, InvalidArgument, out,
+                        "update_cache_with_indices: slot %" PRId64 " outside the cache (%zd)",
+                        idx[i], static_cast<ssize_t>(cache_len));
+  }
+  const size_t row = static_cast<size_t>(value.size(2) * value.size(3)) * value.element_size();
+  const auto* src = static_cast<const char*>(value.const_data_ptr());
+  auto* dst = static_cast<char*>(cache.mutable_data_ptr());
+  for (int64_t b = 0; b < value.size(0); ++b) {
+    for (int64_t s = 0; s < seq; ++s) {
+      std::memcpy(dst + (b * cache_len + idx[b * seq + s]) * row, src + (b * seq + s) * row, row);
+    }
   }
   return out;
 }
@@ -198,3 +242,5 @@ Tensor& custom_sdpa_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor
 
 EXECUTORCH_LIBRARY(llama, "update_cache.out", arny_llm_ops::update_cache_out);
 EXECUTORCH_LIBRARY(llama, "custom_sdpa.out", arny_llm_ops::custom_sdpa_out);
+EXECUTORCH_LIBRARY(llama, "update_cache_with_indices.out",
+                   arny_llm_ops::update_cache_with_indices_out);

@@ -12,9 +12,11 @@
 //!   and ExecuTorch's export_llm's `forward(tokens [1, seq], input_pos [1])
 //!   -> [1, vocab]`. The largest `seq` is the prefill chunk.
 //! * the metadata methods (`get_max_seq_len`, `get_vocab_size`, ...), and
-//!   for programs Arny exported, the tokenizer, chat template and model
-//!   facts (`get_arny_*`), so one file is the whole model. Other programs
-//!   need the `tokenizer.json` their exporter wrote beside them.
+//!   for programs Arny exported, the model facts and the source GGUF's
+//!   `tokenizer.*` keys (`get_arny_*`), from which the tokenizer, special
+//!   tokens and chat template are built as the other engines build them,
+//!   so one file is the whole model. Other programs need the
+//!   `tokenizer.json` their exporter wrote beside them.
 //!
 //! The program's context is its `max_seq_len`: a prompt or generation that
 //! would pass it fails with [`arny_engine_api::EngineError::ContextOverflow`]

@@ -20,7 +20,9 @@ use arny_engine_api::{
     LogitsRequest, Model, ModelInfo, ModelSource, Result, Session, SessionOptions, SpecialTokens,
     TokenId, check_eval, check_model_file, cpu_device, default_threads, resolve_context,
 };
-use arny_tokenizer::BpeTokenizer;
+use arny_gguf::GgufFile;
+use arny_tokenizer::{BpeTokenizer, Tokenizer};
+use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::ENGINE_ID;
@@ -145,7 +147,7 @@ struct Inner {
     info: ModelInfo,
     special: SpecialTokens,
     template: Option<ChatTemplate>,
-    tokenizer: BpeTokenizer,
+    tokenizer: Tokenizer,
     seed: u64,
     next_session: AtomicU64,
 }
@@ -187,7 +189,7 @@ fn read_sibling(path: Option<&Path>, file: &str) -> Option<String> {
 /// methods (and, for programs Arny did not export, the files beside it).
 struct ProgramFacts {
     config: Option<ExportConfig>,
-    tokenizer: BpeTokenizer,
+    tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     special: SpecialTokens,
     max_seq_len: u32,
@@ -205,9 +207,48 @@ impl ProgramFacts {
             })?),
             None => None,
         };
-        // The tokenizer travels inside programs Arny exported; other
-        // programs (ExecuTorch's export_llm, optimum-cli) need the
-        // tokenizer.json the exporter wrote beside them.
+        let max_seq_len = int_constant(program, &names, "get_max_seq_len")?
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n > 0)
+            .ok_or_else(|| EngineError::Unsupported(format!("{name}: no get_max_seq_len")))?;
+        let vocab_constant = int_constant(program, &names, "get_vocab_size")?;
+        let check_vocab = |vocab: usize| match vocab_constant {
+            Some(v) if v as usize != vocab => Err(EngineError::Corrupt {
+                source_name: name.to_string(),
+                reason: format!("program vocabulary {v}, tokenizer {vocab}"),
+            }),
+            _ => Ok(()),
+        };
+        // Programs Arny exports carry the source's `tokenizer.*` keys as a
+        // GGUF: the tokenizer, special tokens and chat template are then
+        // built exactly as the other engines build them from the source.
+        if let Some(encoded) = string_constant(program, &names, "get_arny_tokenizer_gguf")? {
+            let corrupt = |reason: String| EngineError::Corrupt {
+                source_name: name.to_string(),
+                reason: format!("get_arny_tokenizer_gguf: {reason}"),
+            };
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|e| corrupt(e.to_string()))?;
+            let file = GgufFile::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
+            let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| e.into_engine_error(name))?;
+            let vocab = tokenizer.vocab_size();
+            check_vocab(vocab)?;
+            let special = tokenizer.special_tokens(&file, vocab);
+            let (bos, eos) = special.bos_eos_text(|t| tokenizer.token_bytes(t));
+            let template =
+                ChatTemplate::from_model(file.get_str("tokenizer.chat_template"), &bos, &eos)?;
+            return Ok(Self {
+                config,
+                tokenizer,
+                template,
+                special,
+                max_seq_len,
+            });
+        }
+        // Programs from earlier Arny exports carry a tokenizer.json; other
+        // programs (ExecuTorch's export_llm, optimum-cli) need the one
+        // their exporter wrote beside them.
         let tokenizer_json = match string_constant(program, &names, "get_arny_tokenizer_json")? {
             Some(t) => t,
             None => read_sibling(path, "tokenizer.json").ok_or_else(|| {
@@ -217,21 +258,11 @@ impl ProgramFacts {
                 ))
             })?,
         };
-        let tokenizer = BpeTokenizer::from_tokenizer_json(tokenizer_json.as_bytes())
-            .map_err(|e| e.into_engine_error(name))?;
-        let max_seq_len = int_constant(program, &names, "get_max_seq_len")?
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|&n| n > 0)
-            .ok_or_else(|| EngineError::Unsupported(format!("{name}: no get_max_seq_len")))?;
-        let vocab = tokenizer.vocab_size();
-        if let Some(v) = int_constant(program, &names, "get_vocab_size")?
-            && v as usize != vocab
-        {
-            return Err(EngineError::Corrupt {
-                source_name: name.to_string(),
-                reason: format!("program vocabulary {v}, tokenizer {vocab}"),
-            });
-        }
+        let tokenizer = Tokenizer::from(
+            BpeTokenizer::from_tokenizer_json(tokenizer_json.as_bytes())
+                .map_err(|e| e.into_engine_error(name))?,
+        );
+        check_vocab(tokenizer.vocab_size())?;
         let special = Self::special_tokens(program, &names, config.as_ref())?;
         let template_src = match string_constant(program, &names, "get_arny_chat_template")? {
             Some(t) => Some(t),

@@ -14,8 +14,12 @@ metadata methods (get_max_seq_len, get_bos_id, ...), it carries three string
 methods the Arny engine reads, so a `.pte` loaded from memory (an app
 bundle, a download) needs nothing beside it:
 
-    get_arny_tokenizer_json   tokenizer.json, as transformers wrote it
-    get_arny_chat_template    the model's chat template (Jinja)
+    get_arny_tokenizer_gguf   base64 of a GGUF holding the source's
+                              `tokenizer.*` keys (vocabulary, merges or
+                              scores, special ids, chat template): the
+                              engine builds llama.cpp's tokenizer from it,
+                              SentencePiece included
+    get_arny_chat_template    the model's chat template (Jinja), if it has one
     get_arny_config           JSON: name, architecture, parameters, trained
                               context length, quantization, special tokens
 
@@ -28,9 +32,10 @@ shared one.
 The program keeps its KV cache in ExecuTorch's custom cache and attends
 with the custom SDPA operator (`llama::update_cache`, `llama::custom_sdpa`):
 attention runs over the tokens present instead of the whole static cache.
-The wheel's runtime has no kernels for those two operators outside a
-library that needs libtorch, so the Arny engine registers its own
-(engine-pte/shim/llm_ops.cpp). `forward` returns the last position's
+Sliding-window layers keep ring caches (`llama::update_cache_with_indices`)
+and a prefill chunk shorter than the window. The wheel's runtime has no
+kernels for these operators outside a library that needs libtorch, so the
+Arny engine registers its own (engine-pte/shim/llm_ops.cpp). `forward` returns the last position's
 logits only (`[1, 1, vocab]`): the other rows would cost a vocabulary-wide
 matmul each and a planned `[seq, vocab]` buffer; the engine runs one token
 a call when a caller wants every row. Prefill chunks are at most
@@ -91,6 +96,119 @@ def gguf_scalar(reader, key: str):
     return value.tolist()[0]
 
 
+def gguf_raw_value(field):
+    """A field's value as GGUFWriter takes it back: strings stay bytes (a
+    vocabulary may hold byte sequences that are not UTF-8)."""
+    from gguf import GGUFValueType
+
+    def item(i, ty):
+        part = field.parts[i]
+        return bytes(part) if ty == GGUFValueType.STRING else part.tolist()[0]
+
+    if field.types[0] == GGUFValueType.ARRAY:
+        return [item(i, field.types[-1]) for i in field.data]
+    return item(field.data[0], field.types[0])
+
+
+def tokenizer_gguf(reader, arch: str, work: Path) -> str:
+    """The source's `tokenizer.*` keys as a tensor-less GGUF, base64: the
+    engine reads it with the parser and tokenizers the other engines use,
+    so a program tokenizes exactly as llama.cpp does on the source file
+    (transformers' conversion of SentencePiece vocabularies does not)."""
+    import base64
+
+    import gguf
+
+    path = work / "tokenizer.gguf"
+    writer = gguf.GGUFWriter(str(path), arch)
+    for name, field in reader.fields.items():
+        if name.startswith("tokenizer."):
+            sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(name, gguf_raw_value(field), field.types[0], sub_type=sub)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def config_fixes(reader, arch: str) -> dict:
+    """What transformers' GGUF loader (5.0.0rc1) leaves out of a model's
+    config that llama.cpp reads from the same file, as attribute -> value.
+    Without these a Qwen3 or Gemma 3 program computes another function
+    than llama.cpp's, or does not load."""
+    import gguf
+
+    key = lambda k: gguf_scalar(reader, f"{arch}.{k}")
+    fixes = {}
+    head_dim = key("attention.key_length")
+    if head_dim is not None:
+        # transformers assumes its own default (128 for Qwen3, 256 for
+        # Gemma 3) where the file names the head size.
+        fixes["head_dim"] = head_dim
+    vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    pad = gguf_scalar(reader, "tokenizer.ggml.padding_token_id")
+    # Phi-3's config class defaults the padding id to 32000, outside a
+    # smaller vocabulary, where the embedding refuses it.
+    fixes["pad_token_id"] = pad if pad is not None and pad < vocab else None
+    if arch == "phi3":
+        # llama.cpp ignores Phi-3's sliding window (converters filled it
+        # wrongly); transformers would apply it.
+        fixes["sliding_window"] = None
+    if arch == "gemma3":
+        layers = key("block_count")
+        pattern = key("attention.sliding_window_pattern")
+        field = reader.fields.get(f"{arch}.attention.sliding_window_pattern")
+        if field is not None and field.types[0] == gguf.GGUFValueType.ARRAY:
+            sliding = [bool(v) for v in field.contents()] + [False] * layers
+        else:
+            # llama.cpp: every `pattern`-th layer is global (6 unless told).
+            n = pattern or 6
+            sliding = [l % n < n - 1 for l in range(layers)]
+        fixes["layer_types"] = ["sliding_attention" if s else "full_attention" for s in sliding[:layers]]
+        # llama.cpp scales queries by 1/sqrt(head size); transformers by
+        # query_pre_attn_scalar^-1/2, 256 unless told.
+        fixes["query_pre_attn_scalar"] = head_dim or key("embedding_length") // key("attention.head_count")
+        softcap = key("final_logit_softcapping")
+        fixes["final_logit_softcapping"] = softcap if softcap else None
+    return fixes
+
+
+def rope_factors(reader):
+    """llama.cpp divides each rotary frequency by `rope_freqs.weight`
+    (Llama 3's long-context scaling, precomputed by the converter);
+    transformers' loader drops that tensor."""
+    import numpy as np
+
+    for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            return np.asarray(t.data, dtype=np.float32).reshape(-1).tolist()
+    return None
+
+
+def patch_rope_factors(arch: str, factors) -> None:
+    """Makes transformers' default rotary frequencies those divided by
+    `factors`, in this process (optimum-executorch reloads the model from
+    the saved folder, which keeps no such tensor)."""
+    if factors is None:
+        return
+    import torch
+    from transformers.models.llama import modeling_llama
+
+    if arch != "llama":
+        raise ExportError(f"rope_freqs in a `{arch}` model: only Llama's are applied here")
+    cls = modeling_llama.LlamaRotaryEmbedding
+    default = cls.compute_default_rope_parameters
+
+    def with_factors(config=None, device=None, seq_len=None):
+        inv_freq, scaling = default(config, device, seq_len)
+        f = torch.tensor(factors, dtype=inv_freq.dtype, device=inv_freq.device)
+        if f.shape != inv_freq.shape:
+            raise ExportError(f"rope_freqs has {f.numel()} factors for {inv_freq.numel()} frequencies")
+        return inv_freq / f, scaling
+
+    cls.compute_default_rope_parameters = staticmethod(with_factors)
+
+
 # GGUF LoRA target -> the transformers Llama module that holds the weight.
 LORA_MODULES = {
     "attn_q": ("self_attn", "q_proj"),
@@ -123,6 +241,10 @@ def merge_lora(model, path: Path, scale: float, arch: str) -> dict:
     import numpy as np
     import torch
 
+    if arch != "llama":
+        # The module map and the Q/K row order below are the Llama
+        # family's (llama.cpp permutes no other family's rows).
+        raise ExportError(f"merging an adapter into a `{arch}` model is not built here (Llama-family models only)")
     reader = gguf.GGUFReader(str(path))
     if gguf_scalar(reader, "general.type") != "adapter" or gguf_scalar(reader, "adapter.type") != "lora":
         raise ExportError(f"{path} is not a GGUF LoRA adapter (general.type = adapter, adapter.type = lora)")
@@ -205,7 +327,7 @@ def make_group_linear_class():
         f32 beside the group sums, with W_sym's own columns.
         """
 
-        def __init__(self, weight, outliers):
+        def __init__(self, weight, outliers, bias=None):
             super().__init__()
             out_dim, in_dim = weight.shape
             groups = weight.view(out_dim, in_dim // GROUP, GROUP)
@@ -220,8 +342,11 @@ def make_group_linear_class():
             self.register_buffer("outliers", outliers)
             # [group offsets | W_sym's outlier columns], applied to
             # [group sums | outlier channels] of x.
-            self.aux = torch.nn.Linear(in_dim // GROUP + len(outliers), out_dim, bias=False)
+            # A bias (Qwen2's Q, K and V) rides on this f32 matmul.
+            self.aux = torch.nn.Linear(in_dim // GROUP + len(outliers), out_dim, bias=bias is not None)
             self.aux.weight = torch.nn.Parameter(torch.cat([offset, w_sym[:, outliers]], dim=1), requires_grad=False)
+            if bias is not None:
+                self.aux.bias = torch.nn.Parameter(bias, requires_grad=False)
 
         def forward(self, x):
             side = torch.cat([x.unflatten(-1, (-1, GROUP)).sum(-1), x.index_select(-1, self.outliers)], dim=-1)
@@ -259,27 +384,35 @@ def quantize_8da4w(model, tokenizer) -> dict:
             a = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1]).amax(0)
             peak[n] = torch.maximum(peak[n], a) if n in peak else a
         hooks.append(modules[n].register_forward_hook(hook))
+    # Calibrate with PyTorch's own attention: the program's (custom SDPA
+    # over a cache sized to the sliding window) cannot take a calibration
+    # run longer than the window in one call.
+    attention = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
     with torch.no_grad():
         for prompt in CALIBRATION_PROMPTS:
-            ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt"
-            )
+            if tokenizer.chat_template is None:
+                ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            else:
+                ids = tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt"
+                )
             if not torch.is_tensor(ids):
                 ids = ids["input_ids"]
             model.generate(ids, max_new_tokens=48, do_sample=False)
     for h in hooks:
         h.remove()
+    model.set_attn_implementation(attention)
 
     with torch.no_grad():
         for n in names:
             parent_name, _, child = n.rpartition(".")
             parent = modules[parent_name] if parent_name else model
             lin = modules[n]
-            if lin.bias is not None:
-                raise ExportError(f"{n} has a bias; the 8da4w export handles bias-free projections only")
+            bias = None if lin.bias is None else lin.bias.data.float()
             in_dim = lin.weight.shape[1]
             outliers = peak[n].topk(min(OUTLIERS, in_dim)).indices.sort().values
-            setattr(parent, child, GroupLinear(lin.weight.data.float(), outliers))
+            setattr(parent, child, GroupLinear(lin.weight.data.float(), outliers, bias))
         # Untie the output matrix from the table so each gets its own form.
         if getattr(model, "lm_head", None) is not None:
             model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone(), requires_grad=False)
@@ -402,7 +535,7 @@ def main() -> int:
     import gguf
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     source_sha = sha256_file(source)
     reader = gguf.GGUFReader(str(source))
@@ -412,7 +545,8 @@ def main() -> int:
     add_bos = gguf_scalar(reader, "tokenizer.ggml.add_bos_token")
     name = gguf_scalar(reader, "general.name")
     trained_ctx = gguf_scalar(reader, f"{arch}.context_length")
-    del reader
+    fixes = config_fixes(reader, arch)
+    factors = rope_factors(reader)
 
     work = Path(tempfile.mkdtemp(prefix="arny-pte-export-"))
     try:
@@ -426,11 +560,35 @@ def main() -> int:
         # UnboundLocalError in this transformers version; the fast tokenizer
         # class given the file itself loads it.
         gguf_path = str(src_dir / source.name)
+        # Phi-3's vocabulary converter reads a padding id that its GGUF
+        # files need not have.
+        from transformers.integrations.ggml import GGUFTokenizerSkeleton
+
+        if not hasattr(GGUFTokenizerSkeleton, "pad_token_id"):
+            GGUFTokenizerSkeleton.pad_token_id = None
+        # Vocabularies over 100k (Gemma 3's) go through a check for Mistral's
+        # pre-tokenizer regex that looks for a config.json beside the given
+        # name, a GGUF file here, and fails. Nothing of a GGUF source is
+        # Mistral's tokenizer.json, and the program's tokenizer is the GGUF's.
+        PreTrainedTokenizerFast._patch_mistral_regex = classmethod(lambda cls, tokenizer, *a, **k: tokenizer)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(gguf_path, gguf_file=gguf_path)
+        tokenizer_b64 = tokenizer_gguf(reader, arch, work)
+        del reader
+        try:
+            patch_rope_factors(arch, factors)
+        except ExportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        config = AutoConfig.from_pretrained(str(src_dir), gguf_file=source.name)
+        for k, v in fixes.items():
+            setattr(config, k, v)
         model = AutoModelForCausalLM.from_pretrained(
-            str(src_dir), gguf_file=source.name, dtype=torch.float32
+            str(src_dir), gguf_file=source.name, config=config, dtype=torch.float32
         )
         model.eval()
+        if any(t == "sliding_attention" for t in getattr(config, "layer_types", None) or []):
+            # A chunk must fit the sliding layers' ring cache.
+            args.max_chunk = min(args.max_chunk, config.sliding_window - 1)
         adapter = None
         if args.adapter is not None:
             try:
@@ -444,10 +602,8 @@ def main() -> int:
         tokenizer.save_pretrained(hf_dir)
         del model
 
+        # None for a base model: the engine then completes plain text.
         chat_template = tokenizer.chat_template
-        if chat_template is None:
-            print("error: the GGUF has no chat template", file=sys.stderr)
-            return 2
         vocab = tokenizer.get_vocab()
         eot = sorted({eos} | {vocab[t] for t in END_OF_TURN_TEXTS if t in vocab} - {None})
         arny_config = {
@@ -465,8 +621,9 @@ def main() -> int:
             "add_bos_token": bool(add_bos) if add_bos is not None else False,
             "source_sha256": source_sha,
             "adapter": adapter,
+            "config_fixes": fixes,
+            "rope_factors": factors is not None,
         }
-        tokenizer_json = (hf_dir / "tokenizer.json").read_text(encoding="utf-8")
 
         stage(2, f"tracing with torch.export ({args.quant}, max length {args.max_len})")
         import optimum.exporters.executorch.__main__ as opt_main
@@ -477,11 +634,12 @@ def main() -> int:
             stage(3, "lowering to XNNPACK and writing the program (the long step)")
             model.metadata.update(
                 {
-                    "get_arny_tokenizer_json": tokenizer_json,
-                    "get_arny_chat_template": chat_template,
+                    "get_arny_tokenizer_gguf": tokenizer_b64,
                     "get_arny_config": json.dumps(arny_config),
                 }
             )
+            if chat_template is not None:
+                model.metadata["get_arny_chat_template"] = chat_template
             return lower(model=model, **kwargs)
 
         opt_main.export_to_executorch = lower_with_arny_metadata
@@ -543,7 +701,9 @@ def main() -> int:
             "max_seq_len": args.max_len,
             "recipe": "xnnpack",
             "max_chunk": args.max_chunk,
-            "attention": "llama::custom_sdpa over llama::update_cache (custom KV cache)",
+            "config_fixes": fixes,
+            "rope_factors": factors is not None,
+            "attention": "llama::custom_sdpa over llama::update_cache (custom KV cache; ring caches through llama::update_cache_with_indices for sliding-window layers)",
             "signature": "forward(input_ids i64[1, seq], cache_position i64[seq]) -> f32[1, 1, vocab] (last position)",
             "exporter_sha256": sha256_file(Path(__file__)),
             "versions": {

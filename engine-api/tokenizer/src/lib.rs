@@ -24,6 +24,7 @@ pub use spm::SpmTokenizer;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use arny_engine_api::{SpecialTokens, TokenId};
 use arny_gguf::{GgufFile, Value};
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -368,6 +369,17 @@ pub struct SpecialDefaults {
     pub add_bos: bool,
 }
 
+/// llama.cpp's end-of-generation texts, for files that only name EOS.
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<EOT>",
+    "<|end_of_text|>",
+];
+
 impl Tokenizer {
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let model = file
@@ -399,6 +411,49 @@ impl Tokenizer {
                     Some("llama3" | "llama-v3" | "llama-bpe")
                 ),
             },
+        }
+    }
+
+    /// BOS, EOS and every end-of-generation token: the ids the file names, plus
+    /// the special tokens whose text llama.cpp treats as an end of turn.
+    pub fn special_tokens(&self, file: &GgufFile, vocab: usize) -> SpecialTokens {
+        let id = |k: &str| {
+            file.get_u64(k)
+                .map(|v| v as TokenId)
+                .filter(|&v| (v as usize) < vocab)
+        };
+        let defaults = self.defaults(file);
+        let in_vocab = |t: Option<TokenId>| t.filter(|&t| (t as usize) < vocab);
+        let (bos, eos) = (
+            id("tokenizer.ggml.bos_token_id").or(in_vocab(defaults.bos)),
+            id("tokenizer.ggml.eos_token_id").or(in_vocab(defaults.eos)),
+        );
+        let mut eog: Vec<TokenId> = [
+            eos,
+            id("tokenizer.ggml.eot_token_id"),
+            id("tokenizer.ggml.eom_token_id"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for t in 0..vocab as TokenId {
+            if self.is_special(t)
+                && let Some(b) = self.token_bytes(t)
+                && EOG_TEXTS.iter().any(|x| x.as_bytes() == b)
+                && !eog.contains(&t)
+            {
+                eog.push(t);
+            }
+        }
+        eog.sort_unstable();
+        SpecialTokens {
+            bos,
+            eos,
+            end_of_generation: eog,
+            add_bos: file
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(defaults.add_bos),
         }
     }
 

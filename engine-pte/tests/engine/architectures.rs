@@ -1,8 +1,9 @@
-//! Families other than Llama through `arny export pte` (fp32), on the tiny
-//! generated models: Qwen2 (QKV bias, the `qwen2` BPE pre-tokenizer)
-//! exports and equals llama.cpp, tokens and logits. The other families
-//! stop in the exporter's transformers loader (see the README's
-//! architectures table for each reason).
+//! Families other than SmolLM2's through `arny export pte` (fp32), on the
+//! tiny generated models: Llama 3 (RoPE frequency factors), Qwen2 (QKV
+//! bias), Qwen3 (QK-norm, wider heads), Gemma 3 (sliding-window layers,
+//! GeGLU, soft-capping, a SentencePiece vocabulary) and Phi-3 (fused
+//! projections, SentencePiece). Each program must tokenize as llama.cpp
+//! does on the source file and equal its logits.
 
 use arny_conformance::compare::{argmax, kl_divergence};
 use arny_conformance::{TinyArch, TinyModel};
@@ -17,35 +18,46 @@ fn load(engine: &dyn InferenceEngine, path: std::path::PathBuf) -> std::sync::Ar
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-#[test]
-fn tiny_qwen2_equals_llama_cpp() {
-    let gguf = TinyModel::of(TinyArch::Qwen2).file().unwrap();
+/// Strings where tokenizers differ: spaces and newlines, digits,
+/// contractions, accents, CJK and emoji (SentencePiece's byte fallback),
+/// and chat markers (special in the BPE vocabularies, user-defined in the
+/// SentencePiece ones).
+const TRICKY: [&str; 6] = [
+    "The quick brown fox jumps over the lazy dog, and the cat sleeps in the warm sun.",
+    "  leading spaces, tabs\tand\nnewlines\n\n",
+    "numbers 12345 and 3.14159, contractions: I'm, you'll, we've",
+    "unicode: café, naïve, 日本語, emoji 🙂",
+    "<|im_start|>user\nHi there<|im_end|>",
+    " a leading space and a trailing one ",
+];
+
+fn equals_llama_cpp(arch: TinyArch, name: &str) {
+    let gguf = TinyModel::of(arch).file().unwrap();
     let pte = cached_export(&gguf, PteQuant::Fp32, 256, &mut |_| {})
-        .unwrap_or_else(|e| panic!("exporting the tiny Qwen2 model: {e}"));
+        .unwrap_or_else(|e| panic!("exporting the tiny {name} model: {e}"));
     let reference = load(&arny_engine_gguf::GgufEngine::new(), gguf);
     let candidate = load(&arny_engine_pte::PteEngine::new(), pte);
-    assert_eq!(candidate.info().architecture, "qwen2");
-    // The program's tokenizer.json (transformers' Qwen2 conversion) cuts
-    // text as llama.cpp's `qwen2` pre-tokenizer does.
-    for text in [
-        "The quick brown fox jumps over the lazy dog, and the cat sleeps in the warm sun.",
-        "  leading spaces, tabs\tand\nnewlines\n\n",
-        "numbers 12345 and 3.14159, contractions: I'm, you'll, we've",
-        "unicode: café, naïve, 日本語, emoji 🙂",
-        "<|im_start|>user\nHi there<|im_end|>",
-    ] {
-        for special in [false, true] {
+    assert_eq!(candidate.info().architecture, reference.info().architecture);
+    assert_eq!(candidate.special_tokens(), reference.special_tokens());
+    for text in TRICKY {
+        for (add_special, parse_special) in [(false, false), (false, true), (true, true)] {
             assert_eq!(
-                candidate.tokenize(text, false, special).unwrap(),
-                reference.tokenize(text, false, special).unwrap(),
-                "{text:?} (parse_special {special})"
+                candidate
+                    .tokenize(text, add_special, parse_special)
+                    .unwrap(),
+                reference
+                    .tokenize(text, add_special, parse_special)
+                    .unwrap(),
+                "{name}: {text:?} (add_special {add_special}, parse_special {parse_special})"
             );
         }
     }
+    // Longer than the tiny Gemma 3's 8-token window, so its sliding layers
+    // drop positions.
     let seq = reference
         .tokenize(
             "Once upon a time there was a small village by the sea, and every morning the boats went out.",
-            false,
+            true,
             false,
         )
         .unwrap();
@@ -61,9 +73,34 @@ fn tiny_qwen2_equals_llama_cpp() {
     }
     let kl = kl / seq.len() as f64;
     eprintln!(
-        "tiny qwen2, pte fp32 vs llama.cpp: top-1 {agree}/{}, mean KL {kl:.2e}",
+        "tiny {name}, pte fp32 vs llama.cpp: top-1 {agree}/{}, mean KL {kl:.2e}",
         seq.len()
     );
-    assert_eq!(agree, seq.len(), "top-1");
-    assert!(kl <= 1e-3, "mean KL {kl}");
+    assert_eq!(agree, seq.len(), "{name}: top-1");
+    assert!(kl <= 1e-3, "{name}: mean KL {kl}");
+}
+
+#[test]
+fn tiny_llama3_equals_llama_cpp() {
+    equals_llama_cpp(TinyArch::Llama3, "llama3");
+}
+
+#[test]
+fn tiny_qwen2_equals_llama_cpp() {
+    equals_llama_cpp(TinyArch::Qwen2, "qwen2");
+}
+
+#[test]
+fn tiny_qwen3_equals_llama_cpp() {
+    equals_llama_cpp(TinyArch::Qwen3, "qwen3");
+}
+
+#[test]
+fn tiny_gemma3_equals_llama_cpp() {
+    equals_llama_cpp(TinyArch::Gemma3, "gemma3");
+}
+
+#[test]
+fn tiny_phi3_equals_llama_cpp() {
+    equals_llama_cpp(TinyArch::Phi3, "phi3");
 }
