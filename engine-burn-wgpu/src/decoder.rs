@@ -955,10 +955,11 @@ impl Decoder {
     }
 
     /// RoPE's cosines and sines for positions `start..start + seq` at
-    /// `base`, shaped to broadcast over heads: `[1, seq, half, 1]` for
-    /// adjacent pairs, `[1, seq, 1, half]` for NeoX halves. Built once per
-    /// forward pass: an upload per layer costs a GPU dearly.
-    fn rope_tables(&self, start: usize, seq: usize, base: f32) -> (Tensor<4>, Tensor<4>) {
+    /// `base`, `[seq, half]` each; on a device also as tensors shaped to
+    /// broadcast over heads: `[seq, 1, half, 1]` for adjacent pairs,
+    /// `[seq, 1, 1, half]` for NeoX halves. Built once per forward pass:
+    /// an upload per layer costs a GPU dearly.
+    fn rope_tables(&self, start: usize, seq: usize, base: f32) -> RopeTables {
         let r = &self.cfg.rope;
         let d = self.cfg.head_dim;
         let half = d / 2;
@@ -979,29 +980,61 @@ impl Decoder {
                 sin.push(a.sin());
             }
         }
-        let shape = if r.neox {
-            [1, seq, 1, half]
-        } else {
-            [1, seq, half, 1]
-        };
-        let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, shape), &self.device);
-        (t(cos), t(sin))
+        let device = (!self.on_host).then(|| {
+            let shape = if r.neox {
+                [seq, 1, 1, half]
+            } else {
+                [seq, 1, half, 1]
+            };
+            let t = |v: &[f32]| {
+                Tensor::<4>::from_data(TensorData::new(v.to_vec(), shape), &self.device)
+            };
+            (t(&cos), t(&sin))
+        });
+        RopeTables { cos, sin, device }
     }
 
-    /// RoPE on `x: [heads, seq, head_dim]`: adjacent pairs (x[2i],
-    /// x[2i+1]) rotate together, or with `neox` x[i] and x[i + d/2].
-    fn rope(x: Tensor<3>, (cos, sin): &(Tensor<4>, Tensor<4>), neox: bool) -> Tensor<3> {
-        let [h, s, d] = x.dims();
+    /// RoPE on `x: [seq, heads, head_dim]`: adjacent pairs (x[2i],
+    /// x[2i+1]) rotate together, or with `neox` x[i] and x[i + d/2]. On
+    /// the host as a loop over the values (a dozen tensor ops per call cost
+    /// more than the arithmetic at one token), with the same products and
+    /// sums as the tensor ops, so the same bits.
+    fn rope(&self, x: Tensor<3>, t: &RopeTables) -> Tensor<3> {
+        let [s, h, d] = x.dims();
+        let neox = self.cfg.rope.neox;
+        let Some((cos, sin)) = &t.device else {
+            let mut v = x
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 activations");
+            let half = d / 2;
+            for (i, row) in v.chunks_exact_mut(h * d).enumerate() {
+                let (cos, sin) = (&t.cos[i * half..][..half], &t.sin[i * half..][..half]);
+                for head in row.chunks_exact_mut(d) {
+                    for j in 0..half {
+                        let (a, b) = if neox {
+                            (j, j + half)
+                        } else {
+                            (2 * j, 2 * j + 1)
+                        };
+                        let (x0, x1) = (head[a], head[b]);
+                        head[a] = x0 * cos[j] - x1 * sin[j];
+                        head[b] = x0 * sin[j] + x1 * cos[j];
+                    }
+                }
+            }
+            return Tensor::from_data(TensorData::new(v, [s, h, d]), &self.device);
+        };
         let (x, axis) = if neox {
-            (x.reshape([h, s, 2, d / 2]), 2)
+            (x.reshape([s, h, 2, d / 2]), 2)
         } else {
-            (x.reshape([h, s, d / 2, 2]), 3)
+            (x.reshape([s, h, d / 2, 2]), 3)
         };
         let x0 = x.clone().narrow(axis, 0, 1);
         let x1 = x.narrow(axis, 1, 1);
         let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
         let r1 = x0 * sin.clone() + x1 * cos.clone();
-        Tensor::cat(vec![r0, r1], axis).reshape([h, s, d])
+        Tensor::cat(vec![r0, r1], axis).reshape([s, h, d])
     }
 
     /// Runs `tokens` (appended after what `cache` holds) and returns the
@@ -1113,33 +1146,37 @@ impl Decoder {
         let c = &self.cfg;
         let (s, hd) = (step.seq, c.head_dim);
         let delta = |p: Proj| lora.and_then(|l| l.get(p));
-        let heads =
-            |w: &Linear, p: Proj, n: usize, bias: Option<&Tensor<1>>, norm: Option<&Norm>| {
-                let mut y = self.project(h.clone(), w, delta(p));
-                if let Some(bias) = bias {
-                    y = y + bias.clone().unsqueeze_dim::<2>(0);
-                }
-                if let Some(norm) = norm {
-                    y = self.rms_norm(y.reshape([s * n, hd]), norm);
-                }
-                y.reshape([s, n, hd]).swap_dims(0, 1)
-            };
+        let [q, k, v] = self.project_many(
+            h,
+            [
+                (&b.wq, delta(Proj::Q)),
+                (&b.wk, delta(Proj::K)),
+                (&b.wv, delta(Proj::V)),
+            ],
+        );
+        let heads = |mut y: Tensor<2>,
+                     n: usize,
+                     bias: Option<&Tensor<1>>,
+                     norm: Option<&Norm>,
+                     rope: bool| {
+            if let Some(bias) = bias {
+                y = y + bias.clone().unsqueeze_dim::<2>(0);
+            }
+            if let Some(norm) = norm {
+                y = self.rms_norm(y.reshape([s * n, hd]), norm);
+            }
+            let y = y.reshape([s, n, hd]);
+            if rope { self.rope(y, &attend.rope) } else { y }
+        };
         let bias = |i: usize| b.qkv_bias.as_ref().map(|v| &v[i]);
         let norm = |i: usize| b.qk_norm.as_ref().map(|v| &v[i]);
-        let neox = c.rope.neox;
-        let q = Self::rope(
-            heads(&b.wq, Proj::Q, c.n_head, bias(0), norm(0)),
-            &attend.rope,
-            neox,
-        );
-        let k = Self::rope(
-            heads(&b.wk, Proj::K, c.n_head_kv, bias(1), norm(1)),
-            &attend.rope,
-            neox,
-        );
-        let v = heads(&b.wv, Proj::V, c.n_head_kv, bias(2), None);
+        let q = heads(q, c.n_head, bias(0), norm(0), true);
+        let k = heads(k, c.n_head_kv, bias(1), norm(1), true);
+        let v = heads(v, c.n_head_kv, bias(2), None, false);
         let attn = match kv {
             LayerKv::Device { k: kc, v: vc } => {
+                let heads_first = |t: Tensor<3>| t.swap_dims(0, 1);
+                let (q, k, v) = (heads_first(q), heads_first(k), heads_first(v));
                 self.device_attention(q, k, v, kc, vc, step, attend)
             }
             LayerKv::Host { k: kc, v: vc } => self.host_attention(q, k, v, kc, vc, step, attend),
@@ -1187,7 +1224,8 @@ impl Decoder {
     /// row's result does not depend on what else is in its batch (8-bit
     /// activations in the next layer would turn a last-bit difference into
     /// a rounding step), and per token only the new keys and values are
-    /// copied.
+    /// copied. `q: [s, n_head, hd]`, `k`, `v: [s, n_head_kv, hd]`, as the
+    /// projections lay them out (no transposed copies).
     #[allow(clippy::too_many_arguments)]
     fn host_attention(
         &self,
@@ -1207,9 +1245,13 @@ impl Decoder {
                 .expect("f32 activations")
         };
         let (q, k, v) = (host(q), host(k), host(v));
+        let kv_width = c.n_head_kv * hd;
         for h in 0..c.n_head_kv {
-            k_cache[h].extend_from_slice(&k[h * s * hd..(h + 1) * s * hd]);
-            v_cache[h].extend_from_slice(&v[h * s * hd..(h + 1) * s * hd]);
+            for i in 0..s {
+                let at = i * kv_width + h * hd;
+                k_cache[h].extend_from_slice(&k[at..at + hd]);
+                v_cache[h].extend_from_slice(&v[at..at + hd]);
+            }
         }
         let (k_cache, v_cache) = (&*k_cache, &*v_cache);
         let group = c.n_head / c.n_head_kv;
@@ -1222,7 +1264,7 @@ impl Decoder {
             for (i, o) in out.chunks_exact_mut(hd).enumerate() {
                 let p = past + i;
                 let first = attend.window.map_or(0, |win| (p + 1).saturating_sub(win));
-                let qi = &q[(h * s + i) * hd..(h * s + i + 1) * hd];
+                let qi = &q[(i * c.n_head + h) * hd..(i * c.n_head + h + 1) * hd];
                 w.clear();
                 w.extend(
                     keys.chunks_exact(hd)
@@ -1267,33 +1309,97 @@ impl Decoder {
     /// The gated MLP: `down(act(gate(h)) * up(h))`.
     fn mlp(&self, b: &Block, lora: Option<&BlockLora>, h: Tensor<2>) -> Tensor<2> {
         let delta = |p: Proj| lora.and_then(|l| l.get(p));
-        let gate = self.project(h.clone(), &b.w_gate, delta(Proj::Gate));
-        let gate = match self.cfg.activation {
-            Activation::SwiGlu => silu(gate),
-            Activation::GeGlu => self.gelu(gate),
-        };
-        let up = self.project(h, &b.w_up, delta(Proj::Up));
-        self.project(gate * up, &b.w_down, delta(Proj::Down))
+        let [gate, up] = self.project_many(
+            h,
+            [(&b.w_gate, delta(Proj::Gate)), (&b.w_up, delta(Proj::Up))],
+        );
+        self.project(self.gated(gate, up), &b.w_down, delta(Proj::Down))
     }
 
-    /// GELU, tanh form. On the host as llama.cpp's CPU computes it: the
-    /// input rounded to f16, looked up in a table of f16 results (exact
-    /// outside ±10); on a device, the formula in f32.
-    fn gelu(&self, x: Tensor<2>) -> Tensor<2> {
+    /// `act(gate) * up`, SiLU or GELU (tanh form). On the host in one
+    /// pass, as llama.cpp's CPU computes them: SiLU as `x / (1 + e^-x)`,
+    /// GELU with the input rounded to f16 and looked up in a table of f16
+    /// results (exact outside ±10); on a device, the formulas in f32.
+    fn gated(&self, gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
         if !self.on_host {
-            let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044_715))
-                .mul_scalar((2.0 / std::f32::consts::PI).sqrt());
-            return x.clone().mul_scalar(0.5) * (inner.tanh().add_scalar(1.0));
+            let gate = match self.cfg.activation {
+                Activation::SwiGlu => silu(gate),
+                Activation::GeGlu => {
+                    let x = gate;
+                    let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044_715))
+                        .mul_scalar((2.0 / std::f32::consts::PI).sqrt());
+                    x.clone().mul_scalar(0.5) * (inner.tanh().add_scalar(1.0))
+                }
+            };
+            return gate * up;
         }
-        let dims = x.dims();
-        let mut v = x
+        let dims = gate.dims();
+        let host = |t: Tensor<2>| {
+            t.into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 activations")
+        };
+        let (mut g, u) = (host(gate), host(up));
+        let act: fn(f32) -> f32 = match self.cfg.activation {
+            Activation::SwiGlu => |x| x / (1.0 + (-x).exp()),
+            Activation::GeGlu => gelu_like_ggml,
+        };
+        for (g, &u) in g.iter_mut().zip(&u) {
+            *g = act(*g) * u;
+        }
+        Tensor::from_data(TensorData::new(g, dims), &self.device)
+    }
+
+    /// [`Self::project`] for projections of one input (Q, K, V; gate and
+    /// up). With packed weights on the host the input is read back and
+    /// quantized to 8 bits once for all of them instead of once each.
+    fn project_many<const N: usize>(
+        &self,
+        x: Tensor<2>,
+        ws: [(&Linear, Option<&LowRank>); N],
+    ) -> [Tensor<2>; N] {
+        let packed: Option<[&QMatrix; N]> = self
+            .on_host
+            .then(|| {
+                let mut it = ws.iter().map(|(w, _)| match w {
+                    Linear::Packed(q) => Some(q),
+                    _ => None,
+                });
+                let all: [Option<&QMatrix>; N] = std::array::from_fn(|_| it.next().flatten());
+                all.iter()
+                    .all(Option::is_some)
+                    .then(|| all.map(|q| q.expect("checked")))
+            })
+            .flatten();
+        let Some(packed) = packed else {
+            return ws.map(|(w, d)| self.project(x.clone(), w, d));
+        };
+        let [m, cols] = x.dims();
+        let xs = x
+            .clone()
             .into_data()
             .try_into_vec::<f32>()
             .expect("f32 activations");
-        for x in &mut v {
-            *x = gelu_like_ggml(*x);
-        }
-        Tensor::from_data(TensorData::new(v, dims), &self.device)
+        let kernel = arny_qmatmul::Kernel::detect();
+        let mut quantized: Vec<arny_qmatmul::Activations> = Vec::new();
+        std::array::from_fn(|i| {
+            let (w, (_, delta)) = (packed[i], &ws[i]);
+            let kind = w.ty().activation();
+            let acts = match quantized.iter().position(|a| a.kind() == kind) {
+                Some(j) => &quantized[j],
+                None => {
+                    quantized.push(arny_qmatmul::Activations::quantize(kind, &xs, m, cols));
+                    quantized.last().expect("just pushed")
+                }
+            };
+            let mut out = vec![0f32; m * w.rows()];
+            arny_qmatmul::matmul_quantized(kernel, acts, w, &mut out);
+            let y = Tensor::from_data(TensorData::new(out, [m, w.rows()]), &self.device);
+            match delta {
+                Some(d) => y + x.clone().matmul(d.a.clone()).matmul(d.b.clone()),
+                None => y,
+            }
+        })
     }
 
     /// `x @ w`, plus `(x @ A) @ B` when the projection is adapted. The
@@ -1463,8 +1569,16 @@ struct Step {
 struct Attend {
     /// The causal (and window) mask for device attention; none on the host.
     mask: Option<Tensor<3>>,
-    rope: (Tensor<4>, Tensor<4>),
+    rope: RopeTables,
     window: Option<usize>,
+}
+
+/// RoPE's cosines and sines, `[seq, head_dim / 2]`, and on a device the
+/// same as broadcastable tensors.
+struct RopeTables {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    device: Option<(Tensor<4>, Tensor<4>)>,
 }
 
 /// ggml's `gelu` on the CPU: `f16(gelu(f16(x)))` inside ±10.

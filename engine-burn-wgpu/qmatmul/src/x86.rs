@@ -1,5 +1,5 @@
-//! x86-64 dot products, in two builds of the same code: AVX2 + FMA, and
-//! AVX-512 VNNI (256-bit, with AVX-512VL). AVX2 multiplies 32 byte pairs
+//! x86-64 dot products, in two builds of the same code: AVX2 + FMA (+ F16C
+//! for the block scales), and AVX-512 VNNI (256-bit, with AVX-512VL). AVX2 multiplies 32 byte pairs
 //! with `maddubs` (unsigned × signed into 16-bit pair sums) and widens
 //! them with `madd`; VNNI's `vpdpbusd` does both in one instruction, the
 //! rest is shared. One FMA per block applies the scales, as in ggml's x86
@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use crate::QType;
 use crate::act::Row;
-use crate::scalar::{h, scale_min_k4};
+use crate::scalar::scale_min_k4;
 
 /// The kernels, compiled for the target features `$feat`, around the
 /// module's own `us8_dot` and `scaled_dot`.
@@ -27,6 +27,30 @@ macro_rules! kernels {
                 QType::Q8_0 => q8_0(w, a),
                 QType::Q4_K => q4_k(w, a),
                 QType::Q6_K => q6_k(w, a),
+            }
+        }
+
+        /// Consecutive weight rows (`w`, `out.len()` rows of `row_bytes`)
+        /// against one activation row, for decode: the type is matched
+        /// once and the loop runs inside the feature-enabled code.
+        ///
+        /// # Safety
+        /// As [`dot`].
+        #[target_feature(enable = $feat)]
+        pub(crate) unsafe fn dot_rows(
+            ty: QType,
+            w: &[u8],
+            row_bytes: usize,
+            a: &Row<'_>,
+            out: &mut [f32],
+        ) {
+            let rows = w.chunks_exact(row_bytes).zip(out.iter_mut());
+            match ty {
+                QType::Q4_0 => rows.for_each(|(w, o)| *o = q4_0(w, a)),
+                QType::Q4_1 => rows.for_each(|(w, o)| *o = q4_1(w, a)),
+                QType::Q8_0 => rows.for_each(|(w, o)| *o = q8_0(w, a)),
+                QType::Q4_K => rows.for_each(|(w, o)| *o = q4_k(w, a)),
+                QType::Q6_K => rows.for_each(|(w, o)| *o = q6_k(w, a)),
             }
         }
 
@@ -51,14 +75,20 @@ macro_rules! kernels {
         fn q4_1x4(w: &[u8], a: [&Row<'_>; 4]) -> [f32; 4] {
             let mut acc = [_mm256_setzero_ps(); 4];
             let mut off = [0f32; 4];
+            // Each row cut to the blocks there are, once, so the loop's
+            // indexing needs no bounds checks.
+            let n = w.len() / 20;
+            let qs: [&[i8]; 4] = std::array::from_fn(|r| &a[r].qs[..32 * n]);
+            let ds: [&[f32]; 4] = std::array::from_fn(|r| &a[r].d[..n]);
+            let ss: [&[f32]; 4] = std::array::from_fn(|r| &a[r].s[..n]);
             for (i, b) in w.chunks_exact(20).enumerate() {
                 let x = nibbles(&b[4..20]);
-                let (dw, mw) = (h(&b[0..2]), h(&b[2..4]));
+                let (dw, mw) = (hf(&b[0..2]), hf(&b[2..4]));
                 for r in 0..4 {
-                    let y = load_i8(&a[r].qs[32 * i..]);
-                    let d = _mm256_set1_ps(dw * a[r].d[i]);
+                    let y = load_i8(&qs[r][32 * i..]);
+                    let d = _mm256_set1_ps(dw * ds[r][i]);
                     acc[r] = _mm256_fmadd_ps(d, us8_dot(x, y), acc[r]);
-                    off[r] += mw * a[r].s[i];
+                    off[r] += mw * ss[r][i];
                 }
             }
             std::array::from_fn(|r| hsum(acc[r]) + off[r])
@@ -67,14 +97,17 @@ macro_rules! kernels {
         #[target_feature(enable = $feat)]
         fn q8_0x4(w: &[u8], a: [&Row<'_>; 4]) -> [f32; 4] {
             let mut acc = [_mm256_setzero_ps(); 4];
+            let n = w.len() / 34;
+            let qs: [&[i8]; 4] = std::array::from_fn(|r| &a[r].qs[..32 * n]);
+            let ds: [&[f32]; 4] = std::array::from_fn(|r| &a[r].d[..n]);
             for (i, b) in w.chunks_exact(34).enumerate() {
                 let x = load(&b[2..34]);
-                let dw = h(&b[0..2]);
+                let dw = hf(&b[0..2]);
                 // `maddubs` wants x unsigned: x's sign moves onto each y.
                 let ux = _mm256_sign_epi8(x, x);
                 for r in 0..4 {
-                    let y = _mm256_sign_epi8(load_i8(&a[r].qs[32 * i..]), x);
-                    let d = _mm256_set1_ps(dw * a[r].d[i]);
+                    let y = _mm256_sign_epi8(load_i8(&qs[r][32 * i..]), x);
+                    let d = _mm256_set1_ps(dw * ds[r][i]);
                     acc[r] = _mm256_fmadd_ps(d, us8_dot(ux, y), acc[r]);
                 }
             }
@@ -88,6 +121,16 @@ macro_rules! kernels {
             let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
             let r = _mm_add_ss(r, _mm_movehdup_ps(r));
             _mm_cvtss_f32(r)
+        }
+
+        /// A little-endian f16 as f32 with F16C's conversion: `half`'s
+        /// portable one, per block, held the kernels back (it is exact
+        /// either way, so the results do not change).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn hf(b: &[u8]) -> f32 {
+            let bits = u16::from_le_bytes([b[0], b[1]]);
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
         }
 
         #[inline]
@@ -136,10 +179,12 @@ macro_rules! kernels {
         #[target_feature(enable = $feat)]
         fn q4_0(w: &[u8], a: &Row<'_>) -> f32 {
             let mut acc = _mm256_setzero_ps();
+            let n = w.len() / 18;
+            let (qs, ds) = (&a.qs[..32 * n], &a.d[..n]);
             for (i, b) in w.chunks_exact(18).enumerate() {
                 let x = _mm256_sub_epi8(nibbles(&b[2..18]), _mm256_set1_epi8(8));
-                let y = load_i8(&a.qs[32 * i..]);
-                let d = _mm256_set1_ps(h(&b[0..2]) * a.d[i]);
+                let y = load_i8(&qs[32 * i..]);
+                let d = _mm256_set1_ps(hf(&b[0..2]) * ds[i]);
                 acc = _mm256_fmadd_ps(d, s8_dot(x, y), acc);
             }
             hsum(acc)
@@ -149,12 +194,14 @@ macro_rules! kernels {
         fn q4_1(w: &[u8], a: &Row<'_>) -> f32 {
             let mut acc = _mm256_setzero_ps();
             let mut offsets = 0f32;
+            let n = w.len() / 20;
+            let (qs, ds, ss) = (&a.qs[..32 * n], &a.d[..n], &a.s[..n]);
             for (i, b) in w.chunks_exact(20).enumerate() {
                 let x = nibbles(&b[4..20]);
-                let y = load_i8(&a.qs[32 * i..]);
-                let d = _mm256_set1_ps(h(&b[0..2]) * a.d[i]);
+                let y = load_i8(&qs[32 * i..]);
+                let d = _mm256_set1_ps(hf(&b[0..2]) * ds[i]);
                 acc = _mm256_fmadd_ps(d, us8_dot(x, y), acc);
-                offsets += h(&b[2..4]) * a.s[i];
+                offsets += hf(&b[2..4]) * ss[i];
             }
             hsum(acc) + offsets
         }
@@ -162,10 +209,12 @@ macro_rules! kernels {
         #[target_feature(enable = $feat)]
         fn q8_0(w: &[u8], a: &Row<'_>) -> f32 {
             let mut acc = _mm256_setzero_ps();
+            let n = w.len() / 34;
+            let (qs, ds) = (&a.qs[..32 * n], &a.d[..n]);
             for (i, b) in w.chunks_exact(34).enumerate() {
                 let x = load(&b[2..34]);
-                let y = load_i8(&a.qs[32 * i..]);
-                let d = _mm256_set1_ps(h(&b[0..2]) * a.d[i]);
+                let y = load_i8(&qs[32 * i..]);
+                let d = _mm256_set1_ps(hf(&b[0..2]) * ds[i]);
                 acc = _mm256_fmadd_ps(d, s8_dot(x, y), acc);
             }
             hsum(acc)
@@ -177,7 +226,7 @@ macro_rules! kernels {
             let mut mins = 0f32;
             let mask = _mm256_set1_epi8(0x0F);
             for (i, b) in w.chunks_exact(144).enumerate() {
-                let (d, dmin) = (h(&b[0..2]) * a.d[i], h(&b[2..4]) * a.d[i]);
+                let (d, dmin) = (hf(&b[0..2]) * a.d[i], hf(&b[2..4]) * a.d[i]);
                 let (scales, qs) = (&b[4..16], &b[16..144]);
                 let y = &a.qs[256 * i..256 * i + 256];
                 let bsums = &a.bsums[16 * i..16 * i + 16];
@@ -252,7 +301,7 @@ macro_rules! kernels {
                     }
                 }
                 // The values are stored as q + 32: take 32 · Σ scale · Σ y back.
-                let d = h(&b[208..210]) * a.d[i];
+                let d = hf(&b[208..210]) * a.d[i];
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
                 offsets += d * (32 * offset) as f32;
             }
@@ -264,7 +313,7 @@ macro_rules! kernels {
 pub(crate) mod avx2 {
     use super::*;
 
-    kernels!("avx2,fma");
+    kernels!("avx2,fma,f16c");
 
     /// Unsigned × signed bytes, summed into 8 lanes of f32.
     #[inline]
@@ -287,7 +336,7 @@ pub(crate) mod avx2 {
 pub(crate) mod vnni {
     use super::*;
 
-    kernels!("avx2,fma,avx512vnni,avx512vl");
+    kernels!("avx2,fma,f16c,avx512vnni,avx512vl");
 
     #[inline]
     #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
