@@ -1358,22 +1358,14 @@ impl Decoder {
         x: Tensor<2>,
         ws: [(&Linear, Option<&LowRank>); N],
     ) -> [Tensor<2>; N] {
-        let packed: Option<[&QMatrix; N]> = self
-            .on_host
-            .then(|| {
-                let mut it = ws.iter().map(|(w, _)| match w {
-                    Linear::Packed(q) => Some(q),
-                    _ => None,
-                });
-                let all: [Option<&QMatrix>; N] = std::array::from_fn(|_| it.next().flatten());
-                all.iter()
-                    .all(Option::is_some)
-                    .then(|| all.map(|q| q.expect("checked")))
-            })
-            .flatten();
-        let Some(packed) = packed else {
+        let packed = ws.map(|(w, _)| match w {
+            Linear::Packed(q) if self.on_host => Some(q),
+            _ => None,
+        });
+        if packed.iter().any(Option::is_none) {
             return ws.map(|(w, d)| self.project(x.clone(), w, d));
-        };
+        }
+        let packed = packed.map(|q| q.expect("all packed"));
         let [m, cols] = x.dims();
         let xs = x
             .clone()

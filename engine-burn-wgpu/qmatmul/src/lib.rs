@@ -238,8 +238,13 @@ impl QMatrix {
     }
 
     fn row(&self, r: usize) -> &[u8] {
-        let n = self.row_bytes();
-        &self.data[self.start + r * n..self.start + (r + 1) * n]
+        self.rows_bytes(r, 1)
+    }
+
+    /// The bytes of rows `first..first + n`, contiguous.
+    fn rows_bytes(&self, first: usize, n: usize) -> &[u8] {
+        let b = self.row_bytes();
+        &self.data[self.start + first * b..self.start + (first + n) * b]
     }
 
     /// Whether every block's f16 scale (and minimum) is finite. The
@@ -397,8 +402,7 @@ impl Kernel {
     fn dot_rows(self, w: &QMatrix, first: usize, a: &act::Row<'_>, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
-            let n = w.row_bytes();
-            let bytes = &w.data[w.start + first * n..w.start + (first + out.len()) * n];
+            let (n, bytes) = (w.row_bytes(), w.rows_bytes(first, out.len()));
             match self {
                 // SAFETY: `matmul_quantized` checked `runs_here`.
                 Self::Avx2 => return unsafe { x86::avx2::dot_rows(w.ty, bytes, n, a, out) },
@@ -501,10 +505,10 @@ pub fn matmul_quantized(kernel: Kernel, acts: &Activations, w: &QMatrix, out: &m
             }
         }
     });
-    // In tiles of 16 weight rows, so that each output row is written 16
-    // values at a time while the tile's columns stay in L1.
-    for (tile, cols) in t.chunks(16 * m).enumerate() {
-        let r0 = 16 * tile;
+    // In tiles of a task's weight rows, so that each output row is written
+    // that many values at a time while the tile's columns stay in L1.
+    for (tile, cols) in t.chunks(ROWS_PER_TASK * m).enumerate() {
+        let r0 = ROWS_PER_TASK * tile;
         let n = cols.len() / m;
         for (i, o) in out.chunks_exact_mut(w.rows).enumerate() {
             for (k, o) in o[r0..r0 + n].iter_mut().enumerate() {
