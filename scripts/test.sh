@@ -129,6 +129,8 @@ await_job "$export_pid" "$export_log" "exporting the default model to ExecuTorch
 
 stage "the packed-weight kernels on aarch64 (cross-built, run under qemu-user: NEON and NEON dotprod against the scalar reference)"
 scripts/test-aarch64.sh
+stage "the packed-weight kernels on wasm32 (simd128, under Node's WASI: against the scalar reference)"
+scripts/test-wasm-kernels.sh
 
 stage "tests"
 # The SDK's app-level test runs once per engine listed here.

@@ -108,9 +108,18 @@ async function ask(text) {
   // Let the page paint the question before the model takes the thread.
   await new Promise((r) => setTimeout(r, 20));
   try {
+    // Scrolled once a frame, not per token: scrollIntoView lays the page
+    // out, which on the CPU path costs the decoder time.
+    let scrollQueued = false;
     const answer = await assistant.ask(text, (piece) => {
       out.textContent += piece;
-      msg.scrollIntoView({ block: "end" });
+      if (!scrollQueued) {
+        scrollQueued = true;
+        requestAnimationFrame(() => {
+          scrollQueued = false;
+          msg.scrollIntoView({ block: "end" });
+        });
+      }
     }, { maxTokens });
     if (answer.decision) {
       showRoute(msg, answer.decision.label, answer.decision.confidence, answer.handler.name || answer.handler.model);

@@ -963,21 +963,20 @@ impl Decoder {
         let r = &self.cfg.rope;
         let d = self.cfg.head_dim;
         let half = d / 2;
-        // As ggml: theta_i = p · scale · base^(-2i/d) / factor_i.
-        let freqs: Vec<f32> = (0..half)
-            .map(|i| {
-                let f = base.powf(-(2.0 * i as f32) / d as f32);
-                f / r.factors.as_ref().map_or(1.0, |v| v[i])
-            })
-            .collect();
+        // As ggml computes it (`ggml_rope_cache_init`), rounding included:
+        // theta_i = scale · (p · s^i / factor_i), s = base^(-2/d), the
+        // power taken by repeated f32 multiplication.
+        let s = base.powf(-2.0 / d as f32);
         let mut cos = Vec::with_capacity(seq * half);
         let mut sin = Vec::with_capacity(seq * half);
         for p in start..start + seq {
-            let p = p as f32 * r.freq_scale;
-            for f in &freqs {
-                let a = p * f;
+            let mut theta = p as f32;
+            for i in 0..half {
+                let factor = r.factors.as_ref().map_or(1.0, |v| v[i]);
+                let a = r.freq_scale * (theta / factor);
                 cos.push(a.cos());
                 sin.push(a.sin());
+                theta *= s;
             }
         }
         let device = (!self.on_host).then(|| {
@@ -1246,11 +1245,14 @@ impl Decoder {
         };
         let (q, k, v) = (host(q), host(k), host(v));
         let kv_width = c.n_head_kv * hd;
+        // Keys and values rounded to f16 on the way in, as llama.cpp's
+        // cache holds them (its default F16 K and V types).
+        let f16 = |x: &f32| half::f16::from_f32(*x).to_f32();
         for h in 0..c.n_head_kv {
             for i in 0..s {
                 let at = i * kv_width + h * hd;
-                k_cache[h].extend_from_slice(&k[at..at + hd]);
-                v_cache[h].extend_from_slice(&v[at..at + hd]);
+                k_cache[h].extend(k[at..at + hd].iter().map(f16));
+                v_cache[h].extend(v[at..at + hd].iter().map(f16));
             }
         }
         let (k_cache, v_cache) = (&*k_cache, &*v_cache);
@@ -1272,7 +1274,10 @@ impl Decoder {
                         .skip(first)
                         .map(|kp| dot(qi, kp) * scale),
                 );
-                let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                // Not `f32::max`: a call to `fmaxf` on wasm32.
+                let max = w
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
                 let mut sum = 0f32;
                 for x in &mut w {
                     *x = (*x - max).exp();

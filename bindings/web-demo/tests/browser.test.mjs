@@ -201,7 +201,8 @@ for (const [device, model] of [["gpu", "tiny"], ["cpu", "real"]]) {
       assert.match(structured.refused, /^invalid_constraint: .*"not"/, structured.refused);
 
       await page.screenshot({ path: join(artifacts, `web-demo-${device}.png`), fullPage: true });
-      console.log(`[${device}, ${model} model] ${used}; ${phases.join(", ")}\n  math: ${mathText.slice(0, 120)}…\n  wellness (stopped): ${stopped}\n  structured: ${structured.text}`);
+      const mathMeta = await math.locator(".meta").textContent();
+      console.log(`[${device}, ${model} model] ${used}; ${phases.join(", ")}\n  math (${mathMeta}): ${mathText.slice(0, 120)}…\n  wellness (stopped): ${stopped}\n  structured: ${structured.text}`);
     } catch (e) {
       await page.screenshot({ path: join(artifacts, `web-demo-${device}-failed.png`), fullPage: true }).catch(() => {});
       console.error(console_.slice(-60).join("\n"));

@@ -58,7 +58,11 @@ fn f16_round(x: f32) -> f32 {
 
 /// One block of 32 as Q8_0: the scale (before f16 rounding) and values.
 pub(crate) fn quantize_block_q8(x: &[f32]) -> (f32, [i8; 32]) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // A comparison rather than `f32::max`, which wasm32 calls `fmaxf` for
+    // (its NaN rule differs from wasm's `f32.max`): the same result here.
+    let amax = x
+        .iter()
+        .fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut qs = [0i8; 32];

@@ -411,6 +411,11 @@ impl Kernel {
                 _ => {}
             }
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if self == Self::Simd128 && self.covers(w.ty) {
+            let (n, bytes) = (w.row_bytes(), w.rows_bytes(first, out.len()));
+            return wasm::dot_rows(w.ty, bytes, n, a, out);
+        }
         for (j, o) in out.iter_mut().enumerate() {
             *o = self.dot(w.ty, w.row(first + j), a);
         }
@@ -480,6 +485,10 @@ pub fn matmul_quantized(kernel: Kernel, acts: &Activations, w: &QMatrix, out: &m
             kernel.dot_rows(w, first, &rows[0], chunk)
         });
         return;
+    }
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if kernel == Kernel::Simd128 && kernel.covers(w.ty) {
+        return wasm::matmul(w, &rows, out);
     }
     // Prefill: each task takes a few weight rows (kept in L1) against every
     // activation row, four at a time, writing `outᵀ`, then one transpose.
