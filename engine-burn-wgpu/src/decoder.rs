@@ -1267,6 +1267,11 @@ impl Decoder {
                 let p = past + i;
                 let first = attend.window.map_or(0, |win| (p + 1).saturating_sub(win));
                 let qi = &q[(i * c.n_head + h) * hd..(i * c.n_head + h + 1) * hd];
+                if s < LLAMA_FA_TILE_ROWS {
+                    let kv = keys.chunks_exact(hd).zip(values.chunks_exact(hd));
+                    attend_one_row(qi, kv.take(p + 1).skip(first), scale, o);
+                    continue;
+                }
                 w.clear();
                 w.extend(
                     keys.chunks_exact(hd)
@@ -1576,6 +1581,66 @@ struct RopeTables {
     cos: Vec<f32>,
     sin: Vec<f32>,
     device: Option<(Tensor<4>, Tensor<4>)>,
+}
+
+/// From this many new positions on, llama.cpp's CPU flash attention
+/// takes its tiled path (f32 scores and sums over f16 keys and values, as
+/// [`Decoder::host_attention`] computes them); below it, its one-row path,
+/// which [`attend_one_row`] follows (`GGML_FA_TILE_Q`).
+const LLAMA_FA_TILE_ROWS: usize = 64;
+
+/// One query's attention as llama.cpp's one-row CPU flash attention
+/// computes it (`ggml_compute_forward_flash_attn_ext_f16_one_chunk` with
+/// f16 K and V): the query rounded to f16; an online softmax (a new maximum
+/// rescales what is summed); the weighted values summed in f16, rounded
+/// after every step; the sum divided out at the end. Decoding runs this
+/// path in llama.cpp, so it is what greedy runs must follow to equal
+/// llama.cpp's. `kv`: the (key, value) rows the query sees, in order.
+fn attend_one_row<'a>(
+    q: &[f32],
+    kv: impl Iterator<Item = (&'a [f32], &'a [f32])>,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let q: Vec<f32> = q.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+    let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+    out.fill(0.0);
+    for (k, v) in kv {
+        let s = dot(&q, k) * scale;
+        let (mut ms, mut vs) = (1f32, 1f32);
+        if s > max {
+            ms = (max - s).exp();
+            max = s;
+            out.iter_mut().for_each(|x| *x = f16_precision(*x * ms));
+        } else {
+            vs = (s - max).exp();
+        }
+        for (x, &v) in out.iter_mut().zip(v) {
+            *x = f16_precision(mul_add(v, vs, *x));
+        }
+        sum = sum * ms + vs;
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    out.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// `x` rounded to f16's 11 significant bits (Veltkamp's split: three f32
+/// operations that vectorize, where a conversion per value would cost
+/// more than the attention itself; f16's range and subnormals do not
+/// arise in these sums).
+#[inline]
+fn f16_precision(x: f32) -> f32 {
+    let t = x * 8193.0;
+    t - (t - x)
+}
+
+/// `a · b + c`, fused where the CPU has FMA, as ggml's SIMD code is.
+#[inline]
+fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(target_feature = "fma")]
+    return a.mul_add(b, c);
+    #[cfg(not(target_feature = "fma"))]
+    return a * b + c;
 }
 
 /// ggml's `gelu` on the CPU: `f16(gelu(f16(x)))` inside ±10.
