@@ -1218,13 +1218,18 @@ impl Decoder {
         attn.swap_dims(0, 1).reshape([s, c.q_dim()])
     }
 
-    /// Attention on the host (the CPU backend), the same arithmetic: each
-    /// query over exactly the positions it sees, in position order, so a
-    /// row's result does not depend on what else is in its batch (8-bit
-    /// activations in the next layer would turn a last-bit difference into
-    /// a rounding step), and per token only the new keys and values are
-    /// copied. `q: [s, n_head, hd]`, `k`, `v: [s, n_head_kv, hd]`, as the
-    /// projections lay them out (no transposed copies).
+    /// Attention on the host (the CPU backend), llama.cpp's arithmetic:
+    /// each query over exactly the positions it sees, in position order,
+    /// with llama.cpp's f16 rounding; a batch of fewer than
+    /// [`LLAMA_FA_TILE_ROWS`] new positions takes its one-row path
+    /// ([`attend_one_row`]), a larger one the f32 sums of its tiled path.
+    /// Within either, a row's result does not depend on what else is in its
+    /// batch (8-bit activations in the next layer would turn a last-bit
+    /// difference into a rounding step); across the two, as in llama.cpp, a
+    /// prompt fed in small pieces and one fed whole can differ in the last
+    /// bits. Per token only the new keys and values are copied. `q: [s,
+    /// n_head, hd]`, `k`, `v: [s, n_head_kv, hd]`, as the projections lay
+    /// them out (no transposed copies).
     #[allow(clippy::too_many_arguments)]
     fn host_attention(
         &self,
