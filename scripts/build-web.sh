@@ -21,3 +21,33 @@ say "wasm-bindgen --target web -> bindings/web-demo/pkg"
 "$bindgen" --target web --out-dir bindings/web-demo/pkg \
   "$target/wasm32-unknown-unknown/release/arny_wasm.wasm"
 ls -l bindings/web-demo/pkg/arny_wasm_bg.wasm >&2
+
+# The threaded build (pkg-threads): the CPU path's matmuls on Web Workers
+# sharing the module's memory; the CPU backend alone (no WebGPU, see
+# bindings/wasm's `webgpu` feature). Rust's std must be rebuilt with atomics,
+# which takes the nightly toolchain's -Z build-std (and its rust-src);
+# without them the page runs pkg on one thread. Its own target dir: other
+# flags, other artifacts. The 4 GiB cap bounds growth; it reserves nothing.
+if cargo +nightly -V >/dev/null 2>&1 &&
+  [ -d "$(rustc +nightly --print sysroot)/lib/rustlib/src/rust/library" ]; then
+  say "building arny-wasm with wasm threads (nightly, -Z build-std)"
+  # Memory imported and shared (wasm-bindgen then writes the glue that
+  # hands it to workers), and the TLS symbols each worker's instance
+  # initialises its thread-locals with.
+  link=""
+  for a in --shared-memory --import-memory --max-memory=4294967296 \
+    --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base; do
+    link="$link -C link-arg=$a"
+  done
+  CARGO_TARGET_DIR="$target/wasm-threads" \
+    RUSTFLAGS="--cfg getrandom_backend=\"wasm_js\" -C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals $link" \
+    cargo +nightly build --release --locked -p arny-wasm --target wasm32-unknown-unknown \
+    --no-default-features -Z build-std=std,panic_abort
+  say "wasm-bindgen --target web -> bindings/web-demo/pkg-threads"
+  "$bindgen" --target web --out-dir bindings/web-demo/pkg-threads \
+    "$target/wasm-threads/wasm32-unknown-unknown/release/arny_wasm.wasm"
+  ls -l bindings/web-demo/pkg-threads/arny_wasm_bg.wasm >&2
+else
+  say "no nightly toolchain with rust-src (scripts/setup.sh installs it): pkg-threads not built, the page runs on one thread"
+  rm -rf bindings/web-demo/pkg-threads
+fi

@@ -113,6 +113,18 @@ if command -v rustup >/dev/null 2>&1; then
       say "adding Rust target wasm32-unknown-unknown"
       rustup target add wasm32-unknown-unknown >/dev/null
     }
+    # The threaded page build rebuilds std with atomics: nightly's
+    # -Z build-std and its sources. Optional: without them the page runs on
+    # one thread.
+    if rustup toolchain list | grep -q '^nightly'; then
+      rustup component list --installed --toolchain nightly | grep -q '^rust-src' || {
+        say "adding rust-src to the nightly toolchain (threaded wasm build)"
+        rustup component add rust-src --toolchain nightly >/dev/null ||
+          say "could not add rust-src: the page will run on one thread"
+      }
+    else
+      say "no nightly toolchain: the page will run on one thread (rustup toolchain install nightly --component rust-src adds threads)"
+    fi
   fi
   if has test; then
     for comp in rustfmt clippy; do

@@ -5,11 +5,16 @@
 // The page's state is mirrored in data attributes (body[data-state], each
 // answer's data-label / data-done / data-finish) so tests can wait on them.
 
-import init, { Assistant, initLogging, webgpuAdapter } from "./pkg/arny_wasm.js";
-
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const device = params.get("device") || "auto";
+// Worker threads for the CPU path beside the page's own (`?threads=0`: one
+// thread in all). They need the threaded build and a cross-origin isolated
+// page (`arny web` sends the headers); otherwise the page loads pkg/.
+const threads = params.has("threads")
+  ? Number(params.get("threads"))
+  : Math.max(0, Math.min(navigator.hardwareConcurrency || 1, 8) - 1);
+let arnyWasm = null;
 // Caps every answer (for slow devices); the specialist's own limit otherwise.
 const maxTokens = Number(params.get("max_tokens")) || undefined;
 let assistant = null;
@@ -140,11 +145,50 @@ async function ask(text) {
   }
 }
 
+// A WebGPU adapter that can run Burn's kernels (they need `subgroups`),
+// not a software fallback: what `auto` would run on.
+async function webgpuUsable() {
+  try {
+    const a = navigator.gpu && (await navigator.gpu.requestAdapter());
+    return !!a && a.features.has("subgroups") && !a.isFallbackAdapter && !(a.info && a.info.isFallbackAdapter);
+  } catch {
+    return false;
+  }
+}
+
+// The threaded build (CPU only) where the page runs on the CPU and can
+// share memory with workers; else, or when it was not built, pkg/
+// (WebGPU and one CPU thread).
+async function loadPackage() {
+  const gpu = device === "gpu" || (device === "auto" && (await webgpuUsable()));
+  if (!gpu && threads > 0 && globalThis.crossOriginIsolated) {
+    try {
+      const pkg = await import("./pkg-threads/arny_wasm.js");
+      await pkg.default();
+      return pkg;
+    } catch (e) {
+      console.warn("threaded build unavailable, using one thread:", e);
+    }
+  }
+  const pkg = await import("./pkg/arny_wasm.js");
+  await pkg.default();
+  return pkg;
+}
+
 async function main() {
   setState("loading");
   progress("Starting the WebAssembly module…", null);
-  await init();
+  arnyWasm = await loadPackage();
+  const { Assistant, initLogging, webgpuAdapter } = arnyWasm;
   initLogging("info");
+  let running = 0;
+  if (threads > 0 && arnyWasm.threadsSupported()) {
+    running = await arnyWasm.startThreads(threads).catch((e) => {
+      console.warn("no worker threads:", e);
+      return 0;
+    });
+  }
+  document.body.dataset.threads = String(running + 1);
   const adapter = await webgpuAdapter().catch(() => null);
   console.info("WebGPU adapter:", adapter);
   const manifest = await (await fetch("arny.toml")).text();
@@ -152,7 +196,7 @@ async function main() {
   // The SDK's JS API, for the console and the page's tests.
   window.arny = assistant;
   const model = assistant.status().memory.models[0];
-  $("device").textContent = `engine: ${model.engine} · device: ${model.device} · requested: ${device}`;
+  $("device").textContent = `engine: ${model.engine} · device: ${model.device} · requested: ${device} · CPU threads: ${running + 1}`;
   $("device").dataset.device = model.device;
   setState("ready");
   $("prompt").focus();

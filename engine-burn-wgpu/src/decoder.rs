@@ -24,6 +24,7 @@ use arny_gguf::GgufFile;
 use arny_gguf::TensorInfo;
 use arny_gguf::lora::LoraFile;
 use arny_qmatmul::{QMatrix, QType};
+#[cfg(feature = "wgpu")]
 use arny_qmatmul_gpu::GpuQMatrix;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
@@ -310,6 +311,7 @@ enum Linear {
     Packed(QMatrix),
     /// `[out, in]` GGUF blocks on the GPU, multiplied by
     /// `arny-qmatmul-gpu`'s shaders.
+    #[cfg(feature = "wgpu")]
     Gpu(Box<GpuQMatrix>),
 }
 
@@ -333,6 +335,7 @@ impl Linear {
                 arny_qmatmul::matmul(x, m, w, &mut out);
                 Tensor::from_data(TensorData::new(out, [m, w.rows()]), &device)
             }
+            #[cfg(feature = "wgpu")]
             Self::Gpu(w) => w.matmul(x),
         }
     }
@@ -650,10 +653,17 @@ impl Decoder {
             if on_cpu {
                 return Ok(Linear::Packed(q));
             }
-            let g = GpuQMatrix::upload(&q, device)
-                .map_err(|e| EngineError::Unsupported(e.to_string()))?;
-            dense_bytes.set(dense_bytes.get() + g.bytes());
-            Ok(Linear::Gpu(Box::new(g)))
+            #[cfg(feature = "wgpu")]
+            {
+                let g = GpuQMatrix::upload(&q, device)
+                    .map_err(|e| EngineError::Unsupported(e.to_string()))?;
+                dense_bytes.set(dense_bytes.get() + g.bytes());
+                Ok(Linear::Gpu(Box::new(g)))
+            }
+            #[cfg(not(feature = "wgpu"))]
+            Err(EngineError::Unsupported(
+                "packed weights on a GPU: this build has no wgpu backend".into(),
+            ))
         };
         let mats = |name: &str,
                     n_in: usize,

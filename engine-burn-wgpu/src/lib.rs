@@ -65,6 +65,7 @@ impl BurnEngine {
 /// runtime per adapter selector and refuses a second `init`, so every model
 /// shares this device (and a failure is remembered rather than retried).
 #[derive(Clone)]
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
 struct Gpu {
     device: Device,
     /// Adapter name, graphics API and type, for `ModelInfo::device`.
@@ -75,8 +76,10 @@ struct Gpu {
     f16: bool,
 }
 
+#[cfg(feature = "wgpu")]
 static GPU: Mutex<Option<std::result::Result<Gpu, String>>> = Mutex::new(None);
 
+#[cfg(feature = "wgpu")]
 fn describe(device: Device, setup: &burn::tensor::wgpu::WgpuSetup) -> Gpu {
     use burn::tensor::wgpu::wgpu::DeviceType;
     let info = setup.adapter.get_info();
@@ -96,7 +99,7 @@ fn describe(device: Device, setup: &burn::tensor::wgpu::WgpuSetup) -> Gpu {
     }
 }
 
-#[cfg(not(target_family = "wasm"))]
+#[cfg(all(feature = "wgpu", not(target_family = "wasm")))]
 async fn gpu() -> std::result::Result<Gpu, String> {
     let mut slot = GPU.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(r) = slot.as_ref() {
@@ -116,7 +119,7 @@ async fn gpu() -> std::result::Result<Gpu, String> {
 
 /// In a browser the adapter can only be requested asynchronously. The page
 /// is single-threaded, so the lock is never held across the await.
-#[cfg(target_family = "wasm")]
+#[cfg(all(feature = "wgpu", target_family = "wasm"))]
 async fn gpu() -> std::result::Result<Gpu, String> {
     if let Some(r) = GPU.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         return r.clone();
@@ -128,6 +131,16 @@ async fn gpu() -> std::result::Result<Gpu, String> {
         .map_err(|e| e.to_string());
     *GPU.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.clone());
     r
+}
+
+/// A build for the CPU alone: the threaded page build, where wgpu's
+/// WebGPU types cannot cross threads and Burn's wgpu runtime needs them to.
+#[cfg(not(feature = "wgpu"))]
+async fn gpu() -> std::result::Result<Gpu, String> {
+    Err(
+        "this build of the Burn engine has no wgpu backend (built without its `wgpu` feature)"
+            .into(),
+    )
 }
 
 /// Where a model runs.
@@ -166,7 +179,7 @@ impl Placement {
 /// the life of the process (65 MiB of RSS with lavapipe, measured beside a
 /// CPU model) while the model runs on the CPU. In a browser the page's
 /// adapter is the only one and is asked for by `gpu` itself.
-#[cfg(not(target_family = "wasm"))]
+#[cfg(all(feature = "wgpu", not(target_family = "wasm")))]
 async fn hardware_adapter() -> bool {
     use burn::tensor::wgpu::wgpu;
     // Asked once per process: adapters do not come and go between loads.
@@ -198,9 +211,11 @@ async fn hardware_adapter() -> bool {
     *HARDWARE.get_or_init(|| hardware)
 }
 
-#[cfg(target_family = "wasm")]
+/// In a page the adapter is asked for by `gpu` itself; a build without
+/// wgpu has none.
+#[cfg(any(target_family = "wasm", not(feature = "wgpu")))]
 async fn hardware_adapter() -> bool {
-    true
+    cfg!(feature = "wgpu")
 }
 
 /// The device for a request. `Auto` takes wgpu only on a hardware adapter:

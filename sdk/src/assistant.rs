@@ -40,7 +40,7 @@ impl Engines {
         {
             e = e.with(Arc::new(arny_engine_gguf::GgufEngine::new()));
         }
-        #[cfg(feature = "burn")]
+        #[cfg(feature = "burn-cpu")]
         {
             e = e.with(Arc::new(arny_engine_burn_wgpu::BurnEngine::new()));
         }

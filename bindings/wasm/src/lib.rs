@@ -127,6 +127,57 @@ async fn request_adapter() -> Result<Option<JsValue>, JsError> {
     Ok((!adapter.is_null() && !adapter.is_undefined()).then_some(adapter))
 }
 
+#[wasm_bindgen(module = "/src/threads.js")]
+extern "C" {
+    #[wasm_bindgen(catch)]
+    fn start_workers(n: u32, module: JsValue, memory: JsValue) -> Result<Promise, JsValue>;
+}
+
+/// Whether this build runs the CPU path on several threads: the
+/// `pkg-threads` build (`+atomics`, shared memory), which needs a
+/// cross-origin isolated page (`crossOriginIsolated`).
+#[wasm_bindgen(js_name = threadsSupported)]
+pub fn threads_supported() -> bool {
+    cfg!(target_feature = "atomics")
+}
+
+/// Starts `n` Web Workers that take part in the CPU path's matmuls with
+/// the calling thread (so `n + 1` threads in all; one per core beyond the
+/// page's own is the usual choice). Resolves to the number running.
+/// Fails with `invalid_request` on a build without threads
+/// ([`threads_supported`]) or a page that is not cross-origin isolated.
+#[wasm_bindgen(js_name = startThreads)]
+pub async fn start_threads(n: u32) -> Result<u32, JsError> {
+    if !threads_supported() {
+        return Err(JsError::new(
+            "invalid_request: threads: this build has no wasm threads (load pkg-threads, built by scripts/build-web.sh)",
+        ));
+    }
+    let isolated = Reflect::get(&js_sys::global(), &"crossOriginIsolated".into())
+        .ok()
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    if !isolated {
+        return Err(JsError::new(
+            "invalid_request: threads: the page is not cross-origin isolated (serve it with COOP: same-origin and COEP: require-corp)",
+        ));
+    }
+    let started = start_workers(n, wasm_bindgen::module(), wasm_bindgen::memory())
+        .map_err(|e| js_error("engine_unavailable: threads", e))?;
+    JsFuture::from(started)
+        .await
+        .map_err(|e| js_error("engine_unavailable: threads", e))?;
+    Ok(n)
+}
+
+/// A worker's entry point (called by the workers [`start_threads`] makes):
+/// parks in the kernels' pool and never returns.
+#[cfg(target_feature = "atomics")]
+#[wasm_bindgen(js_name = workerMain)]
+pub fn worker_main() {
+    arny_qmatmul::pool::worker_main()
+}
+
 /// Sends the SDK's `tracing` logs to the browser console at `level`
 /// (`error`, `warn`, `info`, `debug`, `trace`). Only the first call counts.
 #[wasm_bindgen(js_name = initLogging)]

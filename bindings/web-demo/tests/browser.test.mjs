@@ -20,7 +20,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -112,6 +112,54 @@ async function waitDone(msg) {
   });
 }
 
+// The threaded build (pkg-threads) is built wherever the nightly toolchain
+// is (scripts/build-web.sh); ARNY_WEB_THREADS=0 says it was not.
+const threaded = process.env.ARNY_WEB_THREADS !== "0";
+if (threaded) {
+  assert.ok(
+    existsSync(join(here, "../pkg-threads/arny_wasm_bg.wasm")),
+    "pkg-threads is built (scripts/build-web.sh; ARNY_WEB_THREADS=0 if it cannot be)",
+  );
+}
+// The page starts a worker per core beyond its own; Chromium reports the
+// machine's cores.
+const cores = (await import("node:os")).availableParallelism();
+const expectedThreads = threaded ? Math.min(cores, 8) : 1;
+
+// Workers split each matmul's rows, and every row is computed the same way
+// on whichever thread takes it: a greedy answer must not change with the
+// thread count, token for token.
+test("the CPU path's greedy answer is the same on one thread and on several", { timeout: 2 * LOAD_MS + 2 * ANSWER_MS, skip: !threaded && "pkg-threads not built" }, async () => {
+  const answers = {};
+  for (const n of [0, 1]) {
+    const { browser, page, console_ } = await open("cpu");
+    try {
+      await page.goto(`${base.real}?device=cpu&threads=${n}`);
+      await page.waitForFunction(() => ["ready", "error"].includes(document.body.dataset.state), null, {
+        timeout: LOAD_MS,
+      });
+      assert.equal(await page.evaluate(() => document.body.dataset.state), "ready", await page.locator("#error").textContent());
+      assert.equal(await page.evaluate(() => document.body.dataset.threads), String(n + 1));
+      const a = await page.evaluate(async () => {
+        const a = await window.arny.ask("What is 20% of 80? Show the steps.", null, {
+          specialist: "math", temperature: 0, maxTokens: 48,
+        });
+        return { text: a.text, usage: a.usage };
+      });
+      answers[n + 1] = a;
+      console.log(`[cpu, ${n + 1} threads] decode ${a.usage.decode_tok_s.toFixed(1)} tok/s, prefill ${a.usage.prefill_tok_s.toFixed(1)} tok/s: ${a.text.slice(0, 80)}…`);
+    } catch (e) {
+      console.error(console_.slice(-60).join("\n"));
+      throw e;
+    } finally {
+      await browser.close();
+    }
+  }
+  const [one, many] = Object.values(answers);
+  assert.ok(one.text.length > 0);
+  assert.equal(many.text, one.text, "the same greedy answer on every thread count");
+});
+
 for (const [device, model] of [["gpu", "tiny"], ["cpu", "real"]]) {
   test(`chat in the page on ${device === "gpu" ? "WebGPU (tiny model)" : "the CPU backend (real model)"}`, { timeout: LOAD_MS + 3 * ANSWER_MS }, async () => {
     const { browser, page, console_ } = await open(device);
@@ -121,7 +169,9 @@ for (const [device, model] of [["gpu", "tiny"], ["cpu", "real"]]) {
     const phases = [];
     const mark = (name) => phases.push(`${name} ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     try {
-      await page.goto(`${base[model]}?device=${device}${model === "tiny" ? "&max_tokens=32" : ""}`);
+      // The GPU page runs the single-threaded build (its CPU work is small),
+      // the CPU page the threaded one where it was built.
+      await page.goto(`${base[model]}?device=${device}${model === "tiny" ? "&max_tokens=32&threads=0" : ""}`);
       if (device === "gpu") {
         // navigator.gpu exists only in a secure context, such as loopback.
         const adapter = await page.evaluate(async () => !!(navigator.gpu && (await navigator.gpu.requestAdapter())));
@@ -136,6 +186,8 @@ for (const [device, model] of [["gpu", "tiny"], ["cpu", "real"]]) {
       const used = await page.locator("#device").getAttribute("data-device");
       if (device === "gpu") assert.match(used, /^wgpu: /, `WebGPU path, got ${used}`);
       else assert.match(used, /^cpu/, `CPU path, got ${used}`);
+      const threads = await page.evaluate(() => document.body.dataset.threads);
+      assert.equal(threads, device === "cpu" ? String(expectedThreads) : "1", "CPU threads in the page");
 
       // Math: the whole streamed answer. On the real model the math
       // specialist is the shipped LoRA adapter, run by Burn in wasm, and
@@ -202,7 +254,7 @@ for (const [device, model] of [["gpu", "tiny"], ["cpu", "real"]]) {
 
       await page.screenshot({ path: join(artifacts, `web-demo-${device}.png`), fullPage: true });
       const mathMeta = await math.locator(".meta").textContent();
-      console.log(`[${device}, ${model} model] ${used}; ${phases.join(", ")}\n  math (${mathMeta}): ${mathText.slice(0, 120)}…\n  wellness (stopped): ${stopped}\n  structured: ${structured.text}`);
+      console.log(`[${device}, ${model} model, ${threads} CPU threads] ${used}; ${phases.join(", ")}\n  math (${mathMeta}): ${mathText.slice(0, 120)}…\n  wellness (stopped): ${stopped}\n  structured: ${structured.text}`);
     } catch (e) {
       await page.screenshot({ path: join(artifacts, `web-demo-${device}-failed.png`), fullPage: true }).catch(() => {});
       console.error(console_.slice(-60).join("\n"));

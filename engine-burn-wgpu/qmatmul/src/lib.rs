@@ -14,9 +14,18 @@
 //! (wasm32 built with `+simd128`) cover the block types they have code for
 //! and fall back to the scalar one for the rest (see [`Kernel::covers`]).
 
+// The threaded page build is a nightly build anyway (std rebuilt with
+// atomics); its workers sleep with `memory.atomic.wait32`.
+#![cfg_attr(
+    all(target_family = "wasm", target_feature = "atomics"),
+    feature(stdarch_wasm_atomic_wait)
+)]
+
 mod act;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(all(target_family = "wasm", target_feature = "atomics"))]
+pub mod pool;
 mod scalar;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm;
@@ -528,8 +537,21 @@ pub fn matmul_quantized(kernel: Kernel, acts: &Activations, w: &QMatrix, out: &m
 }
 
 /// Runs `f(offset, chunk)` over `chunk`-sized pieces of `out`, on the
-/// current rayon pool where there is one.
+/// current rayon pool where there is one, or a page's workers.
 fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    #[cfg(all(target_family = "wasm", target_feature = "atomics"))]
+    if pool::workers() > 0 && out.len() > chunk {
+        let len = out.len();
+        let shared = SharedOut::new(out);
+        pool::for_each(len.div_ceil(chunk), &|i| {
+            let start = i * chunk;
+            // SAFETY: each task is run once, and tasks' pieces are disjoint.
+            f(start, unsafe {
+                shared.slice(start, chunk.min(len - start))
+            })
+        });
+        return;
+    }
     #[cfg(not(target_family = "wasm"))]
     {
         use rayon::prelude::*;
@@ -542,5 +564,46 @@ fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) +
     }
     for (i, c) in out.chunks_mut(chunk).enumerate() {
         f(i * chunk, c);
+    }
+}
+
+/// Runs `f(i)` for every `i < n`, on a page's workers where it has them.
+#[cfg(target_family = "wasm")]
+pub(crate) fn for_each_task(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    #[cfg(target_feature = "atomics")]
+    pool::for_each(n, f);
+    #[cfg(not(target_feature = "atomics"))]
+    (0..n).for_each(f);
+}
+
+/// An output buffer that tasks on several threads write disjoint parts of.
+#[cfg(target_family = "wasm")]
+pub(crate) struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: `slice` is `unsafe`: its callers keep the parts disjoint.
+#[cfg(target_family = "wasm")]
+unsafe impl Sync for SharedOut {}
+
+#[cfg(target_family = "wasm")]
+impl SharedOut {
+    pub(crate) fn new(out: &mut [f32]) -> Self {
+        Self {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+        }
+    }
+
+    /// `out[start..start + len]`.
+    ///
+    /// # Safety
+    /// No two live slices overlap, and none outlives the buffer's borrow.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(start + len <= self.len, "out of the buffer");
+        // SAFETY: in bounds (checked); disjointness is the caller's.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
     }
 }

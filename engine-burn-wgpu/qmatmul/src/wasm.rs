@@ -38,14 +38,20 @@ pub(crate) fn dot_rows(ty: QType, w: &[u8], row_bytes: usize, a: &Row<'_>, out: 
 pub(crate) fn matmul(w: &QMatrix, rows: &[Row<'_>], out: &mut [f32]) {
     let split: Vec<Vec<[v128; 4]>> = rows.iter().map(split_row).collect();
     let (ty, n, all) = (w.ty, w.row_bytes(), w.rows());
-    for first in (0..all).step_by(TILE) {
+    assert_eq!(out.len(), rows.len() * all);
+    let shared = crate::SharedOut::new(out);
+    // A task per tile: its columns of every output row.
+    crate::for_each_task(all.div_ceil(TILE), &|t| {
+        let first = t * TILE;
         let tile = w.rows_bytes(first, TILE.min(all - first));
-        for ((a, y), o) in rows.iter().zip(&split).zip(out.chunks_exact_mut(all)) {
-            for (wr, o) in tile.chunks_exact(n).zip(&mut o[first..]) {
+        for (i, (a, y)) in rows.iter().zip(&split).enumerate() {
+            // SAFETY: tiles' column ranges are disjoint, each run once.
+            let o = unsafe { shared.slice(i * all + first, tile.len() / n) };
+            for (wr, o) in tile.chunks_exact(n).zip(o) {
                 *o = dot_split(ty, wr, a, y);
             }
         }
-    }
+    });
 }
 
 /// Weight rows per prefill tile (16 rows of 1536 Q4_1 values are 15 KB).

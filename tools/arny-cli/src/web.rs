@@ -155,7 +155,22 @@ pub fn run(args: Args) -> Result<()> {
         let path = arny_model_store::locate_adapter(a)?;
         app = app.route_service(&format!("/{}", adapter_url(a)), ServeFile::new(path));
     }
-    let app = app.fallback_service(ServeDir::new(&dir)).layer(no_cache);
+    // Cross-origin isolation: the page may then share its memory with
+    // workers (SharedArrayBuffer), which the threaded wasm build needs.
+    // Everything the page loads comes from here, so nothing is blocked.
+    let coop = SetResponseHeaderLayer::overriding(
+        header::HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    let coep = SetResponseHeaderLayer::overriding(
+        header::HeaderName::from_static("cross-origin-embedder-policy"),
+        HeaderValue::from_static("require-corp"),
+    );
+    let app = app
+        .fallback_service(ServeDir::new(&dir))
+        .layer(no_cache)
+        .layer(coop)
+        .layer(coep);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port))
