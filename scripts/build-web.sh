@@ -39,7 +39,9 @@ if cargo +nightly -V >/dev/null 2>&1 &&
     --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base; do
     link="$link -C link-arg=$a"
   done
-  CARGO_TARGET_DIR="$target/wasm-threads" \
+  # Not the stable toolchain's clippy-driver that scripts/test.sh sets as
+  # the workspace wrapper: it would look for std's sources in stable.
+  env -u RUSTC_WORKSPACE_WRAPPER -u RUSTC CARGO_TARGET_DIR="$target/wasm-threads" \
     RUSTFLAGS="--cfg getrandom_backend=\"wasm_js\" -C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals $link" \
     cargo +nightly build --release --locked -p arny-wasm --target wasm32-unknown-unknown \
     --no-default-features -Z build-std=std,panic_abort

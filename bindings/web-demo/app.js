@@ -161,7 +161,9 @@ async function webgpuUsable() {
 // (WebGPU and one CPU thread).
 async function loadPackage() {
   const gpu = device === "gpu" || (device === "auto" && (await webgpuUsable()));
-  if (!gpu && threads > 0 && globalThis.crossOriginIsolated) {
+  // `?pkg=threads`: the threaded build even with `threads=0` (to measure it).
+  const wanted = params.get("pkg") === "threads" || threads > 0;
+  if (!gpu && wanted && globalThis.crossOriginIsolated) {
     try {
       const pkg = await import("./pkg-threads/arny_wasm.js");
       await pkg.default();

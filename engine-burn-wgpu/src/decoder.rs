@@ -1411,11 +1411,15 @@ impl Decoder {
             };
             let mut out = vec![0f32; m * w.rows()];
             arny_qmatmul::matmul_quantized(kernel, acts, w, &mut out);
-            let y = Tensor::from_data(TensorData::new(out, [m, w.rows()]), &self.device);
             match delta {
-                Some(d) => y + x.clone().matmul(d.a.clone()).matmul(d.b.clone()),
-                None => y,
+                Some(LowRank::Host { a, b, r }) => add_low_rank(&xs, m, a, b, *r, &mut out),
+                Some(d) => {
+                    let y = Tensor::from_data(TensorData::new(out, [m, w.rows()]), &self.device);
+                    return y + d.delta(x.clone());
+                }
+                None => {}
             }
+            Tensor::from_data(TensorData::new(out, [m, w.rows()]), &self.device)
         })
     }
 
@@ -1426,8 +1430,25 @@ impl Decoder {
         match delta {
             None => w.forward(x),
             Some(d) => {
-                let low = x.clone().matmul(d.a.clone()).matmul(d.b.clone());
+                let low = d.delta(x.clone());
                 w.forward(x) + low
+            }
+        }
+    }
+}
+
+/// `out[i] += (x[i] · A) · B` on the host: `a` is `r` rows of `in` (`Aᵀ`),
+/// `b` is `r` rows of `out` (`B`), so both steps run along contiguous rows:
+/// `r` dot products, then `r` scaled row additions (no short sums).
+/// Burn's CPU matmul on these thin shapes is the `gemm` crate, whose wasm32
+/// code is scalar: a tenth of a page's token.
+fn add_low_rank(x: &[f32], m: usize, a: &[f32], b: &[f32], r: usize, out: &mut [f32]) {
+    let (n_in, n_out) = (x.len() / m, out.len() / m);
+    for (xi, oi) in x.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
+        for (ak, bk) in a.chunks_exact(n_in).zip(b.chunks_exact(n_out)).take(r) {
+            let t = dot(xi, ak);
+            for (o, &w) in oi.iter_mut().zip(bk) {
+                *o += t * w;
             }
         }
     }
@@ -1477,11 +1498,36 @@ impl Proj {
     }
 }
 
-/// One adapted weight's delta: `A: [in, r]`, `B: [r, out]`, with the
-/// adapter's scale folded into `B`.
-struct LowRank {
-    a: Tensor<2>,
-    b: Tensor<2>,
+/// One adapted weight's delta, with the adapter's scale folded into `B`.
+// A few hundred per adapter, each allocated once: their size is no concern.
+#[allow(clippy::large_enum_variant)]
+enum LowRank {
+    /// On the device (wgpu): `A: [in, r]`, `B: [r, out]`.
+    Device { a: Tensor<2>, b: Tensor<2> },
+    /// On the host (the CPU backend): `a` is `r` rows of `in` (as the
+    /// file has it), `b` is `r` rows of `out` (the file's, transposed).
+    Host { a: Vec<f32>, b: Vec<f32>, r: usize },
+}
+
+impl LowRank {
+    /// `(x @ A) @ B` for `x: [m, in]`.
+    fn delta(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Self::Device { a, b } => x.matmul(a.clone()).matmul(b.clone()),
+            Self::Host { a, b, r } => {
+                let [m, _] = x.dims();
+                let device = x.device();
+                let xs = x
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("f32 activations");
+                let mut out = vec![0f32; m * b.len() / r];
+                add_low_rank(&xs, m, a, b, *r, &mut out);
+                let n_out = out.len() / m;
+                Tensor::from_data(TensorData::new(out, [m, n_out]), &device)
+            }
+        }
+    }
 }
 
 /// A block's adapted projections.
@@ -1552,16 +1598,28 @@ impl Lora {
                 }
                 Ok(v)
             };
-            // ggml [n_in, r] is `r` rows of `n_in`: transposed to [in, r].
-            let a =
-                Tensor::<2>::from_data(TensorData::new(data(&pair.a)?, [r, n_in]), &model.device)
-                    .transpose();
-            let b =
-                Tensor::<2>::from_data(TensorData::new(data(&pair.b)?, [n_out, r]), &model.device)
-                    .transpose()
-                    .mul_scalar(scale);
+            // ggml [n_in, r] is `r` rows of `n_in`, [r, n_out] `n_out`
+            // rows of `r`.
+            let (a, b) = (data(&pair.a)?, data(&pair.b)?);
+            let delta = if model.on_host {
+                let mut bt = vec![0f32; b.len()];
+                for (o, row) in b.chunks_exact(r).enumerate() {
+                    for (k, &w) in row.iter().enumerate() {
+                        bt[k * n_out + o] = w * scale;
+                    }
+                }
+                LowRank::Host { a, b: bt, r }
+            } else {
+                LowRank::Device {
+                    a: Tensor::<2>::from_data(TensorData::new(a, [r, n_in]), &model.device)
+                        .transpose(),
+                    b: Tensor::<2>::from_data(TensorData::new(b, [n_out, r]), &model.device)
+                        .transpose()
+                        .mul_scalar(scale),
+                }
+            };
             device_bytes += WeightPrecision::F32.bytes(r * (n_in + n_out));
-            blocks[layer].deltas[proj as usize] = Some(LowRank { a, b });
+            blocks[layer].deltas[proj as usize] = Some(delta);
         }
         Ok(Self {
             blocks,
@@ -1674,6 +1732,7 @@ fn gelu_like_ggml(x: f32) -> f32 {
 
 /// `Σ a·b` in eight lanes, added in a fixed order: vectorized, and the same
 /// bits whatever the batch.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -1684,5 +1743,44 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The same sum in simd128 (LLVM leaves the portable one scalar on wasm32,
+/// where the LoRA deltas' dot products were 4% of a page's token): lanes
+/// 0–3 and 4–7 in two vectors, each a multiply then an add as above, and
+/// the lanes added in the same order, so the bits are the portable ones.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::wasm32::{
+        f32x4_add, f32x4_extract_lane, f32x4_mul, f32x4_splat, v128, v128_load,
+    };
+    let n = a.len().min(b.len());
+    let (mut lo, mut hi) = (f32x4_splat(0.0), f32x4_splat(0.0));
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n` keeps both 8-value loads in bounds; wasm
+        // loads need no alignment.
+        unsafe {
+            let (pa, pb) = (
+                a.as_ptr().add(i).cast::<v128>(),
+                b.as_ptr().add(i).cast::<v128>(),
+            );
+            lo = f32x4_add(lo, f32x4_mul(v128_load(pa), v128_load(pb)));
+            hi = f32x4_add(hi, f32x4_mul(v128_load(pa.add(1)), v128_load(pb.add(1))));
+        }
+        i += 8;
+    }
+    let tail: f32 = a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum();
+    let lanes = [
+        f32x4_extract_lane::<0>(lo),
+        f32x4_extract_lane::<1>(lo),
+        f32x4_extract_lane::<2>(lo),
+        f32x4_extract_lane::<3>(lo),
+        f32x4_extract_lane::<0>(hi),
+        f32x4_extract_lane::<1>(hi),
+        f32x4_extract_lane::<2>(hi),
+        f32x4_extract_lane::<3>(hi),
+    ];
     lanes.iter().sum::<f32>() + tail
 }
