@@ -14,6 +14,7 @@ const device = params.get("device") || "auto";
 const threads = params.has("threads")
   ? Number(params.get("threads"))
   : Math.max(0, Math.min(navigator.hardwareConcurrency || 1, 8) - 1);
+const pkgParam = params.get("pkg");
 let arnyWasm = null;
 // Caps every answer (for slow devices); the specialist's own limit otherwise.
 const maxTokens = Number(params.get("max_tokens")) || undefined;
@@ -162,7 +163,7 @@ async function webgpuUsable() {
 async function loadPackage() {
   const gpu = device === "gpu" || (device === "auto" && (await webgpuUsable()));
   // `?pkg=threads`: the threaded build even with `threads=0` (to measure it).
-  const wanted = params.get("pkg") === "threads" || threads > 0;
+  const wanted = pkgParam === "threads" || threads > 0;
   if (!gpu && wanted && globalThis.crossOriginIsolated) {
     try {
       const pkg = await import("./pkg-threads/arny_wasm.js");
@@ -179,6 +180,13 @@ async function loadPackage() {
 
 async function main() {
   setState("loading");
+  // A knob the page cannot honour is an error, not a silent default.
+  if (!Number.isInteger(threads) || threads < 0) {
+    throw new Error(`invalid_request: ?threads=${params.get("threads")} (a whole number of workers, 0 or more)`);
+  }
+  if (pkgParam !== null && pkgParam !== "threads") {
+    throw new Error(`invalid_request: ?pkg=${pkgParam} (only "threads")`);
+  }
   progress("Starting the WebAssembly module…", null);
   arnyWasm = await loadPackage();
   const { Assistant, initLogging, webgpuAdapter } = arnyWasm;

@@ -1411,15 +1411,14 @@ impl Decoder {
             };
             let mut out = vec![0f32; m * w.rows()];
             arny_qmatmul::matmul_quantized(kernel, acts, w, &mut out);
-            match delta {
-                Some(LowRank::Host { a, b, r }) => add_low_rank(&xs, m, a, b, *r, &mut out),
-                Some(d) => {
-                    let y = Tensor::from_data(TensorData::new(out, [m, w.rows()]), &self.device);
-                    return y + d.delta(x.clone());
-                }
-                None => {}
+            if let Some(LowRank::Host { a, b, r }) = delta {
+                add_low_rank(&xs, m, a, b, *r, &mut out);
             }
-            Tensor::from_data(TensorData::new(out, [m, w.rows()]), &self.device)
+            let y = Tensor::from_data(TensorData::new(out, [m, w.rows()]), &self.device);
+            match delta {
+                Some(d @ LowRank::Device { .. }) => y + d.delta(x.clone()),
+                _ => y,
+            }
         })
     }
 
