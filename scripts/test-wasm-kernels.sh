@@ -8,6 +8,7 @@
 # Installs the rustup target when it is missing.
 #
 #   scripts/test-wasm-kernels.sh [cargo test args...]
+#   scripts/test-wasm-kernels.sh --speed   # each kernel's time per type under V8
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,5 +21,8 @@ command -v node >/dev/null 2>&1 || {
 }
 export CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-C target-feature=+simd128"
 export CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings --single-threaded-gc $PWD/scripts/wasi-run.mjs"
+if [ "${1:-}" = --speed ]; then
+  exec cargo run --release --locked -p arny-qmatmul --target wasm32-wasip1 --example kernel_speed
+fi
 say "arny-qmatmul's tests on wasm32 simd128 (Node's WASI)"
 cargo test --release --locked -p arny-qmatmul --target wasm32-wasip1 "$@"

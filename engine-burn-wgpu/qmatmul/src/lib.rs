@@ -11,8 +11,7 @@
 //! Kernels: [`Kernel::Scalar`] is the reference every other kernel is
 //! tested against; [`Kernel::Avx2`] and [`Kernel::Avx512Vnni`] (x86-64,
 //! picked at run time), [`Kernel::Neon`] (aarch64) and [`Kernel::Simd128`]
-//! (wasm32 built with `+simd128`) cover the block types they have code for
-//! and fall back to the scalar one for the rest (see [`Kernel::covers`]).
+//! (wasm32 built with `+simd128`) each have code for every block type.
 
 // The threaded page build is a nightly build anyway (std rebuilt with
 // atomics); its workers sleep with `memory.atomic.wait32`.
@@ -365,17 +364,6 @@ impl Kernel {
         }
     }
 
-    /// Whether this kernel has its own code for `ty` (otherwise it runs
-    /// the scalar one).
-    pub fn covers(self, ty: QType) -> bool {
-        match self {
-            Self::Scalar | Self::Avx2 | Self::Avx512Vnni => true,
-            Self::Neon | Self::NeonDotprod | Self::Simd128 => {
-                matches!(ty, QType::Q4_0 | QType::Q4_1 | QType::Q8_0)
-            }
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Self::Scalar => "scalar",
@@ -421,7 +409,7 @@ impl Kernel {
             }
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        if self == Self::Simd128 && self.covers(w.ty) {
+        if self == Self::Simd128 {
             let (n, bytes) = (w.row_bytes(), w.rows_bytes(first, out.len()));
             return wasm::dot_rows(w.ty, bytes, n, a, out);
         }
@@ -440,12 +428,12 @@ impl Kernel {
             // SAFETY: as above.
             Self::Avx512Vnni => unsafe { x86::vnni::dot(ty, w, a) },
             #[cfg(target_arch = "aarch64")]
-            Self::Neon if self.covers(ty) => neon::dot(ty, w, a),
+            Self::Neon => neon::dot(ty, w, a),
             #[cfg(target_arch = "aarch64")]
             // SAFETY: `matmul_quantized` checked `runs_here`.
             Self::NeonDotprod => unsafe { neon::dot_dotprod(ty, w, a) },
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-            Self::Simd128 if self.covers(ty) => wasm::dot(ty, w, a),
+            Self::Simd128 => wasm::dot(ty, w, a),
             _ => scalar::dot(ty, w, a),
         }
     }
@@ -496,7 +484,7 @@ pub fn matmul_quantized(kernel: Kernel, acts: &Activations, w: &QMatrix, out: &m
         return;
     }
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    if kernel == Kernel::Simd128 && kernel.covers(w.ty) {
+    if kernel == Kernel::Simd128 {
         return wasm::matmul(w, &rows, out);
     }
     // Prefill: each task takes a few weight rows (kept in L1) against every

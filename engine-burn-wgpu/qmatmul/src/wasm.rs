@@ -1,5 +1,5 @@
-//! wasm32 simd128 dot products for the 32-value block types, for the
-//! browser's CPU path. A page cannot ask which instructions it has, so this
+//! wasm32 simd128 dot products for every block type, for the browser's
+//! CPU path. A page cannot ask which instructions it has, so this
 //! is compiled in with `+simd128` (every browser with WebGPU has it).
 //!
 //! simd128 has no byte dot product, so the bytes are taken as 16-bit lanes
@@ -15,6 +15,7 @@
 use std::arch::wasm32::*;
 
 use crate::act::Row;
+use crate::scalar::scale_min_k4;
 use crate::{QMatrix, QType};
 
 pub(crate) fn dot(ty: QType, w: &[u8], a: &Row<'_>) -> f32 {
@@ -62,7 +63,8 @@ fn dot_split(ty: QType, w: &[u8], a: &Row<'_>, y: &[[v128; 4]]) -> f32 {
         QType::Q4_0 => q4_0(w, a, y),
         QType::Q4_1 => q4_1(w, a, y),
         QType::Q8_0 => q8_0(w, a, y),
-        _ => crate::scalar::dot(ty, w, a),
+        QType::Q4_K => q4_k(w, a, y),
+        QType::Q6_K => q6_k(w, a, y),
     }
 }
 
@@ -263,4 +265,108 @@ fn q8_0(w: &[u8], a: &Row<'_>, y: &[[v128; 4]]) -> f32 {
         acc = scaled(acc, block(b, y[i + k]), hf(&b[0..2]) * ds[i + k]);
     }
     hsum(acc)
+}
+
+// The K-quants. A 256-value block's integer sums are exact however the
+// lanes split them, and its float step is the scalar kernel's, so these
+// equal it bit for bit (one float step per 256 values: no lanes needed).
+// `y[j]` is values 32j..32j+16 as (even, odd) 16-bit lanes, then
+// 32j+16..32j+32 the same way.
+
+/// Σ x·y over 16 values, as two i16x8 each (even, odd), into 4 lanes.
+#[inline]
+fn dot16(x: (v128, v128), ye: v128, yo: v128) -> v128 {
+    i32x4_add(i32x4_dot_i16x8(x.0, ye), i32x4_dot_i16x8(x.1, yo))
+}
+
+/// 16 bytes of nibbles as two 16-value halves in `dot16`'s form: the low
+/// nibbles (even bytes, odd bytes), then the high ones.
+#[inline]
+fn nibble_pairs(p: &[u8]) -> ((v128, v128), (v128, v128)) {
+    let [lo_e, lo_o, hi_e, hi_o] = nibbles(p);
+    ((lo_e, lo_o), (hi_e, hi_o))
+}
+
+#[inline]
+fn lanes_sum(v: v128) -> i32 {
+    (i32x4_extract_lane::<0>(v) + i32x4_extract_lane::<1>(v))
+        + (i32x4_extract_lane::<2>(v) + i32x4_extract_lane::<3>(v))
+}
+
+#[inline(never)]
+fn q4_k(w: &[u8], a: &Row<'_>, y: &[[v128; 4]]) -> f32 {
+    let mut sum = 0f32;
+    for (i, b) in w.chunks_exact(144).enumerate() {
+        let (d, dmin) = (hf(&b[0..2]), hf(&b[2..4]));
+        let (scales, qs) = (&b[4..16], &b[16..144]);
+        let y = &y[8 * i..8 * i + 8];
+        let bsums = &a.bsums[16 * i..16 * i + 16];
+        let mut acc = i32x4_splat(0);
+        let mut mins = 0i32;
+        for k in 0..4 {
+            // Bytes l and 16 + l: low nibbles are values 64k + l (y[2k]),
+            // high ones 64k + 32 + l (y[2k + 1]).
+            let (lo0, hi0) = nibble_pairs(&qs[32 * k..]);
+            let (lo1, hi1) = nibble_pairs(&qs[32 * k + 16..]);
+            let (ylo, yhi) = (y[2 * k], y[2 * k + 1]);
+            let lo = i32x4_add(dot16(lo0, ylo[0], ylo[1]), dot16(lo1, ylo[2], ylo[3]));
+            let hi = i32x4_add(dot16(hi0, yhi[0], yhi[1]), dot16(hi1, yhi[2], yhi[3]));
+            let (sc_lo, m_lo) = scale_min_k4(2 * k, scales);
+            let (sc_hi, m_hi) = scale_min_k4(2 * k + 1, scales);
+            acc = i32x4_add(acc, i32x4_mul(lo, i32x4_splat(sc_lo)));
+            acc = i32x4_add(acc, i32x4_mul(hi, i32x4_splat(sc_hi)));
+            let sum_lo = bsums[4 * k] as i32 + bsums[4 * k + 1] as i32;
+            let sum_hi = bsums[4 * k + 2] as i32 + bsums[4 * k + 3] as i32;
+            mins += m_lo * sum_lo + m_hi * sum_hi;
+        }
+        let dots = lanes_sum(acc);
+        sum += d * a.d[i] * dots as f32 - dmin * a.d[i] * mins as f32;
+    }
+    sum
+}
+
+#[inline(never)]
+fn q6_k(w: &[u8], a: &Row<'_>, y: &[[v128; 4]]) -> f32 {
+    let mut sum = 0f32;
+    let (m4, m3) = (u16x8_splat(0x0F), u16x8_splat(3));
+    for (i, b) in w.chunks_exact(210).enumerate() {
+        let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+        let y = &y[8 * i..8 * i + 8];
+        let bsums = &a.bsums[16 * i..16 * i + 16];
+        let mut acc = i32x4_splat(0);
+        for half in 0..2 {
+            for part in 0..2 {
+                // Bytes l (0..16) of quarter k's 32 values, then 16 + l.
+                let l = 16 * part;
+                let (qa, qb) = (load(&ql[64 * half + l..]), load(&ql[64 * half + 32 + l..]));
+                let hb = load(&qh[32 * half + l..]);
+                // Each 16-bit lane holds an even byte and an odd one.
+                let lo = [
+                    (v128_and(qa, m4), v128_and(u16x8_shr(qa, 8), m4)),
+                    (v128_and(qb, m4), v128_and(u16x8_shr(qb, 8), m4)),
+                    (v128_and(u16x8_shr(qa, 4), m4), u16x8_shr(qa, 12)),
+                    (v128_and(u16x8_shr(qb, 4), m4), u16x8_shr(qb, 12)),
+                ];
+                for (k, (lo_e, lo_o)) in lo.into_iter().enumerate() {
+                    let shift = 2 * k as u32;
+                    let hi_e = i16x8_shl(v128_and(u16x8_shr(hb, shift), m3), 4);
+                    let hi_o = i16x8_shl(v128_and(u16x8_shr(hb, 8 + shift), m3), 4);
+                    let q = (v128_or(lo_e, hi_e), v128_or(lo_o, hi_o));
+                    let yk = y[4 * half + k];
+                    let s = dot16(q, yk[2 * part], yk[2 * part + 1]);
+                    let g = 8 * half + 2 * k + part;
+                    acc = i32x4_add(acc, i32x4_mul(s, i32x4_splat(sc[g] as i8 as i32)));
+                }
+            }
+        }
+        let offset: i32 = sc
+            .iter()
+            .zip(bsums)
+            .map(|(&s, &b)| s as i8 as i32 * b as i32)
+            .sum();
+        // The scalar kernel's `Σ sc·(s − 32·bsum)`, regrouped: exact in i32.
+        let dots = lanes_sum(acc) - 32 * offset;
+        sum += hf(&b[208..210]) * a.d[i] * dots as f32;
+    }
+    sum
 }

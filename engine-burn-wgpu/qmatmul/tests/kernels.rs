@@ -166,6 +166,47 @@ fn simd_kernels_equal_scalar_closely() {
 }
 
 #[test]
+fn integer_lane_kernels_equal_scalar_bit_for_bit() {
+    // NEON (every type) and simd128 (the K-quants) sum each block in
+    // integers and take the scalar kernel's float steps, so their results
+    // are its bits, not merely close. Activations at full scale (±127) and
+    // bytes from the whole range exercise the sums' widest values.
+    let mut rng = Rng(0xC0FF_EE00);
+    for ty in QType::ALL {
+        let w = random_matrix(&mut rng, ty, 24, 1024);
+        let mut x = random_x(&mut rng, 3 * 1024);
+        for v in x.iter_mut().step_by(5) {
+            *v = if *v < 0.0 { -2.0 } else { 2.0 };
+        }
+        let mut want = vec![0f32; 3 * 24];
+        matmul_with(Kernel::Scalar, &x, 3, &w, &mut want);
+        for kernel in Kernel::available() {
+            let exact = match kernel {
+                Kernel::Neon | Kernel::NeonDotprod => true,
+                Kernel::Simd128 => matches!(ty, QType::Q4_K | QType::Q6_K),
+                _ => false,
+            };
+            if !exact {
+                continue;
+            }
+            let mut got = vec![0f32; 3 * 24];
+            matmul_with(kernel, &x, 3, &w, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{} {ty:?}", kernel.name());
+            // Decode's path (one row, several output rows per call) too.
+            let mut one = vec![0f32; 24];
+            matmul_with(kernel, &x[..1024], 1, &w, &mut one);
+            assert_eq!(
+                bits(&one),
+                bits(&want[..24]),
+                "{} {ty:?}, one row",
+                kernel.name()
+            );
+        }
+    }
+}
+
+#[test]
 fn batches_equal_one_row_at_a_time_on_any_pool() {
     let mut rng = Rng(7);
     let (rows, cols, m) = (50, 512, 9);
