@@ -103,8 +103,9 @@ if [ -z "${RUSTC_WORKSPACE_WRAPPER:-}" ]; then
   cargo clippy --release --locked --workspace --all-targets "${features[@]}" -- -D warnings
 fi
 
-stage "fetching the default model"
+stage "fetching the default model, and Gemma 3 270M (real Q4_K and Q6_K blocks for the kernels' tests on every target)"
 "$arny" models fetch >/dev/null
+"$arny" models fetch gemma3-270m-q4_k_m >/dev/null
 # The pte engine's tests run the fp32 and 8da4w exports of the default
 # model and of the tiny model. All are cached under keys covering the
 # model, the exporter and its pinned requirements; a fresh machine exports

@@ -279,6 +279,47 @@ fn the_default_models_tensors_multiply_as_dequantized() {
 }
 
 #[test]
+fn a_k_quant_models_tensors_multiply_as_dequantized() {
+    // The default model has no K-quant blocks; Gemma 3 270M (Q4_K_M) has
+    // real Q4_K and Q6_K ones. scripts/test.sh fetches it before the
+    // cross-target runs (`arny models fetch gemma3-270m-q4_k_m`).
+    let path = arny_model_store::locate(&arny_model_store::GEMMA3_270M_Q4_K_M)
+        .expect("Gemma 3 270M in the model cache: arny models fetch gemma3-270m-q4_k_m");
+    let bytes: Arc<[u8]> = std::fs::read(&path).unwrap().into();
+    let file = GgufFile::from_bytes(&bytes).unwrap();
+    let mut rng = Rng(5);
+    let mut seen = Vec::new();
+    for ty in [QType::Q4_K, QType::Q6_K] {
+        // The first and the last matrix of the type: early and late layers.
+        let of_type: Vec<_> = file
+            .tensors
+            .iter()
+            .filter(|t| t.dims.len() == 2 && QType::from_ggml(t.ggml_type) == Some(ty))
+            .collect();
+        for t in [of_type.first(), of_type.last()].into_iter().flatten() {
+            let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+            let start = t.start as usize;
+            let w = QMatrix::new(ty, rows, cols, bytes.clone(), start).unwrap();
+            assert!(
+                w.bytes() == file.tensor_data(&bytes, t).unwrap(),
+                "{}'s bytes",
+                t.name
+            );
+            let part = QMatrix::new(ty, rows.min(512), cols, bytes.clone(), start).unwrap();
+            let x = random_x(&mut rng, 2 * cols);
+            for kernel in Kernel::available() {
+                check(kernel, &part, &x, 2);
+            }
+            seen.push(ty);
+        }
+    }
+    assert!(
+        seen.contains(&QType::Q4_K) && seen.contains(&QType::Q6_K),
+        "{seen:?}"
+    );
+}
+
+#[test]
 fn embedding_rows_decode_as_the_file_does() {
     let mut rng = Rng(11);
     for ty in QType::ALL {
