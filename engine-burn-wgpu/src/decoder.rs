@@ -1801,7 +1801,9 @@ fn mul_add(a: f32, b: f32, c: f32) -> f32 {
     return a * b + c;
 }
 
-/// ggml's `gelu` on the CPU: `f16(gelu(f16(x)))` inside ±10.
+/// ggml's `gelu` on the CPU: `f16(gelu(f16(x)))` inside ±10, looked up
+/// as ggml does in a table of every f16 input (`ggml_table_gelu_f16`): the
+/// formula's `tanh` per value was a tenth of Gemma 3's prefill.
 fn gelu_like_ggml(x: f32) -> f32 {
     if x <= -10.0 {
         return 0.0;
@@ -1809,10 +1811,23 @@ fn gelu_like_ggml(x: f32) -> f32 {
     if x >= 10.0 {
         return x;
     }
-    let x = half::f16::from_f32(x).to_f32();
+    static TABLE: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|h| {
+                let x = half::f16::from_bits(h).to_f32();
+                half::f16::from_f32(gelu_f16_formula(x)).to_bits()
+            })
+            .collect()
+    });
+    let h = table[half::f16::from_f32(x).to_bits() as usize];
+    half::f16::from_bits(h).to_f32()
+}
+
+/// The formula behind ggml's table, for an input already rounded to f16.
+fn gelu_f16_formula(x: f32) -> f32 {
     // ggml's constants, as f32.
-    let y = 0.5 * x * (1.0 + (0.797_884_6_f32 * x * (1.0 + 0.044_715 * x * x)).tanh());
-    half::f16::from_f32(y).to_f32()
+    0.5 * x * (1.0 + (0.797_884_6_f32 * x * (1.0 + 0.044_715 * x * x)).tanh())
 }
 
 /// `Σ a·b` in eight lanes, added in a fixed order: vectorized, and the same
@@ -1919,6 +1934,20 @@ mod tests {
         let mut one = base[n_out..2 * n_out].to_vec();
         f16.add_to(&x[n_in..2 * n_in], 1, &mut one);
         assert_eq!(bits(&one), bits(&got[n_out..2 * n_out]));
+    }
+
+    #[test]
+    fn the_gelu_table_is_the_formula_on_every_f16() {
+        for h in 0..=u16::MAX {
+            let x = half::f16::from_bits(h).to_f32();
+            if !(x > -10.0 && x < 10.0) {
+                continue;
+            }
+            let want = half::f16::from_f32(gelu_f16_formula(x)).to_f32();
+            assert_eq!(gelu_like_ggml(x).to_bits(), want.to_bits(), "{x}");
+        }
+        assert_eq!(gelu_like_ggml(-12.0), 0.0);
+        assert_eq!(gelu_like_ggml(11.5), 11.5);
     }
 
     #[test]

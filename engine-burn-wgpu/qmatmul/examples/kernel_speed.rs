@@ -1,5 +1,6 @@
-//! Each kernel's time for one decoded row against a 4096 × 4096 matrix of
-//! random blocks, per block type, on one thread: the figure that the
+//! Each kernel's time for one decoded row, and for a 64-row prefill batch,
+//! against a 4096 × 4096 matrix of random blocks, per block type, on one
+//! thread: the figure that the
 //! criterion bench (the default model's Q4_1 and Q8_0 matrices) does not
 //! give for the other types, and one that runs wherever the tests do:
 //!
@@ -19,13 +20,14 @@ fn main() {
         seed ^= seed << 17;
         seed
     };
-    let x: Vec<f32> = (0..cols)
+    let batch = 64;
+    let x: Vec<f32> = (0..batch * cols)
         .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
         .collect();
-    let mut out = vec![0f32; rows];
+    let mut out = vec![0f32; batch * rows];
     println!(
-        "{:<6} {:<14} {:>9} {:>8}",
-        "type", "kernel", "ms/row", "GB/s"
+        "{:<6} {:<14} {:>9} {:>8} {:>12}",
+        "type", "kernel", "ms/row", "GB/s", "ms/64 rows"
     );
     for ty in QType::ALL {
         let n = rows * cols / ty.block() * ty.block_bytes();
@@ -44,19 +46,23 @@ fn main() {
         }
         let w = QMatrix::new(ty, rows, cols, data.into(), 0).expect("a matrix");
         for kernel in Kernel::available() {
-            matmul_with(kernel, &x, 1, &w, &mut out);
-            let reps = 20;
-            let start = Instant::now();
-            for _ in 0..reps {
-                matmul_with(kernel, &x, 1, &w, &mut out);
-            }
-            let s = start.elapsed().as_secs_f64() / reps as f64;
+            let mut time = |m: usize, reps: usize| {
+                let (x, out) = (&x[..m * cols], &mut out[..m * rows]);
+                matmul_with(kernel, x, m, &w, out);
+                let start = Instant::now();
+                for _ in 0..reps {
+                    matmul_with(kernel, x, m, &w, out);
+                }
+                start.elapsed().as_secs_f64() / reps as f64
+            };
+            let (one, many) = (time(1, 20), time(batch, 2));
             println!(
-                "{:<6} {:<14} {:>9.3} {:>8.2}",
+                "{:<6} {:<14} {:>9.3} {:>8.2} {:>12.1}",
                 ty.name(),
                 kernel.name(),
-                s * 1e3,
-                n as f64 / s / 1e9
+                one * 1e3,
+                n as f64 / one / 1e9,
+                many * 1e3
             );
         }
     }

@@ -65,7 +65,9 @@ macro_rules! kernels {
             match ty {
                 QType::Q4_1 => Some(q4_1x4(w, a)),
                 QType::Q8_0 => Some(q8_0x4(w, a)),
-                _ => None,
+                QType::Q4_K => Some(q4_kx4(w, a)),
+                QType::Q6_K => Some(q6_kx4(w, a)),
+                QType::Q4_0 => None,
             }
         }
 
@@ -112,6 +114,99 @@ macro_rules! kernels {
                 }
             }
             std::array::from_fn(|r| hsum(acc[r]))
+        }
+
+        #[target_feature(enable = $feat)]
+        fn q4_kx4(w: &[u8], a: [&Row<'_>; 4]) -> [f32; 4] {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut mins = [0f32; 4];
+            let mask = _mm256_set1_epi8(0x0F);
+            for (i, b) in w.chunks_exact(144).enumerate() {
+                let (hd, hdmin) = (hf(&b[0..2]), hf(&b[2..4]));
+                let (scales, qs) = (&b[4..16], &b[16..144]);
+                let sm: [(i32, i32); 8] = std::array::from_fn(|j| scale_min_k4(j, scales));
+                let y: [&[i8]; 4] = std::array::from_fn(|r| &a[r].qs[256 * i..256 * i + 256]);
+                let mut sumi = [_mm256_setzero_si256(); 4];
+                let mut m = [0i32; 4];
+                for k in 0..4 {
+                    let q = load(&qs[32 * k..]);
+                    let ((sc_lo, m_lo), (sc_hi, m_hi)) = (sm[2 * k], sm[2 * k + 1]);
+                    let lo = _mm256_and_si256(q, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
+                    for r in 0..4 {
+                        let bsums = &a[r].bsums[16 * i..16 * i + 16];
+                        sumi[r] = _mm256_add_epi32(
+                            sumi[r],
+                            scaled_dot(lo, load_i8(&y[r][64 * k..]), sc_lo as i16, sc_lo as i16),
+                        );
+                        sumi[r] = _mm256_add_epi32(
+                            sumi[r],
+                            scaled_dot(
+                                hi,
+                                load_i8(&y[r][64 * k + 32..]),
+                                sc_hi as i16,
+                                sc_hi as i16,
+                            ),
+                        );
+                        m[r] += m_lo * (bsums[4 * k] as i32 + bsums[4 * k + 1] as i32)
+                            + m_hi * (bsums[4 * k + 2] as i32 + bsums[4 * k + 3] as i32);
+                    }
+                }
+                for r in 0..4 {
+                    let (d, dmin) = (hd * a[r].d[i], hdmin * a[r].d[i]);
+                    acc[r] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+                    mins[r] += dmin * m[r] as f32;
+                }
+            }
+            std::array::from_fn(|r| hsum(acc[r]) - mins[r])
+        }
+
+        #[target_feature(enable = $feat)]
+        fn q6_kx4(w: &[u8], a: [&Row<'_>; 4]) -> [f32; 4] {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut offsets = [0f32; 4];
+            let mask = _mm256_set1_epi8(0x0F);
+            for (i, b) in w.chunks_exact(210).enumerate() {
+                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+                let y: [&[i8]; 4] = std::array::from_fn(|r| &a[r].qs[256 * i..256 * i + 256]);
+                let mut sumi = [_mm256_setzero_si256(); 4];
+                let mut offset = [0i32; 4];
+                for half in 0..2 {
+                    let ql_a = load(&ql[64 * half..]);
+                    let ql_b = load(&ql[64 * half + 32..]);
+                    let qh32 = load(&qh[32 * half..]);
+                    let quarters = [
+                        _mm256_and_si256(ql_a, mask),
+                        _mm256_and_si256(ql_b, mask),
+                        _mm256_and_si256(_mm256_srli_epi16(ql_a, 4), mask),
+                        _mm256_and_si256(_mm256_srli_epi16(ql_b, 4), mask),
+                    ];
+                    for (k, lo) in quarters.into_iter().enumerate() {
+                        let q = _mm256_or_si256(lo, q6_high(qh32, k));
+                        let g = 8 * half + 2 * k;
+                        let (s0, s1) = (sc[g] as i8 as i16, sc[g + 1] as i8 as i16);
+                        let v = 128 * half + 32 * k;
+                        for r in 0..4 {
+                            let bsums = &a[r].bsums[16 * i..16 * i + 16];
+                            sumi[r] = _mm256_add_epi32(
+                                sumi[r],
+                                scaled_dot(q, load_i8(&y[r][v..]), s0, s1),
+                            );
+                            offset[r] +=
+                                s0 as i32 * bsums[g] as i32 + s1 as i32 * bsums[g + 1] as i32;
+                        }
+                    }
+                }
+                let hd = hf(&b[208..210]);
+                for r in 0..4 {
+                    let d = hd * a[r].d[i];
+                    acc[r] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+                    offsets[r] += d * (32 * offset[r]) as f32;
+                }
+            }
+            std::array::from_fn(|r| hsum(acc[r]) - offsets[r])
         }
 
         #[inline]
