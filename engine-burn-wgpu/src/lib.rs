@@ -252,7 +252,10 @@ fn read(source: &ModelSource) -> Result<(Arc<[u8]>, String)> {
             let len = file.metadata().map_err(io)?.len();
             let len = usize::try_from(len)
                 .map_err(|_| EngineError::InvalidInput(format!("{} is too large", p.display())))?;
-            let mut bytes: Arc<[u8]> = std::iter::repeat_n(0u8, len).collect();
+            // Zeroed by the allocator (fresh pages from the OS for a buffer
+            // this size), not by a pass over it.
+            // SAFETY: zero bytes are valid `u8`s.
+            let mut bytes: Arc<[u8]> = unsafe { Arc::new_zeroed_slice(len).assume_init() };
             let buf = Arc::get_mut(&mut bytes).expect("a new buffer has one owner");
             std::io::Read::read_exact(&mut file, buf).map_err(io)?;
             Ok((bytes, p.display().to_string()))

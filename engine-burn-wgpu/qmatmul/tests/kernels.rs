@@ -367,15 +367,34 @@ fn shapes_that_do_not_fit_are_refused() {
 #[test]
 fn a_non_finite_scale_is_found() {
     let mut rng = Rng(7);
+    let (rows, cols) = (40, 512);
     for ty in QType::ALL {
-        let w = random_matrix(&mut rng, ty, 4, 256);
+        let w = random_matrix(&mut rng, ty, rows, cols);
         assert!(w.scales_finite(), "{ty:?}");
-        // The last block's scale (Q6_K keeps it at the block's end).
-        let mut bytes = w.bytes().to_vec();
-        let at = bytes.len() - ty.block_bytes() + if ty == QType::Q6_K { 208 } else { 0 };
-        bytes[at..at + 2].copy_from_slice(&f16::NAN.to_le_bytes());
-        let bad = QMatrix::new(ty, 4, 256, bytes.into(), 0).unwrap();
-        assert!(!bad.scales_finite(), "{ty:?}");
+        let blocks = rows * cols / ty.block();
+        // Every f16 field (Q4_1's and Q4_K's minimum too), in the first,
+        // a middle and the last block.
+        let fields: &[usize] = match ty {
+            QType::Q4_0 | QType::Q8_0 => &[0],
+            QType::Q4_1 | QType::Q4_K => &[0, 2],
+            QType::Q6_K => &[208],
+        };
+        for &field in fields {
+            for (block, value) in [
+                (0, f16::NAN),
+                (blocks / 2 + 1, f16::INFINITY),
+                (blocks - 1, f16::NEG_INFINITY),
+            ] {
+                let mut bytes = w.bytes().to_vec();
+                let at = block * ty.block_bytes() + field;
+                bytes[at..at + 2].copy_from_slice(&value.to_le_bytes());
+                let bad = QMatrix::new(ty, rows, cols, bytes.into(), 0).unwrap();
+                assert!(
+                    !bad.scales_finite(),
+                    "{ty:?}: {value} at block {block}, byte {field}"
+                );
+            }
+        }
     }
 }
 
