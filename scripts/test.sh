@@ -109,29 +109,40 @@ stage "fetching the default model, and Gemma 3 270M (real Q4_K and Q6_K blocks f
 # The pte engine's tests run the fp32 and 8da4w exports of the default
 # model and of the tiny model. All are cached under keys covering the
 # model, the exporter and its pinned requirements; a fresh machine exports
-# them here (the default model's about 7 and 12 min on 2 cores, the tiny
-# ones about 1 min each).
+# them here (the default model's 7.5 and 14 min alone on this project's
+# 2-core VMs, the tiny ones about 1 min each).
 stage "the PTE export venv and the tune layer (installed in the background since setup)"
 await_job "$venv_pid" "$venv_log" "creating the PTE export venv"
-# The export runs beside the wasm32 builds: measured cold, the export and
-# the browser package's build took 1080 s together, 1198 s one after the
-# other (the export alone uses both cores; most of the gain is the
-# build's serial stretches).
+# The exports run beside the wasm32 builds, and beside each other: each is
+# one Python process that keeps about one core busy (the 8da4w one 14 min
+# alone, 71% of it in ExecuTorch's graph passes), so one after the other
+# they were the cold run's longest chain (fp32 451 s, then 8da4w 1209 s
+# beside the builds, then 279 s of waiting with a core idle).
 stage "the browser package (wasm32: the SDK, the router, the Burn engine), exporting the default model to ExecuTorch (fp32, 8da4w) beside it (cached after the first run)"
 export_log=$(mktemp)
-{ "$arny" export pte --quant fp32 && "$arny" export pte --quant 8da4w; } >/dev/null 2>"$export_log" &
+"$arny" export pte --quant fp32 >/dev/null 2>"$export_log" &
 export_pid=$!
+export8_log=$(mktemp)
+"$arny" export pte --quant 8da4w >/dev/null 2>"$export8_log" &
+export8_pid=$!
 await_job "$cli_pid" "$cli_log" "installing wasm-bindgen-cli"
 scripts/build-web.sh
 stage "the PTE engine (which reports itself unavailable there) builds for wasm32-unknown-unknown"
 cargo build --release --locked -p arny-engine-pte --target wasm32-unknown-unknown
-stage "waiting for the ExecuTorch export"
-await_job "$export_pid" "$export_log" "exporting the default model to ExecuTorch"
-
+# The export (one core, for most of its ~25 min cold) outlasts the browser
+# builds: the stages below that do not need it run beside it, and the fuzz
+# targets' instrumented build starts in the background (about 3.5 min cold;
+# a cold run measured 279 s of waiting for the export with one core idle).
 stage "the packed-weight kernels on aarch64 (cross-built, run under qemu-user: NEON and NEON dotprod against the scalar reference)"
 scripts/test-aarch64.sh
 stage "the packed-weight kernels on wasm32 (simd128, under Node's WASI: against the scalar reference)"
 scripts/test-wasm-kernels.sh
+fuzz_log=$(mktemp)
+scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
+fuzz_pid=$!
+stage "waiting for the ExecuTorch export"
+await_job "$export_pid" "$export_log" "exporting the default model to ExecuTorch (fp32)"
+await_job "$export8_pid" "$export8_log" "exporting the default model to ExecuTorch (8da4w)"
 
 stage "tests"
 # The SDK's app-level test runs once per engine listed here.
@@ -141,10 +152,11 @@ cargo test --release --locked --workspace "${features[@]}"
 stage "browser tests: the web demo in Chromium, WebGPU and CPU paths (screenshots in bindings/web-demo/tests/artifacts)"
 (cd bindings/web-demo/tests &&
   ARNY_BIN="$(cd ../../.. && realpath "$target")/release/arny" npm test)
-# The fuzz targets build in their own instrumented target dir (about 3.5 min
-# cold, cached after); every checked-in seed is replayed, then each target
-# runs for 10 s.
+# The fuzz targets were built in their own instrumented target dir in the
+# background (cached after); every checked-in seed is replayed, then each
+# target runs for 10 s.
 stage "fuzzing: the seed corpora replayed, then each of the 6 targets for 10 s"
+await_job "$fuzz_pid" "$fuzz_log" "building the fuzz targets"
 scripts/fuzz.sh all "${ARNY_FUZZ_SECONDS:-10}"
 stage "done"
 say "all checks passed in $(($(date +%s) - t0)) s"

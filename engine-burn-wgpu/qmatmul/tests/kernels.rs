@@ -209,40 +209,43 @@ fn integer_lane_kernels_equal_scalar_bit_for_bit() {
 #[test]
 fn batches_equal_one_row_at_a_time_on_any_pool() {
     let mut rng = Rng(7);
-    let (rows, cols, m) = (50, 512, 9);
-    for ty in QType::ALL {
-        let w = random_matrix(&mut rng, ty, rows, cols);
-        let x = random_x(&mut rng, m * cols);
-        for kernel in Kernel::available() {
-            let mut rowwise = vec![0f32; m * rows];
-            for i in 0..m {
-                let (x, out) = (
-                    &x[i * cols..(i + 1) * cols],
-                    &mut rowwise[i * rows..(i + 1) * rows],
-                );
-                matmul_with(kernel, x, 1, &w, out);
-            }
-            // Bit for bit: a prompt must not depend on how it is batched.
-            #[cfg(not(target_family = "wasm"))]
-            for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let mut batch = vec![0f32; m * rows];
-                pool.install(|| matmul_with(kernel, &x, m, &w, &mut batch));
-                assert!(
-                    batch == rowwise,
-                    "{} {ty:?} on {threads} threads",
-                    kernel.name()
-                );
-            }
-            // A page has one thread.
-            #[cfg(target_family = "wasm")]
-            {
-                let mut batch = vec![0f32; m * rows];
-                matmul_with(kernel, &x, m, &w, &mut batch);
-                assert!(batch == rowwise, "{} {ty:?}", kernel.name());
+    let (rows, cols) = (50, 512);
+    // 37 rows: nine four-row steps and one left over, in every task.
+    for m in [9, 37] {
+        for ty in QType::ALL {
+            let w = random_matrix(&mut rng, ty, rows, cols);
+            let x = random_x(&mut rng, m * cols);
+            for kernel in Kernel::available() {
+                let mut rowwise = vec![0f32; m * rows];
+                for i in 0..m {
+                    let (x, out) = (
+                        &x[i * cols..(i + 1) * cols],
+                        &mut rowwise[i * rows..(i + 1) * rows],
+                    );
+                    matmul_with(kernel, x, 1, &w, out);
+                }
+                // Bit for bit: a prompt must not depend on how it is batched.
+                #[cfg(not(target_family = "wasm"))]
+                for threads in [1, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut batch = vec![0f32; m * rows];
+                    pool.install(|| matmul_with(kernel, &x, m, &w, &mut batch));
+                    assert!(
+                        batch == rowwise,
+                        "{} {ty:?}, {m} rows on {threads} threads",
+                        kernel.name()
+                    );
+                }
+                // A page has one thread.
+                #[cfg(target_family = "wasm")]
+                {
+                    let mut batch = vec![0f32; m * rows];
+                    matmul_with(kernel, &x, m, &w, &mut batch);
+                    assert!(batch == rowwise, "{} {ty:?}, {m} rows", kernel.name());
+                }
             }
         }
     }
