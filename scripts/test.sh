@@ -119,20 +119,23 @@ await_job "$venv_pid" "$venv_log" "creating the PTE export venv"
 # they were the cold run's longest chain (fp32 451 s, then 8da4w 1209 s
 # beside the builds, then 279 s of waiting with a core idle).
 stage "the browser package (wasm32: the SDK, the router, the Burn engine), exporting the default model to ExecuTorch (fp32, 8da4w) beside it (cached after the first run)"
-export_log=$(mktemp)
-"$arny" export pte --quant fp32 >/dev/null 2>"$export_log" &
-export_pid=$!
-export8_log=$(mktemp)
-"$arny" export pte --quant 8da4w >/dev/null 2>"$export8_log" &
-export8_pid=$!
+export_quants=(fp32 8da4w)
+export_pids=()
+export_logs=()
+for q in "${export_quants[@]}"; do
+  export_logs+=("$(mktemp)")
+  "$arny" export pte --quant "$q" >/dev/null 2>"${export_logs[-1]}" &
+  export_pids+=($!)
+done
 await_job "$cli_pid" "$cli_log" "installing wasm-bindgen-cli"
 scripts/build-web.sh
 stage "the PTE engine (which reports itself unavailable there) builds for wasm32-unknown-unknown"
 cargo build --release --locked -p arny-engine-pte --target wasm32-unknown-unknown
-# The export (one core, for most of its ~25 min cold) outlasts the browser
-# builds: the stages below that do not need it run beside it, and the fuzz
-# targets' instrumented build starts in the background (about 3.5 min cold;
-# a cold run measured 279 s of waiting for the export with one core idle).
+# The exports (a core each; 8da4w's ~14 min alone, more beside the builds)
+# outlast the browser builds: the stages below that do not need them run
+# beside them, and the fuzz targets' instrumented build starts in the
+# background (about 3.5 min cold; a cold run measured 279 s of waiting for
+# the export with one core idle).
 stage "the packed-weight kernels on aarch64 (cross-built, run under qemu-user: NEON and NEON dotprod against the scalar reference)"
 scripts/test-aarch64.sh
 stage "the packed-weight kernels on wasm32 (simd128, under Node's WASI: against the scalar reference)"
@@ -141,8 +144,9 @@ fuzz_log=$(mktemp)
 scripts/fuzz.sh build >"$fuzz_log" 2>&1 &
 fuzz_pid=$!
 stage "waiting for the ExecuTorch export"
-await_job "$export_pid" "$export_log" "exporting the default model to ExecuTorch (fp32)"
-await_job "$export8_pid" "$export8_log" "exporting the default model to ExecuTorch (8da4w)"
+for i in "${!export_quants[@]}"; do
+  await_job "${export_pids[$i]}" "${export_logs[$i]}" "exporting the default model to ExecuTorch (${export_quants[$i]})"
+done
 
 stage "tests"
 # The SDK's app-level test runs once per engine listed here.

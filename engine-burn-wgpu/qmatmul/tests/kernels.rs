@@ -209,45 +209,46 @@ fn integer_lane_kernels_equal_scalar_bit_for_bit() {
 #[test]
 fn batches_equal_one_row_at_a_time_on_any_pool() {
     let mut rng = Rng(7);
-    let (rows, cols) = (50, 512);
     // 37 rows: nine four-row steps and one left over, in every task.
     for m in [9, 37] {
         for ty in QType::ALL {
-            let w = random_matrix(&mut rng, ty, rows, cols);
-            let x = random_x(&mut rng, m * cols);
+            let w = random_matrix(&mut rng, ty, 50, 512);
+            let x = random_x(&mut rng, m * 512);
             for kernel in Kernel::available() {
-                let mut rowwise = vec![0f32; m * rows];
-                for i in 0..m {
-                    let (x, out) = (
-                        &x[i * cols..(i + 1) * cols],
-                        &mut rowwise[i * rows..(i + 1) * rows],
-                    );
-                    matmul_with(kernel, x, 1, &w, out);
-                }
-                // Bit for bit: a prompt must not depend on how it is batched.
-                #[cfg(not(target_family = "wasm"))]
-                for threads in [1, 3] {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    let mut batch = vec![0f32; m * rows];
-                    pool.install(|| matmul_with(kernel, &x, m, &w, &mut batch));
-                    assert!(
-                        batch == rowwise,
-                        "{} {ty:?}, {m} rows on {threads} threads",
-                        kernel.name()
-                    );
-                }
-                // A page has one thread.
-                #[cfg(target_family = "wasm")]
-                {
-                    let mut batch = vec![0f32; m * rows];
-                    matmul_with(kernel, &x, m, &w, &mut batch);
-                    assert!(batch == rowwise, "{} {ty:?}, {m} rows", kernel.name());
-                }
+                batch_equals_rowwise(kernel, &w, &x, m);
             }
         }
+    }
+}
+
+/// `m` rows of `x` multiplied as one batch give, bit for bit, what they
+/// give one at a time: a prompt must not depend on how it is batched.
+fn batch_equals_rowwise(kernel: Kernel, w: &QMatrix, x: &[f32], m: usize) {
+    let (rows, cols, ty) = (w.rows(), w.cols(), w.ty());
+    let mut rowwise = vec![0f32; m * rows];
+    for (x, out) in x.chunks_exact(cols).zip(rowwise.chunks_exact_mut(rows)) {
+        matmul_with(kernel, x, 1, w, out);
+    }
+    #[cfg(not(target_family = "wasm"))]
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut batch = vec![0f32; m * rows];
+        pool.install(|| matmul_with(kernel, x, m, w, &mut batch));
+        assert!(
+            batch == rowwise,
+            "{} {ty:?}, {m} rows on {threads} threads",
+            kernel.name()
+        );
+    }
+    // A page has one thread.
+    #[cfg(target_family = "wasm")]
+    {
+        let mut batch = vec![0f32; m * rows];
+        matmul_with(kernel, x, m, w, &mut batch);
+        assert!(batch == rowwise, "{} {ty:?}, {m} rows", kernel.name());
     }
 }
 
