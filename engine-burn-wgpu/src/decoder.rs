@@ -1519,6 +1519,25 @@ impl HostLowRank {
     /// its `r` terms in order, so a batch gives a row's bits.
     fn add_to(&self, x: &[f32], m: usize, out: &mut [f32]) {
         let (n_in, n_out) = (x.len() / m, out.len() / m);
+        // A page's decode step with workers: the `r` sums, then `B`'s
+        // columns split over the threads (the delta was a tenth of the
+        // page's token once the matmuls ran on two threads). The same
+        // operations in the same order, so the same bits.
+        #[cfg(all(target_family = "wasm", target_feature = "atomics"))]
+        if let (1, Factor::F32(a), Factor::F32(b)) = (m, &self.a, &self.b) {
+            if arny_qmatmul::pool::workers() > 0 {
+                let t: Vec<f32> = a.chunks_exact(n_in).map(|ak| dot(x, ak)).collect();
+                arny_qmatmul::for_each_chunk(out, 64, |first, piece| {
+                    for (k, &tk) in t.iter().enumerate() {
+                        let bk = &b[k * n_out + first..][..piece.len()];
+                        for (o, &w) in piece.iter_mut().zip(bk) {
+                            *o += tk * (w * self.scale);
+                        }
+                    }
+                });
+                return;
+            }
+        }
         let (mut sa, mut sb) = (vec![0f32; n_in], vec![0f32; n_out]);
         for k in 0..self.r {
             let ak = self.a.row(k, n_in, &mut sa);

@@ -426,11 +426,6 @@ impl Kernel {
                 _ => {}
             }
         }
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        if self == Self::Simd128 {
-            let (n, bytes) = (w.row_bytes(), w.rows_bytes(first, out.len()));
-            return wasm::dot_rows(w.ty, bytes, n, a, out);
-        }
         for (j, o) in out.iter_mut().enumerate() {
             *o = self.dot(w.ty, w.row(first + j), a);
         }
@@ -496,6 +491,15 @@ pub fn matmul_quantized(kernel: Kernel, acts: &Activations, w: &QMatrix, out: &m
     let rows: Vec<act::Row<'_>> = (0..m).map(|i| acts.row(i)).collect();
     if m == 1 {
         // Decode: one output row, split straight into `out`.
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if kernel == Kernel::Simd128 {
+            let (a, y, n) = (&rows[0], wasm::split_row(&rows[0]), w.row_bytes());
+            for_each_chunk(out, ROWS_PER_TASK, |first, chunk| {
+                let bytes = w.rows_bytes(first, chunk.len());
+                wasm::dot_rows(w.ty, bytes, n, a, &y, chunk)
+            });
+            return;
+        }
         for_each_chunk(out, ROWS_PER_TASK, |first, chunk| {
             kernel.dot_rows(w, first, &rows[0], chunk)
         });
@@ -542,19 +546,20 @@ pub fn matmul_quantized(kernel: Kernel, acts: &Activations, w: &QMatrix, out: &m
     }
 }
 
-/// Runs `f(offset, chunk)` over `chunk`-sized pieces of `out`, on the
-/// current rayon pool where there is one, or a page's workers.
-fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+/// Runs `f(offset, piece)` over pieces of `out` that together cover it
+/// once: `chunk`-sized ones on the current rayon pool, larger ones first on
+/// a page's workers (see `guided_pieces`), or all of `out` in `chunk`s on
+/// the caller. For other per-column work of a decode step (a LoRA delta).
+pub fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
     #[cfg(all(target_family = "wasm", target_feature = "atomics"))]
     if pool::workers() > 0 && out.len() > chunk {
         let len = out.len();
+        let pieces = guided_pieces(len, chunk, pool::workers() + 1);
         let shared = SharedOut::new(out);
-        pool::for_each(len.div_ceil(chunk), &|i| {
-            let start = i * chunk;
-            // SAFETY: each task is run once, and tasks' pieces are disjoint.
-            f(start, unsafe {
-                shared.slice(start, chunk.min(len - start))
-            })
+        pool::for_each(pieces.len(), &|i| {
+            let (start, n) = pieces[i];
+            // SAFETY: each task is run once, and the pieces are disjoint.
+            f(start, unsafe { shared.slice(start, n) })
         });
         return;
     }
@@ -571,6 +576,31 @@ fn for_each_chunk(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) +
     for (i, c) in out.chunks_mut(chunk).enumerate() {
         f(i * chunk, c);
     }
+}
+
+/// `len` split into `(start, len)` pieces for `threads` threads that take
+/// them in order: each piece a `2 × threads`-th of what is left, at least
+/// `min` (guided self-scheduling). Taking a piece is an atomic add on a
+/// line every thread writes; at `min` rows a piece (12,800 pieces a token)
+/// those adds cost about what the second thread saved. Large pieces first
+/// keep the adds few, small ones last keep the caller from waiting long
+/// on a worker's last piece, and a worker that starts late takes fewer.
+#[cfg_attr(
+    not(any(test, all(target_family = "wasm", target_feature = "atomics"))),
+    expect(dead_code, reason = "a page's workers only; tested everywhere")
+)]
+fn guided_pieces(len: usize, min: usize, threads: usize) -> Vec<(usize, usize)> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < len {
+        let n = (len - start)
+            .div_ceil(2 * threads)
+            .max(min)
+            .min(len - start);
+        pieces.push((start, n));
+        start += n;
+    }
+    pieces
 }
 
 /// Runs `f(i)` for every `i < n`, on a page's workers where it has them.
@@ -611,5 +641,48 @@ impl SharedOut {
         assert!(start + len <= self.len, "out of the buffer");
         // SAFETY: in bounds (checked); disjointness is the caller's.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guided_pieces;
+
+    #[test]
+    fn guided_pieces_cover_the_rows_once_largest_first() {
+        for (len, min, threads) in [
+            (576, 16, 2),
+            (49152, 16, 2),
+            (1536, 64, 3),
+            (10, 16, 2),
+            (17, 16, 4),
+        ] {
+            let pieces = guided_pieces(len, min, threads);
+            let mut next = 0;
+            for (i, &(start, n)) in pieces.iter().enumerate() {
+                assert_eq!(start, next, "{len}: piece {i} leaves a gap or overlaps");
+                assert!(n > 0);
+                assert!(
+                    n >= min || start + n == len,
+                    "{len}: piece {i} of {n} rows, under {min}"
+                );
+                if let Some(&(_, prev)) = i.checked_sub(1).map(|j| &pieces[j]) {
+                    assert!(
+                        n <= prev,
+                        "{len}: piece {i} ({n}) larger than the one before ({prev})"
+                    );
+                }
+                next = start + n;
+            }
+            assert_eq!(next, len);
+            // Few pieces (each is an atomic add both threads contend for),
+            // far fewer than `len / min`.
+            assert!(
+                pieces.len() <= 8 * threads + 64usize.min(len.div_ceil(min)),
+                "{len}: {} pieces",
+                pieces.len()
+            );
+        }
+        assert_eq!(guided_pieces(576, 16, 2)[0], (0, 144));
     }
 }

@@ -23,12 +23,20 @@ pub(crate) fn dot(ty: QType, w: &[u8], a: &Row<'_>) -> f32 {
 }
 
 /// Consecutive weight rows (`w`, `out.len()` rows of `row_bytes`) against
-/// one activation row (decode): the activations are split into 16-bit
-/// lanes once for all the rows.
-pub(crate) fn dot_rows(ty: QType, w: &[u8], row_bytes: usize, a: &Row<'_>, out: &mut [f32]) {
-    let y = split_row(a);
+/// one activation row (decode), given as [`split_row`] split it: the
+/// caller splits once per matrix, not once per task (a task per 16 rows
+/// was 3,072 splits and allocations per token for the output matrix, and
+/// the allocator's lock is shared by a page's threads).
+pub(crate) fn dot_rows(
+    ty: QType,
+    w: &[u8],
+    row_bytes: usize,
+    a: &Row<'_>,
+    y: &[[v128; 4]],
+    out: &mut [f32],
+) {
     for (w, o) in w.chunks_exact(row_bytes).zip(out.iter_mut()) {
-        *o = dot_split(ty, w, a, &y);
+        *o = dot_split(ty, w, a, y);
     }
 }
 
@@ -69,7 +77,7 @@ fn dot_split(ty: QType, w: &[u8], a: &Row<'_>, y: &[[v128; 4]]) -> f32 {
 }
 
 /// A row's activations as `dot_i16` wants them, per block of 32.
-fn split_row(a: &Row<'_>) -> Vec<[v128; 4]> {
+pub(crate) fn split_row(a: &Row<'_>) -> Vec<[v128; 4]> {
     a.qs.chunks_exact(32).map(acts).collect()
 }
 
