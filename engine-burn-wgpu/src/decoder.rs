@@ -1524,19 +1524,20 @@ impl HostLowRank {
         // page's token once the matmuls ran on two threads). The same
         // operations in the same order, so the same bits.
         #[cfg(all(target_family = "wasm", target_feature = "atomics"))]
-        if let (1, Factor::F32(a), Factor::F32(b)) = (m, &self.a, &self.b) {
-            if arny_qmatmul::pool::workers() > 0 {
-                let t: Vec<f32> = a.chunks_exact(n_in).map(|ak| dot(x, ak)).collect();
-                arny_qmatmul::for_each_chunk(out, 64, |first, piece| {
-                    for (k, &tk) in t.iter().enumerate() {
-                        let bk = &b[k * n_out + first..][..piece.len()];
-                        for (o, &w) in piece.iter_mut().zip(bk) {
-                            *o += tk * (w * self.scale);
-                        }
+        if m == 1
+            && arny_qmatmul::pool::workers() > 0
+            && let (Factor::F32(a), Factor::F32(b)) = (&self.a, &self.b)
+        {
+            let t: Vec<f32> = a.chunks_exact(n_in).map(|ak| dot(x, ak)).collect();
+            arny_qmatmul::for_each_chunk(out, 64, |first, piece| {
+                for (k, &tk) in t.iter().enumerate() {
+                    let bk = &b[k * n_out + first..][..piece.len()];
+                    for (o, &w) in piece.iter_mut().zip(bk) {
+                        *o += tk * (w * self.scale);
                     }
-                });
-                return;
-            }
+                }
+            });
+            return;
         }
         let (mut sa, mut sb) = (vec![0f32; n_in], vec![0f32; n_out]);
         for k in 0..self.r {
