@@ -1272,7 +1272,7 @@ impl Decoder {
         }
         let (k_cache, v_cache) = (&*k_cache, &*v_cache);
         let group = c.n_head / c.n_head_kv;
-        let scale = c.attn_scale;
+        let (scale, window) = (c.attn_scale, attend.window);
         // One query head: `[s, hd]`.
         let head = |h: usize| {
             let (keys, values) = (&k_cache[h / group], &v_cache[h / group]);
@@ -1280,7 +1280,7 @@ impl Decoder {
             let mut w = Vec::with_capacity(past + s);
             for (i, o) in out.chunks_exact_mut(hd).enumerate() {
                 let p = past + i;
-                let first = attend.window.map_or(0, |win| (p + 1).saturating_sub(win));
+                let first = window.map_or(0, |win| (p + 1).saturating_sub(win));
                 let qi = &q[(i * c.n_head + h) * hd..(i * c.n_head + h + 1) * hd];
                 if s < LLAMA_FA_TILE_ROWS {
                     let kv = keys.chunks_exact(hd).zip(values.chunks_exact(hd));
@@ -1318,7 +1318,20 @@ impl Decoder {
             use rayon::prelude::*;
             (0..c.n_head).into_par_iter().map(head).collect()
         };
-        #[cfg(target_family = "wasm")]
+        // A page's heads on its workers, where it has them.
+        #[cfg(all(target_family = "wasm", target_feature = "atomics"))]
+        let per_head: Vec<Vec<f32>> = {
+            let slots: Vec<std::sync::OnceLock<Vec<f32>>> =
+                (0..c.n_head).map(|_| std::sync::OnceLock::new()).collect();
+            arny_qmatmul::pool::for_each(c.n_head, &|h| {
+                slots[h].get_or_init(|| head(h));
+            });
+            slots
+                .into_iter()
+                .map(|s| s.into_inner().expect("the pool runs every head"))
+                .collect()
+        };
+        #[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
         let per_head: Vec<Vec<f32>> = (0..c.n_head).map(head).collect();
         // `[s, n_head · hd]`: row i holds every head's output for query i.
         let width = c.q_dim();
@@ -1398,19 +1411,32 @@ impl Decoder {
             .try_into_vec::<f32>()
             .expect("f32 activations");
         let kernel = arny_qmatmul::Kernel::detect();
+        // One quantization per activation kind the matrices read.
         let mut quantized: Vec<arny_qmatmul::Activations> = Vec::new();
+        let which: [usize; N] = std::array::from_fn(|i| {
+            let kind = packed[i].ty().activation();
+            quantized
+                .iter()
+                .position(|a| a.kind() == kind)
+                .unwrap_or_else(|| {
+                    quantized.push(arny_qmatmul::Activations::quantize(kind, &xs, m, cols));
+                    quantized.len() - 1
+                })
+        });
+        #[cfg(all(target_family = "wasm", target_feature = "atomics"))]
+        if m == 1
+            && let Some(ys) = self.project_on_workers(
+                &xs,
+                std::array::from_fn(|i| (&quantized[which[i]], packed[i], ws[i].1)),
+                false,
+            )
+        {
+            return ys;
+        }
         std::array::from_fn(|i| {
             let (w, (_, delta)) = (packed[i], &ws[i]);
-            let kind = w.ty().activation();
-            let acts = match quantized.iter().position(|a| a.kind() == kind) {
-                Some(j) => &quantized[j],
-                None => {
-                    quantized.push(arny_qmatmul::Activations::quantize(kind, &xs, m, cols));
-                    quantized.last().expect("just pushed")
-                }
-            };
             let mut out = vec![0f32; m * w.rows()];
-            arny_qmatmul::matmul_quantized(kernel, acts, w, &mut out);
+            arny_qmatmul::matmul_quantized(kernel, &quantized[which[i]], w, &mut out);
             if let Some(LowRank::Host(h)) = delta {
                 h.add_to(&xs, m, &mut out);
             }
@@ -1422,10 +1448,71 @@ impl Decoder {
         })
     }
 
+    /// A page's decode step with workers: the products of one input and
+    /// their LoRA deltas' columns as one job ([`arny_qmatmul::matvec_many`])
+    /// instead of a job per matrix and per delta. `apart`: each delta summed
+    /// on its own and then added, as [`Self::project`] does; else added
+    /// term by term, as [`Self::project_many`] does. Either way the same
+    /// operations in the same order as on one thread, so the same bits.
+    /// `None` where a delta is not an f32 one on the host.
+    #[cfg(all(target_family = "wasm", target_feature = "atomics"))]
+    fn project_on_workers<const N: usize>(
+        &self,
+        xs: &[f32],
+        parts: [(&arny_qmatmul::Activations, &QMatrix, Option<&LowRank>); N],
+        apart: bool,
+    ) -> Option<[Tensor<2>; N]> {
+        if arny_qmatmul::pool::workers() == 0 {
+            return None;
+        }
+        let mut deltas: [Option<RowDelta<'_>>; N] = std::array::from_fn(|_| None);
+        for (slot, (_, _, delta)) in deltas.iter_mut().zip(&parts) {
+            match delta {
+                None => {}
+                Some(LowRank::Host(h)) => *slot = Some(h.project_down(xs)?),
+                Some(LowRank::Device { .. }) => return None,
+            }
+        }
+        let mut outs: [Vec<f32>; N] = std::array::from_fn(|i| vec![0f32; parts[i].1.rows()]);
+        let mut products: Vec<arny_qmatmul::Matvec<'_>> = outs
+            .iter_mut()
+            .zip(&parts)
+            .map(|(out, &(acts, w, _))| arny_qmatmul::Matvec { acts, w, out })
+            .collect();
+        arny_qmatmul::matvec_many(
+            arny_qmatmul::Kernel::detect(),
+            &mut products,
+            &|p, first, piece| {
+                if let Some(d) = &deltas[p] {
+                    d.add_columns(first, piece, apart);
+                }
+            },
+        );
+        Some(outs.map(|o| {
+            let n = o.len();
+            Tensor::from_data(TensorData::new(o, [1, n]), &self.device)
+        }))
+    }
+
     /// `x @ w`, plus `(x @ A) @ B` when the projection is adapted. The
     /// delta runs in f32 whatever the weights' precision: it is small, and
     /// rounding it to f16 would blur the few bits a fine-tune changes.
     fn project(&self, x: Tensor<2>, w: &Linear, delta: Option<&LowRank>) -> Tensor<2> {
+        #[cfg(all(target_family = "wasm", target_feature = "atomics"))]
+        if let (Linear::Packed(q), true, Some(LowRank::Host(_))) = (w, self.on_host, delta)
+            && x.dims()[0] == 1
+            && arny_qmatmul::pool::workers() > 0
+        {
+            let xs = x
+                .clone()
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 activations");
+            let acts = arny_qmatmul::Activations::quantize(q.ty().activation(), &xs, 1, q.cols());
+            if let Some([y]) = self.project_on_workers(&xs, [(&acts, q, delta)], true) {
+                return y;
+            }
+        }
         match delta {
             None => w.forward(x),
             Some(d) => {
@@ -1526,16 +1613,10 @@ impl HostLowRank {
         #[cfg(all(target_family = "wasm", target_feature = "atomics"))]
         if m == 1
             && arny_qmatmul::pool::workers() > 0
-            && let (Factor::F32(a), Factor::F32(b)) = (&self.a, &self.b)
+            && let Some(d) = self.project_down(x)
         {
-            let t: Vec<f32> = a.chunks_exact(n_in).map(|ak| dot(x, ak)).collect();
             arny_qmatmul::for_each_chunk(out, 64, |first, piece| {
-                for (k, &tk) in t.iter().enumerate() {
-                    let bk = &b[k * n_out + first..][..piece.len()];
-                    for (o, &w) in piece.iter_mut().zip(bk) {
-                        *o += tk * (w * self.scale);
-                    }
-                }
+                d.add_columns(first, piece, false)
             });
             return;
         }
@@ -1548,6 +1629,60 @@ impl HostLowRank {
                 for (o, &w) in oi.iter_mut().zip(bk) {
                     *o += t * (w * self.scale);
                 }
+            }
+        }
+    }
+}
+
+#[cfg(all(target_family = "wasm", target_feature = "atomics"))]
+impl HostLowRank {
+    /// `x · A` for one row `x`, where both factors are f32: what a decode
+    /// step's delta needs before its columns ([`RowDelta::add_columns`]).
+    fn project_down(&self, x: &[f32]) -> Option<RowDelta<'_>> {
+        match (&self.a, &self.b) {
+            (Factor::F32(a), Factor::F32(b)) if a.len() == x.len() * self.r => Some(RowDelta {
+                t: a.chunks_exact(x.len()).map(|ak| dot(x, ak)).collect(),
+                b,
+                scale: self.scale,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A delta for one row, its `x · A` done: `t`, and `B` (`r` rows).
+#[cfg(all(target_family = "wasm", target_feature = "atomics"))]
+struct RowDelta<'a> {
+    t: Vec<f32>,
+    b: &'a [f32],
+    scale: f32,
+}
+
+#[cfg(all(target_family = "wasm", target_feature = "atomics"))]
+impl RowDelta<'_> {
+    /// Adds the delta's columns `first..first + out.len()`: term by term
+    /// into `out`, as [`HostLowRank::add_to`] does, or (`apart`) summed from
+    /// zero and then added, as [`LowRank::delta`] and a tensor addition do.
+    /// The same operations per value in the same order as those.
+    fn add_columns(&self, first: usize, out: &mut [f32], apart: bool) {
+        let n_out = self.b.len() / self.t.len();
+        let add = |first: usize, out: &mut [f32]| {
+            for (k, &tk) in self.t.iter().enumerate() {
+                let bk = &self.b[k * n_out + first..][..out.len()];
+                for (o, &w) in out.iter_mut().zip(bk) {
+                    *o += tk * (w * self.scale);
+                }
+            }
+        };
+        if !apart {
+            return add(first, out);
+        }
+        for (c, piece) in out.chunks_mut(64).enumerate() {
+            let mut sum = [0f32; 64];
+            let sum = &mut sum[..piece.len()];
+            add(first + 64 * c, sum);
+            for (o, d) in piece.iter_mut().zip(sum.iter()) {
+                *o += d;
             }
         }
     }

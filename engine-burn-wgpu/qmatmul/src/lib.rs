@@ -546,6 +546,110 @@ pub fn matmul_quantized(kernel: Kernel, acts: &Activations, w: &QMatrix, out: &m
     }
 }
 
+/// One matrix-vector product of a decode step: `out = W · a` for a
+/// single activation row.
+pub struct Matvec<'a> {
+    pub acts: &'a Activations,
+    pub w: &'a QMatrix,
+    pub out: &'a mut [f32],
+}
+
+/// Several decode products that run back to back (Q, K and V; gate and
+/// up), each piece of an output followed by `then(part, first, piece)`
+/// (an epilogue over those output rows, such as a LoRA delta's columns).
+/// On a page's workers they are one job: a job per matrix and one per
+/// delta were ~420 a token, each ending with the caller waiting for a
+/// worker's last piece. Elsewhere each part runs as [`matmul_quantized`]
+/// and then `then(part, 0, out)`. Every output value is the same dot
+/// product either way, so the same bits; `then` must act on each value
+/// alone for that to hold of the epilogue too.
+pub fn matvec_many(
+    kernel: Kernel,
+    parts: &mut [Matvec<'_>],
+    then: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
+) {
+    for p in parts.iter() {
+        assert_eq!(p.acts.rows(), 1, "a matrix-vector product has one row");
+        assert_eq!(p.out.len(), p.w.rows, "out is not {} values", p.w.rows);
+    }
+    #[cfg(all(
+        target_family = "wasm",
+        target_feature = "atomics",
+        target_feature = "simd128"
+    ))]
+    if kernel == Kernel::Simd128 && pool::workers() > 0 {
+        return matvec_on_workers(parts, then);
+    }
+    for (i, p) in parts.iter_mut().enumerate() {
+        matmul_quantized(kernel, p.acts, p.w, p.out);
+        then(i, 0, p.out);
+    }
+}
+
+/// [`matvec_many`] on a page's workers: guided pieces over all the parts'
+/// rows end to end, a piece that spans two parts doing its share of each.
+#[cfg(all(
+    target_family = "wasm",
+    target_feature = "atomics",
+    target_feature = "simd128"
+))]
+fn matvec_on_workers(parts: &mut [Matvec<'_>], then: &(dyn Fn(usize, usize, &mut [f32]) + Sync)) {
+    for p in parts.iter() {
+        assert_eq!(
+            p.acts.kind(),
+            p.w.ty.activation(),
+            "activations of the wrong kind"
+        );
+        assert_eq!(p.acts.cols(), p.w.cols, "activations of the wrong width");
+    }
+    // Parts that share an input share its split (Q, K and V read one).
+    let mut splits: Vec<(&Activations, Vec<[std::arch::wasm32::v128; 4]>)> = Vec::new();
+    let mut split_of = Vec::with_capacity(parts.len());
+    for p in parts.iter() {
+        match splits.iter().position(|(a, _)| std::ptr::eq(*a, p.acts)) {
+            Some(j) => split_of.push(j),
+            None => {
+                split_of.push(splits.len());
+                splits.push((p.acts, wasm::split_row(&p.acts.row(0))));
+            }
+        }
+    }
+    let mats: Vec<(&QMatrix, act::Row<'_>)> = parts.iter().map(|p| (p.w, p.acts.row(0))).collect();
+    let rows: Vec<usize> = mats.iter().map(|(w, _)| w.rows).collect();
+    let outs: Vec<SharedOut> = parts.iter_mut().map(|p| SharedOut::new(p.out)).collect();
+    let pieces = guided_pieces(rows.iter().sum(), ROWS_PER_TASK, pool::workers() + 1);
+    pool::for_each(pieces.len(), &|i| {
+        for (p, first, len) in part_spans(&rows, pieces[i]) {
+            let (w, row) = &mats[p];
+            // SAFETY: pieces are disjoint and each runs once, so are their
+            // spans of each part's output.
+            let out = unsafe { outs[p].slice(first, len) };
+            let y = &splits[split_of[p]].1;
+            wasm::dot_rows(w.ty, w.rows_bytes(first, len), w.row_bytes(), row, y, out);
+            then(p, first, out);
+        }
+    });
+}
+
+/// A piece `(start, len)` of parts with `rows` rows each, laid end to end,
+/// as `(part, first row, rows)` spans within the parts.
+#[cfg_attr(
+    not(any(test, all(target_family = "wasm", target_feature = "atomics"))),
+    expect(dead_code, reason = "a page's workers only; tested everywhere")
+)]
+fn part_spans(rows: &[usize], (start, len): (usize, usize)) -> Vec<(usize, usize, usize)> {
+    let mut spans = Vec::new();
+    let (mut part_start, end) = (0, start + len);
+    for (p, &n) in rows.iter().enumerate() {
+        let (lo, hi) = (start.max(part_start), end.min(part_start + n));
+        if lo < hi {
+            spans.push((p, lo - part_start, hi - lo));
+        }
+        part_start += n;
+    }
+    spans
+}
+
 /// Runs `f(offset, piece)` over pieces of `out` that together cover it
 /// once: `chunk`-sized ones on the current rayon pool, larger ones first on
 /// a page's workers (see `guided_pieces`), or all of `out` in `chunk`s on
@@ -646,7 +750,7 @@ impl SharedOut {
 
 #[cfg(test)]
 mod tests {
-    use super::guided_pieces;
+    use super::{guided_pieces, part_spans};
 
     #[test]
     fn guided_pieces_cover_the_rows_once_largest_first() {
@@ -684,5 +788,27 @@ mod tests {
             );
         }
         assert_eq!(guided_pieces(576, 16, 2)[0], (0, 144));
+    }
+
+    #[test]
+    fn a_fused_steps_pieces_cover_every_parts_rows_once() {
+        for rows in [
+            vec![576, 192, 192],
+            vec![1536, 1536],
+            vec![576],
+            vec![5, 40, 3],
+        ] {
+            let total = rows.iter().sum();
+            let mut seen: Vec<Vec<u32>> = rows.iter().map(|&n| vec![0; n]).collect();
+            for piece in guided_pieces(total, 16, 2) {
+                let spans = part_spans(&rows, piece);
+                assert_eq!(spans.iter().map(|s| s.2).sum::<usize>(), piece.1);
+                for (p, first, len) in spans {
+                    assert!(len > 0 && first + len <= rows[p]);
+                    seen[p][first..first + len].iter_mut().for_each(|c| *c += 1);
+                }
+            }
+            assert!(seen.iter().flatten().all(|&c| c == 1), "{rows:?}");
+        }
     }
 }

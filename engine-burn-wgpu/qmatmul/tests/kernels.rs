@@ -6,7 +6,10 @@
 use std::sync::Arc;
 
 use arny_gguf::GgufFile;
-use arny_qmatmul::{ActKind, Activations, Kernel, QMatrix, QType, matmul_with};
+use arny_qmatmul::{
+    ActKind, Activations, Kernel, Matvec, QMatrix, QType, matmul_quantized, matmul_with,
+    matvec_many,
+};
 use half::f16;
 
 /// xorshift64*: reproducible without a dependency.
@@ -216,6 +219,60 @@ fn batches_equal_one_row_at_a_time_on_any_pool() {
             let x = random_x(&mut rng, m * 512);
             for kernel in Kernel::available() {
                 batch_equals_rowwise(kernel, &w, &x, m);
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_products_equal_each_alone_with_their_epilogue_once_a_row() {
+    let mut rng = Rng(11);
+    for ty in QType::ALL {
+        let ws = [
+            random_matrix(&mut rng, ty, 40, 512),
+            random_matrix(&mut rng, ty, 24, 512),
+        ];
+        let x = random_x(&mut rng, 512);
+        let acts = Activations::quantize(ty.activation(), &x, 1, 512);
+        for kernel in Kernel::available() {
+            let alone: Vec<Vec<f32>> = ws
+                .iter()
+                .map(|w| {
+                    let mut out = vec![0f32; w.rows()];
+                    matmul_quantized(kernel, &acts, w, &mut out);
+                    out
+                })
+                .collect();
+            let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows()]).collect();
+            let mut parts: Vec<Matvec<'_>> = outs
+                .iter_mut()
+                .zip(&ws)
+                .map(|(out, w)| Matvec {
+                    acts: &acts,
+                    w,
+                    out,
+                })
+                .collect();
+            // The epilogue sees each output value once, after its product.
+            let visits = std::sync::Mutex::new(vec![vec![0u32; 40], vec![0u32; 24]]);
+            matvec_many(kernel, &mut parts, &|p, first, piece| {
+                for (j, v) in piece.iter_mut().enumerate() {
+                    assert_eq!(v.to_bits(), alone[p][first + j].to_bits());
+                    visits.lock().unwrap()[p][first + j] += 1;
+                    *v += 1.0;
+                }
+            });
+            assert!(
+                visits
+                    .into_inner()
+                    .unwrap()
+                    .iter()
+                    .flatten()
+                    .all(|&c| c == 1)
+            );
+            for (out, alone) in outs.iter().zip(&alone) {
+                let want: Vec<f32> = alone.iter().map(|v| v + 1.0).collect();
+                assert!(out == &want, "{} {ty:?}", kernel.name());
             }
         }
     }
