@@ -1273,12 +1273,20 @@ impl Decoder {
         let (k_cache, v_cache) = (&*k_cache, &*v_cache);
         let group = c.n_head / c.n_head_kv;
         let (scale, window) = (c.attn_scale, attend.window);
-        // One query head: `[s, hd]`.
-        let head = |h: usize| {
+        // A task: one query head's rows `lo..lo + ATTENTION_ROWS`, `[rows,
+        // hd]`. Rows of a prompt rather than whole heads: 9 heads on two
+        // threads left one idle for a ninth of a prompt's attention, and
+        // later rows (more keys) cost more. A row's arithmetic does not
+        // depend on its task.
+        let blocks = s.div_ceil(ATTENTION_ROWS);
+        let task = |t: usize| {
+            let (h, lo) = (t / blocks, (t % blocks) * ATTENTION_ROWS);
+            let rows = ATTENTION_ROWS.min(s - lo);
             let (keys, values) = (&k_cache[h / group], &v_cache[h / group]);
-            let mut out = vec![0f32; s * hd];
+            let mut out = vec![0f32; rows * hd];
             let mut w = Vec::with_capacity(past + s);
-            for (i, o) in out.chunks_exact_mut(hd).enumerate() {
+            for (r, o) in out.chunks_exact_mut(hd).enumerate() {
+                let i = lo + r;
                 let p = past + i;
                 let first = window.map_or(0, |win| (p + 1).saturating_sub(win));
                 let qi = &q[(i * c.n_head + h) * hd..(i * c.n_head + h + 1) * hd];
@@ -1313,31 +1321,34 @@ impl Decoder {
             }
             out
         };
+        let tasks = c.n_head * blocks;
         #[cfg(not(target_family = "wasm"))]
-        let per_head: Vec<Vec<f32>> = {
+        let per_task: Vec<Vec<f32>> = {
             use rayon::prelude::*;
-            (0..c.n_head).into_par_iter().map(head).collect()
+            (0..tasks).into_par_iter().map(task).collect()
         };
-        // A page's heads on its workers, where it has them.
+        // A page's tasks on its workers, where it has them.
         #[cfg(all(target_family = "wasm", target_feature = "atomics"))]
-        let per_head: Vec<Vec<f32>> = {
+        let per_task: Vec<Vec<f32>> = {
             let slots: Vec<std::sync::OnceLock<Vec<f32>>> =
-                (0..c.n_head).map(|_| std::sync::OnceLock::new()).collect();
-            arny_qmatmul::pool::for_each(c.n_head, &|h| {
-                slots[h].get_or_init(|| head(h));
+                (0..tasks).map(|_| std::sync::OnceLock::new()).collect();
+            arny_qmatmul::pool::for_each(tasks, &|t| {
+                slots[t].get_or_init(|| task(t));
             });
             slots
                 .into_iter()
-                .map(|s| s.into_inner().expect("the pool runs every head"))
+                .map(|s| s.into_inner().expect("the pool runs every task"))
                 .collect()
         };
         #[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
-        let per_head: Vec<Vec<f32>> = (0..c.n_head).map(head).collect();
+        let per_task: Vec<Vec<f32>> = (0..tasks).map(task).collect();
         // `[s, n_head · hd]`: row i holds every head's output for query i.
         let width = c.q_dim();
         let mut out = vec![0f32; s * width];
-        for (h, o) in per_head.iter().enumerate() {
-            for (i, row) in o.chunks_exact(hd).enumerate() {
+        for (t, o) in per_task.iter().enumerate() {
+            let (h, lo) = (t / blocks, (t % blocks) * ATTENTION_ROWS);
+            for (r, row) in o.chunks_exact(hd).enumerate() {
+                let i = lo + r;
                 out[i * width + h * hd..i * width + (h + 1) * hd].copy_from_slice(row);
             }
         }
@@ -1382,9 +1393,23 @@ impl Decoder {
             Activation::SwiGlu => |x| x / (1.0 + (-x).exp()),
             Activation::GeGlu => gelu_like_ggml,
         };
-        for (g, &u) in g.iter_mut().zip(&u) {
-            *g = act(*g) * u;
+        let apply = |g: &mut [f32], u: &[f32]| {
+            for (g, &u) in g.iter_mut().zip(u) {
+                *g = act(*g) * u;
+            }
+        };
+        // A prompt's values on the caller's rayon pool (on the caller alone
+        // the exponentials were 1.6% of a two-thread prefill's samples, the
+        // other thread idle); one value's result does not depend on where.
+        #[cfg(not(target_family = "wasm"))]
+        if g.len() >= GATED_CHUNK * 2 && rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            g.par_chunks_mut(GATED_CHUNK)
+                .zip(u.par_chunks(GATED_CHUNK))
+                .for_each(|(g, u)| apply(g, u));
+            return Tensor::from_data(TensorData::new(g, dims), &self.device);
         }
+        apply(&mut g, &u);
         Tensor::from_data(TensorData::new(g, dims), &self.device)
     }
 
@@ -1687,6 +1712,13 @@ impl RowDelta<'_> {
         }
     }
 }
+
+/// Query rows per attention task (see `host_attention`).
+const ATTENTION_ROWS: usize = 32;
+
+/// Values per task of the gated activation in a prompt.
+#[cfg(not(target_family = "wasm"))]
+const GATED_CHUNK: usize = 8192;
 
 /// The seven projections of a block, as GGUF names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

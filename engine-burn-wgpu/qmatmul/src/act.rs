@@ -78,6 +78,33 @@ impl Activations {
     pub fn quantize(kind: ActKind, x: &[f32], rows: usize, cols: usize) -> Self {
         assert_eq!(x.len(), rows * cols);
         assert!(cols.is_multiple_of(kind.block()));
+        // A prompt's rows on the caller's rayon pool: each block is
+        // quantized on its own, so the pieces join into the same values.
+        // On the caller alone it was 3.5% of a two-thread prefill's CPU
+        // samples, with the other thread waiting.
+        #[cfg(not(target_family = "wasm"))]
+        if rows >= 8 && rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            let per = rows.div_ceil(2 * rayon::current_num_threads());
+            let parts: Vec<Self> = x
+                .par_chunks(per * cols)
+                .map(|c| Self::quantize_rows(kind, c, c.len() / cols, cols))
+                .collect();
+            let mut a = Self::quantize_rows(kind, &[], 0, cols);
+            a.rows = rows;
+            for p in parts {
+                a.qs.extend_from_slice(&p.qs);
+                a.d.extend_from_slice(&p.d);
+                a.s.extend_from_slice(&p.s);
+                a.bsums.extend_from_slice(&p.bsums);
+            }
+            return a;
+        }
+        Self::quantize_rows(kind, x, rows, cols)
+    }
+
+    /// [`Self::quantize`] on the calling thread.
+    fn quantize_rows(kind: ActKind, x: &[f32], rows: usize, cols: usize) -> Self {
         let blocks = x.len() / kind.block();
         let mut a = Self {
             kind,

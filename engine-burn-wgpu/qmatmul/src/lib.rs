@@ -510,40 +510,44 @@ pub fn matmul_quantized(kernel: Kernel, acts: &Activations, w: &QMatrix, out: &m
         return wasm::matmul(w, &rows, out);
     }
     // Prefill: each task takes a few weight rows (kept in L1) against every
-    // activation row, four at a time, writing `outᵀ`, then one transpose.
-    // The activation rows are the outer loop: each four is read once per
-    // task and meets every weight row while in L1 (the other order streams
-    // all of them from L2 once per weight row).
-    let mut t = vec![0f32; w.rows * m];
-    for_each_chunk(&mut t, ROWS_PER_TASK * m, |first, chunk| {
-        let first = first / m;
-        let n = chunk.len() / m;
+    // activation row, four at a time, into a tile laid out `[weight row,
+    // activation row]` (each `dot4` one 16-byte store), then copies the
+    // tile into its columns of every output row. The activation rows are
+    // the outer loop: each four is read once per task and meets every
+    // weight row while in L1 (the other order streams all of them from L2
+    // once per weight row). The copy was one transpose on the caller after
+    // all the tasks, 3% of a two-thread prefill's samples with the other
+    // thread idle; writing `out` directly from `dot4` cost the tasks more
+    // than that.
+    let all = w.rows;
+    let shared = SharedOut::new(out);
+    for_each_task(all.div_ceil(ROWS_PER_TASK), &|t| {
+        let first = t * ROWS_PER_TASK;
+        let n = ROWS_PER_TASK.min(all - first);
+        let mut tile = vec![0f32; n * m];
         let quads = m / 4;
         for q in 0..quads {
             let i = 4 * q;
             let a = [&rows[i], &rows[i + 1], &rows[i + 2], &rows[i + 3]];
             for j in 0..n {
                 let v = kernel.dot4(w.ty, w.row(first + j), a);
-                chunk[j * m + i..j * m + i + 4].copy_from_slice(&v);
+                tile[j * m + i..j * m + i + 4].copy_from_slice(&v);
             }
         }
         for i in 4 * quads..m {
             for j in 0..n {
-                chunk[j * m + i] = kernel.dot(w.ty, w.row(first + j), &rows[i]);
+                tile[j * m + i] = kernel.dot(w.ty, w.row(first + j), &rows[i]);
+            }
+        }
+        for i in 0..m {
+            // SAFETY: a task's columns `first..first + n` are its own in
+            // every output row, and each task runs once.
+            let o = unsafe { shared.slice(i * all + first, n) };
+            for (j, o) in o.iter_mut().enumerate() {
+                *o = tile[j * m + i];
             }
         }
     });
-    // In tiles of a task's weight rows, so that each output row is written
-    // that many values at a time while the tile's columns stay in L1.
-    for (tile, cols) in t.chunks(ROWS_PER_TASK * m).enumerate() {
-        let r0 = ROWS_PER_TASK * tile;
-        let n = cols.len() / m;
-        for (i, o) in out.chunks_exact_mut(w.rows).enumerate() {
-            for (k, o) in o[r0..r0 + n].iter_mut().enumerate() {
-                *o = cols[k * m + i];
-            }
-        }
-    }
 }
 
 /// One matrix-vector product of a decode step: `out = W · a` for a
@@ -716,18 +720,26 @@ pub(crate) fn for_each_task(n: usize, f: &(dyn Fn(usize) + Sync)) {
     (0..n).for_each(f);
 }
 
+/// Runs `f(i)` for every `i < n`, on the caller's rayon pool.
+#[cfg(not(target_family = "wasm"))]
+pub(crate) fn for_each_task(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    use rayon::prelude::*;
+    if rayon::current_num_threads() > 1 && n > 1 {
+        (0..n).into_par_iter().for_each(f);
+    } else {
+        (0..n).for_each(f);
+    }
+}
+
 /// An output buffer that tasks on several threads write disjoint parts of.
-#[cfg(target_family = "wasm")]
 pub(crate) struct SharedOut {
     ptr: *mut f32,
     len: usize,
 }
 
 // SAFETY: `slice` is `unsafe`: its callers keep the parts disjoint.
-#[cfg(target_family = "wasm")]
 unsafe impl Sync for SharedOut {}
 
-#[cfg(target_family = "wasm")]
 impl SharedOut {
     pub(crate) fn new(out: &mut [f32]) -> Self {
         Self {
