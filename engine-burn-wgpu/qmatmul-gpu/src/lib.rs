@@ -84,6 +84,9 @@ const MAX_CUBES: usize = 65_535;
 /// product goes through f32 slices of the weights.
 pub const MATVEC_ROWS: usize = 8;
 
+/// Output columns one cube of the block-reading shaders computes.
+const COLS: usize = 4;
+
 /// The most bytes of values one part of a matrix holds: WebGPU promises
 /// storage bindings of 128 MiB and no more, and a large vocabulary's output
 /// matrix (Gemma 3's 262144 rows) is more than that.
@@ -271,12 +274,14 @@ impl Part {
             Shape::new([m, n]),
             DType::F32,
         );
-        // Up to 8 activation rows share a cube and its weight reads.
+        // Up to 8 activation rows share a cube and its weight reads, and
+        // COLS columns share its activation reads and its one barrier.
         let rows = m.next_power_of_two().min(8);
-        let wide = n.min(MAX_CUBES);
+        let cubes = n.div_ceil(COLS);
+        let wide = cubes.min(MAX_CUBES);
         let count = CubeCount::Static(
             wide as u32,
-            n.div_ceil(wide) as u32,
+            cubes.div_ceil(wide) as u32,
             m.div_ceil(rows) as u32,
         );
         let dim = CubeDim::new_2d(32, rows as u32);
@@ -292,7 +297,7 @@ impl Part {
             (Layout::Q4, Some(offsets)) => {
                 let of = buffer(offsets, elements(offsets));
                 kernel::matmul_q4::launch(
-                    client, count, dim, xs, qs, ss, of, os, m32, n32, k32, rows,
+                    client, count, dim, xs, qs, ss, of, os, m32, n32, k32, rows, COLS,
                 )
             }
             (Layout::Q8 { group }, _) => kernel::matmul_q8::launch(
@@ -307,6 +312,7 @@ impl Part {
                 n32,
                 k32,
                 rows,
+                COLS,
                 group as u32,
             ),
             (Layout::Q4, None) => unreachable!("Q4 parts are uploaded with offsets"),

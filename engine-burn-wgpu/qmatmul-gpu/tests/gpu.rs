@@ -153,15 +153,15 @@ fn decoded_slices_equal_the_host_decoding() {
     }
 }
 
-/// More output columns than one launch dimension may count (Qwen's and
-/// Gemma's vocabularies) fold into a second dimension, and more values than
-/// one binding may hold split into parts.
+/// More cubes than one launch dimension may count (four output columns a
+/// cube: Gemma's 262144-token vocabulary) fold into a second dimension, and
+/// more values than one binding may hold split into parts.
 #[test]
 fn wide_outputs_fold_and_split() {
     let device = gpu();
     let mut rng = Rng(7);
-    let w = random_matrix(&mut rng, QType::Q8_0, 70_000, 32);
-    check(&device, &w, 1, &mut rng, "70000 columns");
+    let w = random_matrix(&mut rng, QType::Q8_0, 270_002, 32);
+    check(&device, &w, 1, &mut rng, "270002 columns");
     // Past PART_BYTES of values (72 MB here) the matrix is held in two
     // parts; both paths stitch them together.
     let w = random_matrix(&mut rng, QType::Q8_0, 140_000, 512);
