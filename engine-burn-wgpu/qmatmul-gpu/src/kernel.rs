@@ -41,7 +41,7 @@ fn finish(
             s += plane_shuffle_xor(s, lane);
             lane *= 2;
         }
-        if tx % width == 0 {
+        if tx & (width - 1) == 0 {
             partial[base + c * 32 + (tx / width) as usize] = s;
         }
     }
