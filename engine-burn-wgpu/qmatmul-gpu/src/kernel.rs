@@ -57,6 +57,24 @@ fn finish(
     }
 }
 
+/// The first of this cube's `cols` output columns (cubes past one launch
+/// dimension's count fold into the second).
+#[cube]
+fn first_column(#[comptime] cols: usize) -> u32 {
+    (CUBE_POS_X + CUBE_POS_Y * CUBE_COUNT_X) * cols as u32
+}
+
+/// A unit's `cols` running sums, at zero.
+#[cube]
+fn zeros(#[comptime] cols: usize) -> Array<f32> {
+    let mut sums = Array::<f32>::new(cols);
+    #[unroll]
+    for c in 0..cols {
+        sums[c] = 0.0f32;
+    }
+    sums
+}
+
 /// The 32 activations of group `g` of `row`.
 #[cube]
 fn activations(x: &[f32], xb: usize) -> Array<f32> {
@@ -83,14 +101,10 @@ pub fn matmul_q4(
     #[comptime] cols: usize,
 ) {
     let mut partial = Shared::<[f32]>::new_slice(32 * rows * cols);
-    let col0 = (CUBE_POS_X + CUBE_POS_Y * CUBE_COUNT_X) * cols as u32;
+    let col0 = first_column(cols);
     let row = CUBE_POS_Z * CUBE_DIM_Y + UNIT_POS_Y;
     let groups = k / 32;
-    let mut sums = Array::<f32>::new(cols);
-    #[unroll]
-    for c in 0..cols {
-        sums[c] = 0.0f32;
-    }
+    let mut sums = zeros(cols);
     if row < m {
         let mut g = UNIT_POS_X;
         while g < groups {
@@ -160,23 +174,19 @@ pub fn matmul_q8(
     #[comptime] group: u32,
 ) {
     let mut partial = Shared::<[f32]>::new_slice(32 * rows * cols);
-    let col0 = (CUBE_POS_X + CUBE_POS_Y * CUBE_COUNT_X) * cols as u32;
+    let col0 = first_column(cols);
     let row = CUBE_POS_Z * CUBE_DIM_Y + UNIT_POS_Y;
-    let chunks = k / 32;
-    let mut sums = Array::<f32>::new(cols);
-    #[unroll]
-    for c in 0..cols {
-        sums[c] = 0.0f32;
-    }
+    let groups = k / 32;
+    let mut sums = zeros(cols);
     if row < m {
         let mut g = UNIT_POS_X;
-        while g < chunks {
+        while g < groups {
             let xv = activations(x, (row * k + g * 32) as usize);
             #[unroll]
             for c in 0..cols {
                 let col = col0 + c as u32;
                 if col < n {
-                    let at = col * chunks + g;
+                    let at = col * groups + g;
                     let qb = (at * 8) as usize;
                     // The two halves of 32 values: one scale each when
                     // groups are 16 values, one for both otherwise.
