@@ -151,7 +151,10 @@ done
 stage "tests"
 # The SDK's app-level test runs once per engine listed here.
 export ARNY_TEST_ENGINES="${ARNY_TEST_ENGINES:-gguf,burn,pte}"
-cargo test --release --locked --workspace "${features[@]}"
+# Two test binaries at a time (scripts/run-tests.py): one binary alone keeps
+# the two cores ~1.5 busy. The durations file only orders the binaries.
+scripts/run-tests.py --jobs "${ARNY_TEST_JOBS:-2}" --times "$target/arny-test-durations.json" \
+  -- --release --locked --workspace "${features[@]}"
 
 stage "browser tests: the web demo in Chromium, WebGPU and CPU paths (screenshots in bindings/web-demo/tests/artifacts)"
 (cd bindings/web-demo/tests &&

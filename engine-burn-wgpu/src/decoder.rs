@@ -955,6 +955,11 @@ impl Decoder {
             }
             return Tensor::from_data(TensorData::new(out, [s, e]), &self.device);
         }
+        // One launch on a CubeCL device where six tensor ops were.
+        #[cfg(feature = "wgpu")]
+        if let Ok(y) = arny_fused_gpu::rms_norm(&x, &w.device, self.cfg.rms_eps) {
+            return y;
+        }
         let rms = x
             .clone()
             .square()
@@ -965,10 +970,8 @@ impl Decoder {
     }
 
     /// RoPE's cosines and sines for positions `start..start + seq` at
-    /// `base`, `[seq, half]` each; on a device also as tensors shaped to
-    /// broadcast over heads: `[seq, 1, half, 1]` for adjacent pairs,
-    /// `[seq, 1, 1, half]` for NeoX halves. Built once per forward pass:
-    /// an upload per layer costs a GPU dearly.
+    /// `base`, `[seq, half]` each, on a device also as tensors. Built once
+    /// per forward pass: an upload per layer costs a GPU dearly.
     fn rope_tables(&self, start: usize, seq: usize, base: f32) -> RopeTables {
         let r = &self.cfg.rope;
         let d = self.cfg.head_dim;
@@ -990,13 +993,8 @@ impl Decoder {
             }
         }
         let device = (!self.on_host).then(|| {
-            let shape = if r.neox {
-                [seq, 1, 1, half]
-            } else {
-                [seq, 1, half, 1]
-            };
             let t = |v: &[f32]| {
-                Tensor::<4>::from_data(TensorData::new(v.to_vec(), shape), &self.device)
+                Tensor::<2>::from_data(TensorData::new(v.to_vec(), [seq, half]), &self.device)
             };
             (t(&cos), t(&sin))
         });
@@ -1034,11 +1032,19 @@ impl Decoder {
             }
             return Tensor::from_data(TensorData::new(v, [s, h, d]), &self.device);
         };
-        let (x, axis) = if neox {
-            (x.reshape([s, h, 2, d / 2]), 2)
+        // One launch on a CubeCL device where about eight tensor ops were.
+        #[cfg(feature = "wgpu")]
+        if let Ok(y) = arny_fused_gpu::rope(&x, cos, sin, neox) {
+            return y;
+        }
+        // The tables broadcast over heads: `[seq, 1, 1, half]` against
+        // NeoX halves, `[seq, 1, half, 1]` against adjacent pairs.
+        let (x, axis, table) = if neox {
+            (x.reshape([s, h, 2, d / 2]), 2, [s, 1, 1, d / 2])
         } else {
-            (x.reshape([s, h, d / 2, 2]), 3)
+            (x.reshape([s, h, d / 2, 2]), 3, [s, 1, d / 2, 1])
         };
+        let (cos, sin) = (cos.clone().reshape(table), sin.clone().reshape(table));
         let x0 = x.clone().narrow(axis, 0, 1);
         let x1 = x.narrow(axis, 1, 1);
         let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
@@ -1185,7 +1191,7 @@ impl Decoder {
         let attn = match kv {
             LayerKv::Device { k: kc, v: vc } => {
                 let heads_first = |t: Tensor<3>| t.swap_dims(0, 1);
-                let (q, k, v) = (heads_first(q), heads_first(k), heads_first(v));
+                let (k, v) = (heads_first(k), heads_first(v));
                 self.device_attention(q, k, v, kc, vc, step, attend)
             }
             LayerKv::Host { k: kc, v: vc } => self.host_attention(q, k, v, kc, vc, step, attend),
@@ -1193,8 +1199,10 @@ impl Decoder {
         self.project(attn, &b.wo, delta(Proj::O))
     }
 
-    /// Attention as tensor ops (wgpu): `q: [n_head, s, hd]`, the new
-    /// `k`, `v: [n_head_kv, s, hd]` appended to the cache; `[s, q_dim]`.
+    /// Attention on the device (wgpu): `q: [s, n_head, hd]`, the new `k`,
+    /// `v: [n_head_kv, s, hd]` appended to the cache; `[s, q_dim]`. Up to
+    /// [`FUSED_ATTENTION_ROWS`] positions in one kernel, more (a prompt) as
+    /// tensor ops, whose matmuls share each key's reads between positions.
     #[allow(clippy::too_many_arguments)]
     fn device_attention(
         &self,
@@ -1220,9 +1228,15 @@ impl Decoder {
         // Each KV head serves `group` consecutive query heads: their rows
         // stacked, `[n_head_kv, group · s, hd]`, attend to that head's keys
         // without copying them `group` times.
-        let group = c.n_head / c.n_head_kv;
-        let q = q.reshape([c.n_head_kv, group * s, hd]);
         let mask = attend.mask.clone().expect("device attention has a mask");
+        #[cfg(feature = "wgpu")]
+        if s <= FUSED_ATTENTION_ROWS
+            && let Ok(y) = arny_fused_gpu::attention(&q, &k, &v, &mask, c.attn_scale)
+        {
+            return y.reshape([s, c.q_dim()]);
+        }
+        let group = c.n_head / c.n_head_kv;
+        let q = q.swap_dims(0, 1).reshape([c.n_head_kv, group * s, hd]);
         let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(c.attn_scale) + mask;
         let attn = softmax(scores, 2).matmul(v).reshape([c.n_head, s, hd]);
         attn.swap_dims(0, 1).reshape([s, c.q_dim()])
@@ -1926,8 +1940,13 @@ struct Attend {
 struct RopeTables {
     cos: Vec<f32>,
     sin: Vec<f32>,
-    device: Option<(Tensor<4>, Tensor<4>)>,
+    /// On a device, `[seq, half]` each.
+    device: Option<(Tensor<2>, Tensor<2>)>,
 }
+
+/// Up to this many new positions, attention on a GPU is one kernel
+/// (`arny-fused-gpu`'s) rather than eight tensor ops and two copies.
+const FUSED_ATTENTION_ROWS: usize = 8;
 
 /// From this many new positions on, llama.cpp's CPU flash attention
 /// takes its tiled path (f32 scores and sums over f16 keys and values, as

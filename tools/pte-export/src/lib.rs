@@ -253,6 +253,17 @@ pub fn cached_merged_export(
     if let Some(program) = complete(&dir) {
         return Ok(program);
     }
+    // Two processes that miss the same export (test binaries run side by
+    // side) would write the same files at once; the second waits here and
+    // then finds the first one's export complete.
+    let parent = dir.parent().unwrap_or(&dir);
+    std::fs::create_dir_all(parent).map_err(io("creating the exports folder"))?;
+    let lock = std::fs::File::create(dir.with_extension("lock"))
+        .map_err(io("creating the export's lock file"))?;
+    lock.lock().map_err(io("locking the export"))?;
+    if let Some(program) = complete(&dir) {
+        return Ok(program);
+    }
     let venv = venv_dir();
     if !venv_ready(&venv) {
         return Err(ExportError::VenvMissing(venv));
