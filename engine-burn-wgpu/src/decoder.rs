@@ -436,7 +436,8 @@ pub struct KvCache {
 /// only `n_layer` of these per session.)
 #[allow(clippy::large_enum_variant)]
 enum LayerKv {
-    /// `[n_head_kv, len, head_dim]` tensors on the device (wgpu).
+    /// `[n_head_kv, capacity, head_dim]` tensors on the device (wgpu),
+    /// the first `len` positions in use.
     Device {
         k: Option<Tensor<3>>,
         v: Option<Tensor<3>>,
@@ -454,15 +455,8 @@ impl KvCache {
         }
         for layer in &mut self.layers {
             match layer {
-                LayerKv::Device { k, v } => {
-                    for t in [k, v] {
-                        *t = if len == 0 {
-                            None
-                        } else {
-                            t.take().map(|x| x.narrow(1, 0, len))
-                        };
-                    }
-                }
+                // The next positions are written over the dropped ones.
+                LayerKv::Device { .. } => {}
                 LayerKv::Host { k, v } => {
                     for head in k.iter_mut().chain(v.iter_mut()) {
                         head.truncate(len * self.head_dim);
@@ -1215,26 +1209,42 @@ impl Decoder {
         attend: &Attend,
     ) -> Tensor<2> {
         let c = &self.cfg;
-        let (s, hd) = (step.seq, c.head_dim);
+        let (s, hd, kv) = (step.seq, c.head_dim, c.n_head_kv);
+        let (past, total) = (step.past, step.past + step.seq);
+        // The new positions written in place into room held for them
+        // (Burn assigns into a tensor nothing else holds without a copy);
+        // only when the room runs out is what is there copied, into room
+        // for KV_GROWTH more.
         let append = |cache: &mut Option<Tensor<3>>, new: Tensor<3>| {
-            let all = match cache.take() {
-                Some(prev) => Tensor::cat(vec![prev, new], 1),
-                None => new,
+            let room = match cache.take() {
+                Some(held) if held.dims()[1] >= total => held,
+                held => {
+                    let cap = total.next_multiple_of(KV_GROWTH);
+                    let grown = Tensor::<3>::zeros([kv, cap, hd], &self.device);
+                    match held {
+                        Some(held) if past > 0 => {
+                            grown.slice_assign([0..kv, 0..past, 0..hd], held.narrow(1, 0, past))
+                        }
+                        _ => grown,
+                    }
+                }
             };
+            let all = room.slice_assign([0..kv, past..total, 0..hd], new);
             *cache = Some(all.clone());
             all
         };
         let (k, v) = (append(k_cache, k), append(v_cache, v));
-        // Each KV head serves `group` consecutive query heads: their rows
-        // stacked, `[n_head_kv, group · s, hd]`, attend to that head's keys
-        // without copying them `group` times.
         let mask = attend.mask.clone().expect("device attention has a mask");
         #[cfg(feature = "wgpu")]
         if s <= FUSED_ATTENTION_ROWS
-            && let Ok(y) = arny_fused_gpu::attention(&q, &k, &v, &mask, c.attn_scale)
+            && let Ok(y) = arny_fused_gpu::attention(&q, &k, &v, total, &mask, c.attn_scale)
         {
             return y.reshape([s, c.q_dim()]);
         }
+        let (k, v) = (k.narrow(1, 0, total), v.narrow(1, 0, total));
+        // Each KV head serves `group` consecutive query heads: their rows
+        // stacked, `[n_head_kv, group · s, hd]`, attend to that head's keys
+        // without copying them `group` times.
         let group = c.n_head / c.n_head_kv;
         let q = q.swap_dims(0, 1).reshape([c.n_head_kv, group * s, hd]);
         let scores = q.matmul(k.swap_dims(1, 2)).mul_scalar(c.attn_scale) + mask;
@@ -1385,6 +1395,17 @@ impl Decoder {
     /// results (exact outside ±10); on a device, the formulas in f32.
     fn gated(&self, gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
         if !self.on_host {
+            // One launch on a CubeCL device where five to seven were.
+            #[cfg(feature = "wgpu")]
+            {
+                let act = match self.cfg.activation {
+                    Activation::SwiGlu => arny_fused_gpu::Gate::Silu,
+                    Activation::GeGlu => arny_fused_gpu::Gate::GeluTanh,
+                };
+                if let Ok(y) = arny_fused_gpu::gated(&gate, &up, act) {
+                    return y;
+                }
+            }
             let gate = match self.cfg.activation {
                 Activation::SwiGlu => silu(gate),
                 Activation::GeGlu => {
@@ -1943,6 +1964,9 @@ struct RopeTables {
     /// On a device, `[seq, half]` each.
     device: Option<(Tensor<2>, Tensor<2>)>,
 }
+
+/// A device KV cache grows by this many positions at a time.
+const KV_GROWTH: usize = 256;
 
 /// Up to this many new positions, attention on a GPU is one kernel
 /// (`arny-fused-gpu`'s) rather than eight tensor ops and two copies.

@@ -88,7 +88,7 @@ pub fn rope(
 // seen key's is above -1e38, which also starts the running maximum.
 
 /// One cube a (position, query head) of `q: [seq, heads, hd]`; `k`, `v:
-/// [heads / group, total, hd]`; `mask: [group · seq, total]` with 0 where a
+/// [heads / group, capacity, hd]` with `total` positions in use; `mask: [group · seq, total]` with 0 where a
 /// key is seen and -inf where hidden, row `g · seq + i` for position `i` of
 /// the `g`-th query head of a KV head. The keys are taken 32 at a time:
 /// each unit scores one (the whole dot product), the scores go through
@@ -106,6 +106,7 @@ pub fn attend(
     heads: u32,
     group: u32,
     total: u32,
+    capacity: u32,
     scale: f32,
     #[comptime] hd: usize,
 ) {
@@ -118,7 +119,7 @@ pub fn attend(
     let i = cube / heads;
     let kv = h / group;
     let row = ((h % group) * seq + i) * total;
-    let kb = (kv * total) as usize * hd;
+    let kb = (kv * capacity) as usize * hd;
     let u = UNIT_POS as usize;
     let mut d = u;
     while d < hd {
@@ -187,5 +188,24 @@ pub fn attend(
                 out[cube as usize * hd + d] = acc[j] / sum;
             }
         }
+    }
+}
+
+/// `act(gate) · up`, one unit a value: SiLU as `g / (1 + e^-g)` (as
+/// llama.cpp's CPU computes it), or with `gelu` GELU's tanh form with
+/// `c = sqrt(2 / π)`.
+#[cube(launch)]
+pub fn gated(gate: &[f32], up: &[f32], out: &mut [f32], n: u32, c: f32, #[comptime] gelu: bool) {
+    let i = cube_index() * CUBE_DIM + UNIT_POS;
+    if i < n {
+        let at = i as usize;
+        let g = gate[at];
+        let act = if comptime![gelu] {
+            let inner = (g + g * g * g * 0.044715f32) * c;
+            g * 0.5f32 * (f32::tanh(inner) + 1.0f32)
+        } else {
+            g / (f32::exp(-g) + 1.0f32)
+        };
+        out[at] = act * up[at];
     }
 }

@@ -1,15 +1,15 @@
-//! RMSNorm, RoPE and a few positions' attention as one GPU kernel each, on
-//! Burn's wgpu tensors.
+//! RMSNorm, RoPE, a gated MLP's activation and a few positions' attention
+//! as one GPU kernel each, on Burn's wgpu tensors.
 //!
 //! Written as tensor ops, RMSNorm is six launches (square, mean, add,
 //! square root, divide, scale), RoPE about eight for Q and as many for K
 //! (the halves' products, their difference and sum, the concatenation),
-//! and attention eight (two matmuls, the scale, the mask, four for the
-//! softmax) plus the copies that lay Q and the output out for them; with
-//! the rest of a block that made ~62 launches a layer for a decoded token,
-//! and each costs tens of microseconds on WebGPU and on software Vulkan,
-//! far more than its arithmetic at one token. These kernels do the same
-//! f32 arithmetic in one launch each, in another order only where they sum
+//! `silu(gate) · up` five to seven, and attention eight (two matmuls, the
+//! scale, the mask, four for the softmax) plus the copies that lay Q and
+//! the output out for them: ~62 launches a layer for a decoded token, each
+//! costing tens of microseconds on WebGPU and on software Vulkan, far more
+//! than its arithmetic at one token. These kernels do the same f32
+//! arithmetic in one launch each, in another order only where they sum
 //! (RMSNorm's squares, the dot products, the softmax's running sums).
 
 mod kernel;
@@ -121,7 +121,8 @@ pub fn rope(
 }
 
 /// Grouped-query attention of `q: [seq, heads, hd]` (positions first, as
-/// the projection lays them out) over `k`, `v: [kv_heads, total, hd]`:
+/// the projection lays them out) over the first `total` positions of `k`,
+/// `v: [kv_heads, capacity, hd]` (a cache with room for more):
 /// `softmax(q · kᵀ · scale + mask) · v` as `[seq, heads, hd]`. Query head
 /// `h` reads KV head `h / (heads / kv_heads)`; `mask: [1, group · seq,
 /// total]` holds 0 where a key is seen and -inf where it is hidden, row
@@ -132,13 +133,18 @@ pub fn attention(
     q: &Tensor<3>,
     k: &Tensor<3>,
     v: &Tensor<3>,
+    total: usize,
     mask: &Tensor<3>,
     scale: f32,
 ) -> Result<Tensor<3>, NotCubeF32> {
     let [s, heads, hd] = q.dims();
-    let [kv_heads, total, khd] = k.dims();
+    let [kv_heads, capacity, khd] = k.dims();
     assert_eq!(khd, hd, "keys are {khd} wide, queries {hd}");
     assert_eq!(v.dims(), k.dims(), "values shaped as keys");
+    assert!(
+        total <= capacity,
+        "{total} positions in a cache of {capacity}"
+    );
     assert!(
         kv_heads > 0 && heads % kv_heads == 0,
         "{heads} query heads over {kv_heads} KV heads"
@@ -164,8 +170,40 @@ pub fn attention(
         heads as u32,
         group as u32,
         total as u32,
+        capacity as u32,
         scale,
         hd,
+    );
+    Ok(Tensor::from_primitive::<CubeBackend>(out))
+}
+
+/// The activation of a gated MLP's gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// SiLU, `g / (1 + e^-g)` (SwiGLU).
+    Silu,
+    /// GELU in its tanh form (GeGLU).
+    GeluTanh,
+}
+
+/// `act(gate) · up` element-wise for `gate`, `up: [rows, n]`: five to
+/// seven launches as tensor ops (the sigmoid alone is several), one here.
+pub fn gated(gate: &Tensor<2>, up: &Tensor<2>, act: Gate) -> Result<Tensor<2>, NotCubeF32> {
+    let dims = gate.dims();
+    assert_eq!(up.dims(), dims, "gate and up shaped alike");
+    let (gate, up) = (cube_f32(gate)?, cube_f32(up)?);
+    let out = empty(&gate, Shape::new(dims));
+    let n = dims[0] * dims[1];
+    kernel::gated::launch(
+        &gate.client,
+        cubes(n.div_ceil(UNITS as usize)),
+        CubeDim::new_1d(UNITS),
+        buffer(&gate),
+        buffer(&up),
+        buffer(&out),
+        n as u32,
+        (2.0 / std::f32::consts::PI).sqrt(),
+        act == Gate::GeluTanh,
     );
     Ok(Tensor::from_primitive::<CubeBackend>(out))
 }

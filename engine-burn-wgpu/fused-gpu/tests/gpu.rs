@@ -5,7 +5,7 @@
 //! dimension counts. They run on whatever wgpu adapter there is; here
 //! lavapipe (`scripts/setup.sh --with burn`). No adapter fails them.
 
-use arny_fused_gpu::{NotCubeF32, attention, rms_norm, rope};
+use arny_fused_gpu::{Gate, NotCubeF32, attention, gated, rms_norm, rope};
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// Reproducible values in [-scale, scale): each a hash of its index and
@@ -125,8 +125,16 @@ fn check_attention(
     let group = heads / kv;
     let past = total - seq;
     let q = rng.values(seq * heads * hd, 1.0);
-    let k = rng.values(kv * total * hd, 1.0);
-    let v = rng.values(kv * total * hd, 1.0);
+    // A cache with room for 5 more positions, NaN there: never read.
+    let cap = total + 5;
+    let cached = |rng: &mut Rng| {
+        let mut c = vec![f32::NAN; kv * cap * hd];
+        for h in 0..kv {
+            c[h * cap * hd..][..total * hd].copy_from_slice(&rng.values(total * hd, 1.0));
+        }
+        c
+    };
+    let (k, v) = (cached(rng), cached(rng));
     let seen = |i: usize, t: usize| {
         let p = past + i;
         t <= p && window.is_none_or(|w| t + w > p)
@@ -143,8 +151,9 @@ fn check_attention(
     };
     let y = attention(
         &t3(&q, [seq, heads, hd]),
-        &t3(&k, [kv, total, hd]),
-        &t3(&v, [kv, total, hd]),
+        &t3(&k, [kv, cap, hd]),
+        &t3(&v, [kv, cap, hd]),
+        total,
         &t3(&mask, [1, group * seq, total]),
         scale,
     )
@@ -154,7 +163,7 @@ fn check_attention(
     for i in 0..seq {
         for h in 0..heads {
             let (qr, kvh) = (&q[(i * heads + h) * hd..][..hd], h / group);
-            let row = |t: usize| (kvh * total + t) * hd;
+            let row = |t: usize| (kvh * cap + t) * hd;
             let scores: Vec<Option<f64>> = (0..total)
                 .map(|t| {
                     seen(i, t).then(|| {
@@ -218,5 +227,41 @@ fn other_devices_get_their_tensors_back() {
     let t = Tensor::<2>::from_data(TensorData::new(vec![0.5f32], [1, 1]), &device);
     assert_eq!(rope(&x3, &t, &t, true).unwrap_err(), NotCubeF32);
     let m = Tensor::<3>::from_data(TensorData::new(vec![0.0f32], [1, 1, 1]), &device);
-    assert_eq!(attention(&x3, &x3, &x3, &m, 1.0).unwrap_err(), NotCubeF32);
+    assert_eq!(
+        attention(&x3, &x3, &x3, 1, &m, 1.0).unwrap_err(),
+        NotCubeF32
+    );
+}
+
+#[test]
+fn gated_activations_equal_their_formulas() {
+    let device = gpu();
+    let mut rng = Rng(0x6a7e);
+    // A decoded token of a 1536-wide MLP, a prompt's rows, a width off the
+    // 32-unit stride.
+    for (rows, n) in [(1, 1536), (7, 1536), (3, 45)] {
+        let g = rng.values(rows * n, 8.0);
+        let u = rng.values(rows * n, 2.0);
+        let t = |v: &[f32]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, n]), &device);
+        let c = (2.0 / std::f32::consts::PI).sqrt();
+        for (act, f) in [
+            (
+                Gate::Silu,
+                (|x: f32, _| x / (1.0 + (-x).exp())) as fn(f32, f32) -> f32,
+            ),
+            (Gate::GeluTanh, |x: f32, c: f32| {
+                0.5 * x * (1.0 + ((x + 0.044_715 * x * x * x) * c).tanh())
+            }),
+        ] {
+            let y = host(gated(&t(&g), &t(&u), act).unwrap());
+            for (i, &got) in y.iter().enumerate() {
+                let want = f(g[i], c) * u[i];
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{act:?} [{rows} × {n}] value {i}: {got} against {want} (gate {})",
+                    g[i]
+                );
+            }
+        }
+    }
 }
