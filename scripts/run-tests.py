@@ -66,7 +66,7 @@ def package_env(package: dict) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--jobs", type=lambda v: max(1, int(v)), default=2)
     ap.add_argument("--times", help="durations of the last run (read, then rewritten)")
     ap.add_argument("cargo_args", nargs="*")
     args = ap.parse_args()
@@ -83,9 +83,11 @@ def main() -> int:
     packages = {p["manifest_path"]: p for p in meta["packages"]}
     target = meta["target_directory"]
     # As cargo: the build scripts' library folders inside the target dir,
-    # then the deps folder, ahead of whatever the caller had.
+    # then the profile's deps folder (where the binaries are) and the
+    # profile folder, ahead of whatever the caller had.
     search = [d for d in lib_dirs if d.startswith(target)]
-    search += [os.path.join(target, "release", "deps"), os.path.join(target, "release")]
+    for deps in dict.fromkeys(os.path.dirname(b["exe"]) for b in binaries):
+        search += [deps, os.path.dirname(deps)]
     if os.environ.get("LD_LIBRARY_PATH"):
         search.append(os.environ["LD_LIBRARY_PATH"])
     base_env = dict(os.environ, LD_LIBRARY_PATH=":".join(search))
@@ -125,10 +127,10 @@ def main() -> int:
     while waiting or running:
         while waiting and len(running) < args.jobs:
             j = waiting.pop(0)
-            j["log"] = tempfile.TemporaryFile(mode="w+")
+            j["log"] = tempfile.TemporaryFile()
             j["start"] = time.monotonic()
             j["proc"] = subprocess.Popen(
-                j["cmd"], cwd=j["cwd"], env=j["env"], stdout=j["log"], stderr=subprocess.STDOUT, text=True
+                j["cmd"], cwd=j["cwd"], env=j["env"], stdout=j["log"], stderr=subprocess.STDOUT
             )
             running.append(j)
         time.sleep(0.2)
@@ -139,8 +141,10 @@ def main() -> int:
             rc = j["proc"].returncode
             j["log"].seek(0)
             sys.stdout.write(f"\n===== {j['name']}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {secs:.0f} s\n")
-            sys.stdout.write(j["log"].read())
             sys.stdout.flush()
+            # The bytes as the binary wrote them (a test may print any).
+            sys.stdout.buffer.write(j["log"].read())
+            sys.stdout.buffer.flush()
             j["log"].close()
             if rc != 0:
                 failed.append(j["name"])

@@ -430,6 +430,8 @@ pub struct KvCache {
     layers: Vec<LayerKv>,
     head_dim: usize,
     pub len: usize,
+    /// The most positions it will hold: a device cache's room stops there.
+    positions: usize,
 }
 
 /// One layer's keys and values. (A Burn tensor is large, but there are
@@ -891,8 +893,8 @@ impl Decoder {
         })
     }
 
-    /// An empty cache for one sequence.
-    pub fn new_cache(&self) -> KvCache {
+    /// An empty cache for one sequence of at most `positions` positions.
+    pub fn new_cache(&self, positions: usize) -> KvCache {
         let c = &self.cfg;
         let layer = || {
             if self.on_host {
@@ -908,6 +910,7 @@ impl Decoder {
             layers: (0..c.n_layer).map(|_| layer()).collect(),
             head_dim: c.head_dim,
             len: 0,
+            positions,
         }
     }
 
@@ -1069,6 +1072,7 @@ impl Decoder {
         let step = Step {
             past,
             seq: s,
+            positions: cache.positions,
             global: Attend {
                 mask: mask(None),
                 rope: self.rope_tables(past, s, c.rope.base),
@@ -1216,10 +1220,18 @@ impl Decoder {
         // only when the room runs out is what is there copied, into room
         // for KV_GROWTH more.
         let append = |cache: &mut Option<Tensor<3>>, new: Tensor<3>| {
+            // A cache that lost its tensors (a panic between the take and
+            // the store below) must not pass for zeros.
+            assert!(
+                past == 0 || cache.is_some(),
+                "the KV cache holds {past} positions but no tensors"
+            );
             let room = match cache.take() {
                 Some(held) if held.dims()[1] >= total => held,
                 held => {
-                    let cap = total.next_multiple_of(KV_GROWTH);
+                    let cap = total
+                        .next_multiple_of(KV_GROWTH)
+                        .min(step.positions.max(total));
                     let grown = Tensor::<3>::zeros([kv, cap, hd], &self.device);
                     match held {
                         Some(held) if past > 0 => {
@@ -1942,6 +1954,8 @@ struct Step {
     past: usize,
     /// New positions.
     seq: usize,
+    /// The most positions the cache will hold (its session's context).
+    positions: usize,
     /// How the full-attention layers attend.
     global: Attend,
     /// How the sliding-window layers do, when the model has any.

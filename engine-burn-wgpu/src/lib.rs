@@ -507,7 +507,7 @@ impl Model for BurnModel {
         )?;
         Ok(Box::new(BurnSession {
             model: self.0.clone(),
-            cache: self.0.llama.new_cache(),
+            cache: self.0.llama.new_cache(ctx as usize),
             tokens: Vec::new(),
             context: ctx as usize,
             adapter,

@@ -16,9 +16,8 @@ fn cube_index() -> u32 {
 /// as `x / sqrt(sum / e + eps) * w`.
 #[cube(launch)]
 pub fn rms_norm(x: &[f32], w: &[f32], out: &mut [f32], rows: u32, e: u32, eps: f32) {
-    // A slot per plane: planes are at least 4 wide (SwiftShader), so a
-    // 32-unit cube has at most 8.
-    let mut planes = Shared::<[f32]>::new_slice(8usize);
+    // A slot per plane: 32 covers planes of any width (Vulkan allows 1).
+    let mut planes = Shared::<[f32]>::new_slice(32usize);
     let row = cube_index();
     let base = row * e;
     let mut s = 0.0f32;
